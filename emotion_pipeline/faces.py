@@ -1,0 +1,149 @@
+"""DeepFace, used the way a pipeline needs it: detect per photo, then analyse face crops in batches.
+
+``DeepFace.analyze`` runs the emotion network on one face at a time. Here the faces of many photos
+are collected and each attribute model sees them as one batch, with exactly the preprocessing
+``analyze`` applies (RGB->BGR, pad to 224, the model's own grayscale/48 px step), so the scores
+match. DeepFace caches built models per process, so each model is built once per worker.
+
+TensorFlow and DeepFace are imported inside functions: the DAG file must parse in milliseconds.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import EMOTIONS
+
+GENDERS = ("Woman", "Man")
+RACES = ("asian", "indian", "black", "white", "middle eastern", "latino hispanic")
+MODEL_FOR_ACTION = {"emotion": "Emotion", "age": "Age", "gender": "Gender", "race": "Race"}
+WEIGHT_FILE_FOR_ACTION = {
+    "emotion": "facial_expression_model_weights.h5",
+    "age": "age_model_weights.h5",
+    "gender": "gender_model_weights.h5",
+    "race": "race_model_single_batch.h5",
+}
+
+
+class MissingWeightsError(RuntimeError):
+    """A model's weight file is not in DEEPFACE_HOME and could not be downloaded."""
+
+
+@dataclass
+class DetectedFace:
+    x: int
+    y: int
+    w: int
+    h: int
+    confidence: float
+    crop: np.ndarray  # RGB float in [0, 1], aligned, as DeepFace's extract_faces returns it
+
+
+def weights_dir() -> Path:
+    home = os.environ.get("DEEPFACE_HOME") or str(Path.home())
+    return Path(home) / ".deepface" / "weights"
+
+
+def detect_faces(rgb: np.ndarray, detector: str) -> list[DetectedFace]:
+    """Every face DeepFace's detector finds; ``[]`` when there is none (never the whole photo).
+
+    With ``detector="skip"`` the whole photo is the face: for inputs that are already face crops.
+    """
+    from deepface.modules import detection
+    from deepface.modules.exceptions import FaceNotDetected, ImgNotFound
+
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    try:
+        found = detection.extract_faces(
+            img_path=bgr, detector_backend=detector, enforce_detection=True, align=True
+        )
+    except (FaceNotDetected, ImgNotFound):  # ImgNotFound: every detection had an empty crop
+        return []
+    return [
+        DetectedFace(
+            x=int(f["facial_area"]["x"]), y=int(f["facial_area"]["y"]),
+            w=int(f["facial_area"]["w"]), h=int(f["facial_area"]["h"]),
+            confidence=1.0 if detector == "skip" else float(f["confidence"]),
+            crop=f["face"],
+        )
+        for f in found
+    ]
+
+
+def build_models(actions: tuple[str, ...]) -> dict[str, Any]:
+    """Build (once per process: DeepFace caches them) the attribute models for ``actions``.
+
+    A missing weight file is first left to DeepFace to download (users with internet); when that
+    fails the error says which file to put where, instead of a bare network traceback.
+    """
+    from deepface.modules import modeling
+
+    models = {}
+    for action in actions:
+        try:
+            models[action] = modeling.build_model(task="facial_attribute", model_name=MODEL_FOR_ACTION[action])
+        except Exception as err:
+            target = weights_dir() / WEIGHT_FILE_FOR_ACTION[action]
+            if target.is_file():
+                raise
+            raise MissingWeightsError(
+                f"the '{action}' model needs {target.name}, which is not in {target.parent} and could "
+                f"not be downloaded ({type(err).__name__}: {err}). Copy the file there (set DEEPFACE_HOME "
+                f"to its parent's parent) or remove '{action}' from the actions."
+            ) from err
+    return models
+
+
+def model_input(crops: list[np.ndarray]) -> np.ndarray:
+    """The batch DeepFace.analyze would feed: each crop to BGR, padded/resized to 224x224."""
+    from deepface.modules import preprocessing
+
+    return np.concatenate(
+        [preprocessing.resize_image(img=crop[:, :, ::-1], target_size=(224, 224)) for crop in crops]
+    )
+
+
+def analyze_crops(crops: list[np.ndarray], models: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Attribute scores for a batch of face crops, on DeepFace's scales (percentages, years)."""
+    if not crops:
+        return {}
+    batch = model_input(crops)
+    out: dict[str, np.ndarray] = {}
+    for action, model in models.items():
+        raw = np.asarray(model.predict(batch), dtype=np.float64)
+        out[action] = scores_from_predictions(action, raw, len(crops))
+    return out
+
+
+def scores_from_predictions(action: str, raw: np.ndarray, n: int) -> np.ndarray:
+    """Bring a model's output to shape (n, k) on DeepFace's scale. Models return (k,) when n == 1."""
+    if action == "age":
+        return raw.reshape(n)
+    raw = raw.reshape(n, -1)
+    if action == "gender":
+        return 100.0 * raw
+    return 100.0 * raw / raw.sum(axis=1, keepdims=True)  # emotion, race: normalised percentages
+
+
+def face_record(scores: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    """One face's attribute columns from the batch scores (row ``i``)."""
+    record: dict[str, Any] = {}
+    if "emotion" in scores:
+        emotion = scores["emotion"][i]
+        record.update({f"emotion_{name}": float(v) for name, v in zip(EMOTIONS, emotion)})
+        record["dominant_emotion"] = EMOTIONS[int(np.argmax(emotion))]
+    if "age" in scores:
+        record["age"] = int(scores["age"][i])
+    if "gender" in scores:
+        gender = scores["gender"][i]
+        record.update({"gender_woman": float(gender[0]), "gender_man": float(gender[1])})
+        record["dominant_gender"] = GENDERS[int(np.argmax(gender))]
+    if "race" in scores:
+        race = scores["race"][i]
+        record.update({f"race_{name.replace(' ', '_')}": float(v) for name, v in zip(RACES, race)})
+        record["dominant_race"] = RACES[int(np.argmax(race))]
+    return record

@@ -1,0 +1,57 @@
+"""Per-shard bookkeeping shared by the stages: where a shard's outputs live and whether they are done.
+
+A stage writes its tables for a shard, then a small ``_done.json`` marker holding the fingerprint of
+its input (the shard's members and the stage parameters). A later call with the same fingerprint
+returns the recorded summary without doing any work; a crash before the marker means the shard is
+simply done again.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from .storage import Storage
+from .tables import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def shard_prefix(stage_folder: str, shard: int) -> str:
+    return f"{stage_folder}/shard={shard:05d}"
+
+
+def done_key(stage_folder: str, shard: int) -> str:
+    return f"{shard_prefix(stage_folder, shard)}/_done.json"
+
+
+def completed(root: Storage, stage_folder: str, shard: int, fingerprint: str) -> dict[str, Any] | None:
+    """The recorded summary when this shard was already done with this exact input, else None."""
+    marker = read_json(root, done_key(stage_folder, shard))
+    if marker and marker.get("fingerprint") == fingerprint:
+        return {**marker["summary"], "skipped": True}
+    return None
+
+
+def mark_completed(
+    root: Storage, stage_folder: str, shard: int, fingerprint: str, summary: dict[str, Any]
+) -> dict[str, Any]:
+    write_json(root, done_key(stage_folder, shard), {"fingerprint": fingerprint, "summary": summary})
+    return {**summary, "skipped": False}
+
+
+class Progress:
+    """Logs ``done/total`` with a rate at most every ``every`` seconds: long shards show progress."""
+
+    def __init__(self, label: str, total: int, every: float = 10.0) -> None:
+        self.label, self.total, self.every = label, total, every
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            log.info("%s: %d/%d (%.1f/s)", self.label, self.done, self.total, rate)

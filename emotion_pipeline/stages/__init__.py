@@ -1,0 +1,1 @@
+"""One module per stage; the public function of each is what a DAG task calls."""

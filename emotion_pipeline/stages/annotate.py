@@ -1,0 +1,172 @@
+"""Stage 3: DeepFace on every photo of a shard: faces, emotion scores, label, optional age/gender/race.
+
+Two tables per shard under ``annotations/shard=<k>/``:
+
+* ``faces``: one row per detected face: box (in original-photo pixels), detector confidence, the 7
+  emotion scores, the dominant emotion, and age/gender/race when those actions are on;
+* ``annotations``: one row per photo: status, the number of faces, and the attributes of the
+  *label face* (the largest face at or above ``min_face_confidence``). ``label`` is that face's
+  dominant emotion when it is one of the five project classes; fear and disgust keep their scores
+  but get no label. A photo with no confident face has status ``no_face`` and never a label.
+
+Annotation reads the original photo, not the 224 px copy: faces in Flickr30k are small.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from ..config import CLASSES, EMOTIONS, PipelineConfig
+from ..faces import RACES, analyze_crops, build_models, detect_faces, face_record
+from ..images import ImageError, load_rgb_array
+from ..manifest import load_manifest, shard_fingerprint, shard_rows
+from ..shards import Progress, completed, mark_completed, shard_prefix
+from ..storage import Storage, open_storage
+from ..tables import read_table, write_table
+from . import resize
+
+log = logging.getLogger(__name__)
+
+STAGE = "annotations"
+FACE_COLUMNS = ["image_id", "source_key", "face_index", "x", "y", "w", "h", "confidence", "confident"]
+PHOTO_COLUMNS = [
+    "image_id", "source_key", "shard", "status", "error", "detector", "n_faces", "n_confident_faces",
+    "label", "label_face_index", "face_x", "face_y", "face_w", "face_h", "face_confidence",
+]
+
+
+def attribute_columns(actions: tuple[str, ...]) -> list[str]:
+    """The per-face attribute columns the enabled actions produce (a fixed schema per config)."""
+    columns = []
+    if "emotion" in actions:
+        columns += [f"emotion_{e}" for e in EMOTIONS] + ["dominant_emotion"]
+    if "age" in actions:
+        columns += ["age"]
+    if "gender" in actions:
+        columns += ["gender_woman", "gender_man", "dominant_gender"]
+    if "race" in actions:
+        columns += [f"race_{r.replace(' ', '_')}" for r in RACES] + ["dominant_race"]
+    return columns
+
+
+def input_fingerprint(config: PipelineConfig, rows: pd.DataFrame) -> str:
+    return shard_fingerprint(
+        rows, detector=config.detector, actions=config.actions,
+        min_face_confidence=config.min_face_confidence, detect_max_side=config.detect_max_side,
+    )
+
+
+def is_complete(config: PipelineConfig, root: Storage, rows: pd.DataFrame, shard: int) -> bool:
+    return completed(root, STAGE, shard, input_fingerprint(config, rows)) is not None
+
+
+def annotate_shard(
+    config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
+) -> dict[str, Any]:
+    source = source or open_storage(config.source)
+    root = root or open_storage(config.root)
+    rows = shard_rows(load_manifest(root), shard)
+    fingerprint = input_fingerprint(config, rows)
+    if (summary := completed(root, STAGE, shard, fingerprint)) is not None:
+        return summary
+    metadata = read_table(root, f"{shard_prefix(resize.STAGE, shard)}/metadata")
+    if metadata is None:
+        raise RuntimeError(f"shard {shard} has no resize metadata yet: run the resize stage first")
+
+    models = build_models(config.actions)
+    photos, faces = _detect_and_analyze(config, source, metadata, models)
+    attributes = attribute_columns(config.actions)
+    faces_table = pd.DataFrame(faces, columns=FACE_COLUMNS + attributes)
+    annotations = pd.DataFrame([_photo_row(p, config) for p in photos], columns=PHOTO_COLUMNS + attributes)
+
+    prefix = shard_prefix(STAGE, shard)
+    write_table(root, f"{prefix}/faces", faces_table)
+    write_table(root, f"{prefix}/annotations", annotations)
+    summary = {
+        "stage": "annotate",
+        "shard": shard,
+        "images": len(annotations),
+        "annotated": int(annotations["status"].isin(["ok", "no_face"]).sum()),
+        "faces": len(faces_table),
+        "statuses": annotations["status"].value_counts().to_dict(),
+        "labels": annotations["label"].value_counts().to_dict(),
+    }
+    log.info("annotate shard %d: %s, labels %s", shard, summary["statuses"], summary["labels"])
+    return mark_completed(root, STAGE, shard, fingerprint, summary)
+
+
+def _detect_and_analyze(
+    config: PipelineConfig, source: Storage, metadata: pd.DataFrame, models: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Detect faces photo by photo; run the attribute models on batches of crops across photos."""
+    photos: list[dict[str, Any]] = []
+    faces: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], Any]] = []  # (face row, crop) waiting for the models
+
+    def flush() -> None:
+        scores = analyze_crops([crop for _, crop in pending], models)
+        for i, (face, _) in enumerate(pending):
+            face.update(face_record(scores, i))
+        pending.clear()
+
+    progress = Progress(f"annotate shard {int(metadata['shard'].iloc[0])}", len(metadata))
+    for row in metadata.itertuples(index=False):
+        photo = {"image_id": row.image_id, "source_key": row.source_key, "shard": row.shard,
+                 "status": row.status, "error": row.error, "faces": []}
+        photos.append(photo)
+        if row.status == "ok":
+            try:
+                _detect(config, source, row.source_key, photo)
+            except ImageError as err:
+                photo.update(status=err.status, error=str(err))
+            except FileNotFoundError as err:
+                photo.update(status="missing", error=f"source file disappeared: {err}")
+            for face in photo["faces"]:
+                face_row = {"image_id": row.image_id, "source_key": row.source_key, **face["box"]}
+                faces.append(face_row)
+                face["row"] = face_row
+                pending.append((face_row, face["crop"]))
+                del face["crop"]  # crops are only needed until their batch runs
+            if len(pending) >= config.emotion_batch_size:
+                flush()
+        progress.step()
+    flush()
+    return photos, faces
+
+
+def _detect(config: PipelineConfig, source: Storage, key: str, photo: dict[str, Any]) -> None:
+    rgb, scale = load_rgb_array(source.read_bytes(key), config.max_image_pixels, config.detect_max_side)
+    for index, face in enumerate(detect_faces(rgb, config.detector)):
+        photo["faces"].append({
+            "crop": face.crop,
+            "box": {
+                "face_index": index,
+                "x": round(face.x / scale), "y": round(face.y / scale),
+                "w": round(face.w / scale), "h": round(face.h / scale),
+                "confidence": face.confidence,
+                "confident": face.confidence >= config.min_face_confidence,
+            },
+        })
+
+
+def _photo_row(photo: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
+    faces = [face["row"] for face in photo["faces"]]
+    confident = [f for f in faces if f["confident"]]
+    row = {
+        "image_id": photo["image_id"], "source_key": photo["source_key"], "shard": photo["shard"],
+        "status": photo["status"], "error": photo["error"], "detector": config.detector,
+        "n_faces": len(faces), "n_confident_faces": len(confident), "label": None,
+    }
+    if photo["status"] != "ok":
+        return row
+    if not confident:
+        return {**row, "status": "no_face", "error": None}
+    label_face = max(confident, key=lambda f: f["w"] * f["h"])
+    row.update({f"face_{k}": label_face[k] for k in ("x", "y", "w", "h", "confidence")})
+    row["label_face_index"] = label_face["face_index"]
+    row.update({k: label_face[k] for k in attribute_columns(config.actions)})
+    dominant = row.get("dominant_emotion")
+    row["label"] = dominant if dominant in CLASSES else None
+    return row
