@@ -1,0 +1,122 @@
+"""
+### Emotion pipeline
+
+Photos (a folder or `gs://bucket/prefix`) -> 224x224 copies and metadata -> DeepFace annotations in
+shards -> label-drift monitoring with e-mail alerts -> `datasets/final_emotion_dataset.parquet`.
+
+Wiring only: every task calls one stage function of the `emotion_pipeline` package. Shards are the
+unit of dynamic task mapping (never single photos); only shards with work left are mapped, so a
+re-run with nothing new launches no shard task. DeepFace runs on the `gpu` queue and pool.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+from emotion_pipeline.config import ACTIONS, DETECTORS, DRIFT_REFERENCES, PipelineConfig
+
+DEFAULT_SOURCE = os.environ.get("EMOTION_PIPELINE_SOURCE", "")
+DEFAULT_ROOT = os.environ.get("EMOTION_PIPELINE_ROOT", "")
+GPU = {"queue": "gpu", "pool": "gpu"}
+
+PARAMS = {
+    "source": Param(DEFAULT_SOURCE, type="string", minLength=1,
+                    description="Folder or gs://bucket/prefix with the input photos (read only)."),
+    "root": Param(DEFAULT_ROOT, type="string", minLength=1,
+                  description="Folder or gs://bucket/prefix where every output is written."),
+    "shard_size": Param(1000, type="integer", minimum=1, description="Photos per shard (one task each)."),
+    "limit": Param(None, type=["null", "integer"], minimum=0,
+                   description="Only the first N photos, sorted by name (trials)."),
+    "detector": Param("mtcnn", enum=list(DETECTORS), description="DeepFace face detector."),
+    "actions": Param(["emotion"], type="array", items={"type": "string", "enum": list(ACTIONS)},
+                     description="DeepFace actions; age/gender/race need their ~500 MB weight files."),
+    "min_face_confidence": Param(0.9, type="number", minimum=0, maximum=1,
+                                 description="Faces below this never label a photo."),
+    "drift_reference": Param("earlier_shards", enum=list(DRIFT_REFERENCES),
+                             description="Compare each shard with all earlier shards or a pinned baseline."),
+    "drift_threshold": Param(0.2, type="number", exclusiveMinimum=0, maximum=1,
+                             description="Jensen-Shannon distance (base 2) above which a shard drifts."),
+    "no_face_drift_threshold": Param(0.15, type="number", minimum=0, maximum=1,
+                                     description="Absolute change of the no-face rate that counts as drift."),
+    "alert_emails": Param([], type="array", items={"type": "string"},
+                          description="Who gets drift and failure e-mails (SMTP connection smtp_default)."),
+}
+
+
+def _config(params) -> PipelineConfig:
+    return PipelineConfig.from_mapping(params)
+
+
+def _on_failure(context) -> None:
+    from emotion_pipeline.airflow_adapter import notify_failure
+
+    notify_failure(context)
+
+
+@dag(
+    dag_id="emotion_pipeline",
+    schedule=None,
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    doc_md=__doc__,
+    tags=["emotion", "deepface"],
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": _on_failure,
+    },
+)
+def emotion_pipeline():
+    @task
+    def discover(params=None, ti=None) -> list[int]:
+        """Returns the shards with work left (what the shard tasks map over); the full summary
+        (photos found, new, hashed, all shards) goes to the XCom key ``summary``."""
+        from emotion_pipeline.stages.discover import discover_images
+
+        summary = discover_images(_config(params))
+        ti.xcom_push(key="summary", value=summary)
+        return summary["pending"]
+
+    @task(max_active_tis_per_dagrun=4)
+    def resize(shard: int, params=None) -> dict:
+        from emotion_pipeline.stages.resize import resize_shard
+
+        return resize_shard(_config(params), shard)
+
+    @task(**GPU)
+    def annotate(resized: dict, params=None) -> dict:
+        from emotion_pipeline.stages.annotate import annotate_shard
+
+        return annotate_shard(_config(params), resized["shard"])
+
+    @task(trigger_rule="none_failed")
+    def check_drift(params=None, run_id=None) -> dict:
+        from emotion_pipeline.stages.drift import check_label_drift
+
+        return check_label_drift(_config(params), run_id=run_id)
+
+    @task
+    def alert_on_drift(report: dict, **context) -> bool:
+        from emotion_pipeline.airflow_adapter import send_drift_alert
+
+        return send_drift_alert(_config(context["params"]), report, context)
+
+    @task(trigger_rule="none_failed")
+    def merge(params=None) -> dict:
+        from emotion_pipeline.stages.merge import merge_dataset
+
+        return merge_dataset(_config(params))
+
+    annotated = annotate.expand(resized=resize.expand(shard=discover()))
+    drift = check_drift()
+    annotated >> drift
+    alert_on_drift(drift)
+    drift >> merge()
+
+
+emotion_pipeline()

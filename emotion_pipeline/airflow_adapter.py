@@ -1,0 +1,75 @@
+"""The only module of the package that imports Airflow: alerts through the SMTP provider's notifier.
+
+Recipients come from the run's params (``alert_emails``), the SMTP server from the Airflow connection
+``smtp_default`` (or ``smtp_conn_id``), e.g.
+``AIRFLOW_CONN_SMTP_DEFAULT='{"conn_type": "smtp", "host": "smtp.example.com", "port": 587,
+"login": "...", "password": "...", "extra": {"from_email": "pipeline@example.com"}}'``.
+"""
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+from typing import Any
+
+from .config import CLASSES, PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+def drift_alert_message(report: dict[str, Any]) -> tuple[str, str]:
+    """Subject and HTML body naming every drifted shard with its numbers and its chart."""
+    drifted = report["drifted"]
+    shards = ", ".join(str(d["shard"]) for d in drifted)
+    subject = f"[emotion-pipeline] label drift in shard(s) {shards}"
+    rows = []
+    for d in drifted:
+        shares = " ".join(f"{c} {d[f'share_{c}']:.0%} (ref {d[f'reference_share_{c}']:.0%})" for c in CLASSES)
+        rows.append(
+            f"<li><b>shard {d['shard']}</b>: JS distance {d['js_distance']:.3f} "
+            f"(threshold {report['threshold']}), no-face rate {d['no_face_rate']:.0%} "
+            f"(ref {d['reference_no_face_rate']:.0%}, change {d['no_face_change']:+.2f}, "
+            f"threshold {report['no_face_threshold']}); {d['labelled']} labelled of {d['images']} photos."
+            f"<br>{html.escape(shares)}<br>chart: {html.escape(d['chart'])}</li>"
+        )
+    body = (
+        f"<p>The label distribution of {len(drifted)} shard(s) moved away from the reference.</p>"
+        f"<ul>{''.join(rows)}</ul><p>Monitoring log: {html.escape(report['log_uri'])}</p>"
+    )
+    return subject, body
+
+
+def send_drift_alert(config: PipelineConfig, report: dict[str, Any], context: Any) -> bool:
+    """E-mail the drift report through Airflow's SmtpNotifier; False when there was nothing to send."""
+    if not report["drifted"]:
+        return False
+    if not config.alert_emails:
+        log.warning("label drift in %d shard(s) but no alert_emails configured", len(report["drifted"]))
+        return False
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    subject, body = drift_alert_message(report)
+    charts = [d["chart"] for d in report["drifted"] if Path(d["chart"]).is_file()]  # local roots
+    SmtpNotifier(
+        to=list(config.alert_emails), subject=subject, html_content=body, files=charts,
+        smtp_conn_id=config.smtp_conn_id,
+    ).notify(context)
+    log.info("drift alert sent to %s", ", ".join(config.alert_emails))
+    return True
+
+
+def notify_failure(context: Any) -> None:
+    """``on_failure_callback``: mail the failed task and its error to the run's ``alert_emails``."""
+    config = PipelineConfig.from_mapping(context["params"])
+    if not config.alert_emails:
+        return
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    ti = context["ti"]
+    error = html.escape(str(context.get("exception") or "see the task log"))
+    SmtpNotifier(
+        to=list(config.alert_emails),
+        subject=f"[emotion-pipeline] task {ti.task_id} failed in run {ti.run_id}",
+        html_content=f"<p>Task <b>{ti.task_id}</b> (map index {ti.map_index}) failed: {error}</p>",
+        smtp_conn_id=config.smtp_conn_id,
+    ).notify(context)

@@ -1,0 +1,72 @@
+"""Plots people look at instead of tables: label pies per shard and the drift timeline (PNG bytes)."""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pandas as pd
+
+from .config import CLASSES
+
+CLASS_COLORS = {
+    "happy": "#f2b701", "sad": "#3969ac", "angry": "#e73f74", "surprise": "#7f3c8d",
+    "neutral": "#a5aa99", "no face": "#e0e0e0",
+}
+
+
+def _figure(ncols: int, width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(1, ncols, figsize=(width, height))
+
+
+def _png(plt, fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def label_pie_chart(shard: int, row: dict[str, Any]) -> bytes:
+    """The shard's labels (and no-face photos) next to the reference's."""
+    plt, (fig, axes) = _figure(2, 10, 4.6)
+    for ax, prefix, title in ((axes[0], "", f"shard {shard}"), (axes[1], "reference_", "reference")):
+        labelled = row[f"{prefix}labelled"]
+        counts = {c: row[f"{prefix}share_{c}"] * labelled for c in CLASSES}
+        counts["no face"] = row[f"{prefix}no_face"]
+        counts = {k: v for k, v in counts.items() if v > 0}
+        if counts:
+            ax.pie(list(counts.values()), labels=list(counts.keys()), autopct="%1.0f%%",
+                   colors=[CLASS_COLORS[k] for k in counts], startangle=90, counterclock=False)
+        else:
+            ax.text(0.5, 0.5, "no annotated photos", ha="center", va="center")
+            ax.axis("off")
+        ax.set_title(f"{title}: {row[f'{prefix}images']} photos")
+    verdict = "DRIFT" if row["drift"] else ("ok" if row["judged"] else "not judged (small reference)")
+    fig.suptitle(
+        f"Shard {shard}: JS distance {row['js_distance']:.3f} (threshold {row['threshold']}), "
+        f"no-face change {row['no_face_change']:+.2f} -> {verdict}",
+        color="#b00020" if row["drift"] else "black",
+    )
+    return _png(plt, fig)
+
+
+def drift_timeline_chart(monitor_log: pd.DataFrame, config) -> bytes:
+    """JS distance and no-face change per shard, thresholds dashed, drifted shards in red."""
+    plt, (fig, ax) = _figure(1, 8, 4)
+    latest = monitor_log.sort_values("checked_at").groupby("shard").tail(1).sort_values("shard")
+    ax.plot(latest["shard"], latest["js_distance"], marker="o", label="JS distance (labels)")
+    ax.plot(latest["shard"], latest["no_face_change"].abs(), marker="s", label="|no-face change|")
+    ax.axhline(config.drift_threshold, ls="--", color="C0", lw=1)
+    ax.axhline(config.no_face_drift_threshold, ls="--", color="C1", lw=1)
+    drifted = latest[latest["drift"].astype(bool)]
+    ax.scatter(drifted["shard"], drifted["js_distance"], s=120, facecolors="none", edgecolors="red",
+               label="drift", zorder=3)
+    ax.set_xlabel("shard")
+    ax.set_ylabel("distance to reference")
+    ax.set_title("Label drift by shard")
+    ax.legend()
+    return _png(plt, fig)

@@ -1,0 +1,102 @@
+"""``emotion-pipeline``: run the whole DAG locally, start the Airflow UI, or run one stage.
+
+    emotion-pipeline run --source photos/ --root out/ [--limit 50]
+    emotion-pipeline ui --source photos/ --root out/
+    emotion-pipeline stage resize --source photos/ --root out/ --shard 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ACTIONS, DETECTORS, DRIFT_REFERENCES, PipelineConfig
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, help="folder or gs://bucket/prefix of input photos")
+    parser.add_argument("--root", required=True, help="folder or gs://bucket/prefix for all outputs")
+    parser.add_argument("--limit", type=int, help="only the first N photos (sorted by name)")
+    parser.add_argument("--shard-size", type=int)
+    parser.add_argument("--detector", choices=DETECTORS)
+    parser.add_argument("--actions", help=f"comma-separated, from {','.join(ACTIONS)} (default: emotion)")
+    parser.add_argument("--min-face-confidence", type=float)
+    parser.add_argument("--drift-reference", choices=DRIFT_REFERENCES)
+    parser.add_argument("--drift-threshold", type=float)
+    parser.add_argument("--alert-emails", help="comma-separated recipients of drift/failure e-mails")
+
+
+def _config_values(args: argparse.Namespace) -> dict[str, Any]:
+    names = ["source", "root", "limit", "shard_size", "detector", "actions", "min_face_confidence",
+             "drift_reference", "drift_threshold", "alert_emails"]
+    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    for name in ("actions", "alert_emails"):
+        if name in values:
+            values[name] = [v.strip() for v in values[name].split(",") if v.strip()]
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotion-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the whole DAG on this machine (Airflow dag.test, SQLite)")
+    _add_config_options(run)
+    run.add_argument("--airflow-home", type=Path, help="default: ~/.emotion-pipeline/airflow")
+
+    ui = commands.add_parser("ui", help="Airflow standalone with this DAG: trigger runs from the UI")
+    ui.add_argument("--source", default="", help="default 'source' in the trigger form")
+    ui.add_argument("--root", default="", help="default 'root' in the trigger form")
+    ui.add_argument("--port", type=int, default=8080)
+    ui.add_argument("--airflow-home", type=Path)
+
+    stage = commands.add_parser("stage", help="run one stage function without Airflow")
+    stage.add_argument("name", choices=["discover", "resize", "annotate", "drift", "merge"])
+    _add_config_options(stage)
+    stage.add_argument("--shard", type=int, help="for resize and annotate")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    if args.command == "run":
+        from .local_run import run_locally
+
+        summary = run_locally(_config_values(args), airflow_home=args.airflow_home)
+        return 0 if summary["state"] == "success" else 1
+    if args.command == "ui":
+        from .local_ui import start_ui
+
+        return start_ui(source=args.source, root=args.root, port=args.port, airflow_home=args.airflow_home)
+    return _run_stage(args)
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    config = PipelineConfig.from_mapping(_config_values(args))
+    if args.name == "discover":
+        from .stages.discover import discover_images as run
+        result = run(config)
+    elif args.name in ("resize", "annotate"):
+        if args.shard is None:
+            raise SystemExit(f"{args.name} needs --shard")
+        from .stages import annotate, resize
+        run = resize.resize_shard if args.name == "resize" else annotate.annotate_shard
+        result = run(config, args.shard)
+    elif args.name == "drift":
+        from .stages.drift import check_label_drift
+        result = check_label_drift(config)
+    else:
+        from .stages.merge import merge_dataset
+        result = merge_dataset(config)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""``emotion-pipeline run``: the real DAG, end to end, in this process (``dag.test``), then a summary."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from . import local_airflow
+from .config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+def run_locally(values: dict[str, Any], airflow_home: Path | None = None) -> dict[str, Any]:
+    config = PipelineConfig.from_mapping(values)  # validate before Airflow spends seconds starting
+    local_airflow.configure(airflow_home or local_airflow.DEFAULT_HOME)
+    local_airflow.ensure_gpu_pool()
+    dag = local_airflow.load_dag()
+
+    started = time.monotonic()
+    print(f"running DAG {dag.dag_id}: {config.source} -> {config.root}", flush=True)
+    dag_run = dag.test(run_conf=config.to_dict())
+    summary = summarize(dag_run, config, time.monotonic() - started)
+    print_summary(summary)
+    return summary
+
+
+def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]:
+    from .stages.drift import read_log
+    from .stages.merge import DATASET_KEY
+    from .storage import open_storage
+    from .tables import read_table
+
+    root = open_storage(config.root)
+    tasks = [
+        {"task": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
+         "seconds": round(ti.duration or 0.0, 1)}
+        for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.start_date or dag_run.start_date, t.map_index))
+    ]
+    dataset = read_table(root, DATASET_KEY)
+    monitor_log = read_log(root)
+    return {
+        "run_id": dag_run.run_id,
+        "state": str(dag_run.state),
+        "seconds": round(seconds, 1),
+        "tasks": tasks,
+        "images": 0 if dataset is None else len(dataset),
+        "statuses": {} if dataset is None else dataset["status"].value_counts().to_dict(),
+        "labels": {} if dataset is None else dataset["label"].value_counts().to_dict(),
+        "drifted_shards": _drifted_shards(monitor_log),
+        "outputs": {
+            "dataset": root.uri_for(f"{DATASET_KEY}.parquet"),
+            "processed": root.uri_for("processed"),
+            "monitoring_log": root.uri_for("monitoring/label_monitor_log.csv"),
+            "charts": root.uri_for("monitoring/charts"),
+        },
+    }
+
+
+def _drifted_shards(monitor_log) -> list[int]:
+    if "drift" not in monitor_log:
+        return []
+    return sorted({int(s) for s in monitor_log.loc[monitor_log["drift"].astype(bool), "shard"]})
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"\nrun {summary['run_id']}: {summary['state']} in {summary['seconds']} s")
+    for t in summary["tasks"]:
+        index = f"[{t['map_index']}]" if t["map_index"] >= 0 else ""
+        print(f"  {t['task'] + index:<22} {t['state']:<16} {t['seconds']:>7} s")
+    print(f"photos: {summary['images']}")
+    for status, count in sorted(summary["statuses"].items(), key=lambda kv: -kv[1]):
+        print(f"  {status:<12} {count}")
+    print("labels: " + (", ".join(f"{k} {v}" for k, v in summary["labels"].items()) or "none"))
+    print("drifted shards: " + (", ".join(map(str, summary["drifted_shards"])) or "none"))
+    for name, uri in summary["outputs"].items():
+        print(f"  {name:<15} {uri}")

@@ -1,0 +1,166 @@
+"""Stage 4: label drift per shard, logged to ``monitoring/label_monitor_log.csv`` with pie charts.
+
+Statistic: the Jensen-Shannon distance (base 2, so 0 = identical, 1 = disjoint) between the shard's
+distribution over the five labels and the reference distribution, plus the absolute change of the
+no-face rate. A shard drifts when either passes its threshold and the reference holds at least
+``min_reference_images`` photos (shard 0 has no earlier shards: it is logged, never flagged).
+
+Reference (``drift_reference``):
+* ``earlier_shards``: every shard before this one, so the check is the same whichever run does it;
+* ``baseline``: a pinned distribution in ``monitoring/baseline.json`` (written from the first shard
+  checked when it does not exist yet; replace it to pin another baseline).
+
+A shard is checked once per version of its annotations: the log key is (shard, annotations
+fingerprint), so re-running a run or the DAG on unchanged data appends nothing.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..charts import drift_timeline_chart, label_pie_chart
+from ..config import CLASSES, PipelineConfig
+from ..manifest import load_manifest
+from ..shards import done_key, shard_prefix
+from ..storage import Storage, open_storage
+from ..tables import read_json, read_table, write_json
+from . import annotate
+
+log = logging.getLogger(__name__)
+
+LOG_KEY = "monitoring/label_monitor_log.csv"
+BASELINE_KEY = "monitoring/baseline.json"
+DIST_COLUMNS = [f"share_{c}" for c in CLASSES]
+
+
+def check_label_drift(
+    config: PipelineConfig, *, root: Storage | None = None, run_id: str = ""
+) -> dict[str, Any]:
+    """Check every annotated shard not yet logged at its current annotations; alert-ready report."""
+    root = root or open_storage(config.root)
+    manifest = load_manifest(root)
+    shards = [s for s in sorted(manifest.loc[manifest["present"], "shard"].unique()) if _is_annotated(root, s)]
+    monitor_log = read_log(root)
+    logged = set(zip(monitor_log["shard"].astype(int), monitor_log["annotations_fingerprint"]))
+    shard_tables = {int(s): _labels(root, int(s)) for s in shards}
+
+    new_rows = []
+    for shard, (labels, fingerprint) in shard_tables.items():
+        if (shard, fingerprint) in logged:
+            continue
+        reference = _reference(config, root, shard, shard_tables, labels)
+        row = _compare(config, shard, labels, reference)
+        row.update(
+            checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_id=run_id,
+            annotations_fingerprint=fingerprint, reference=config.drift_reference,
+            chart=root.uri_for(_chart_key(shard)),
+        )
+        root.write_bytes(_chart_key(shard), label_pie_chart(shard, row))
+        new_rows.append(row)
+
+    if new_rows:
+        monitor_log = pd.concat([monitor_log, pd.DataFrame(new_rows)], ignore_index=True)
+        root.write_bytes(LOG_KEY, monitor_log.to_csv(index=False).encode())
+        root.write_bytes("monitoring/charts/drift_timeline.png", drift_timeline_chart(monitor_log, config))
+    drifted = [r for r in new_rows if r["drift"]]
+    for r in drifted:
+        log.warning("label drift in shard %d: JS distance %.3f, no-face change %+.3f",
+                    r["shard"], r["js_distance"], r["no_face_change"])
+    return {
+        "stage": "drift",
+        "checked": [int(r["shard"]) for r in new_rows],
+        "drifted": [_alert_fields(r) for r in drifted],
+        "log_uri": root.uri_for(LOG_KEY),
+        "threshold": config.drift_threshold,
+        "no_face_threshold": config.no_face_drift_threshold,
+    }
+
+
+def read_log(root: Storage) -> pd.DataFrame:
+    try:
+        return pd.read_csv(io.BytesIO(root.read_bytes(LOG_KEY)))
+    except FileNotFoundError:
+        return pd.DataFrame(columns=["shard", "annotations_fingerprint"])
+
+
+def distribution(labels: pd.DataFrame) -> dict[str, Any]:
+    """Label shares over the five classes, the no-face rate, and the counts they come from."""
+    annotated = labels[labels["status"].isin(["ok", "no_face"])]
+    counts = annotated["label"].value_counts()
+    labelled = int(counts.reindex(CLASSES).fillna(0).sum())
+    shares = {f"share_{c}": (float(counts.get(c, 0)) / labelled if labelled else 0.0) for c in CLASSES}
+    no_face = int((annotated["status"] == "no_face").sum())
+    return {
+        "images": len(annotated), "labelled": labelled, "no_face": no_face,
+        "no_face_rate": no_face / len(annotated) if len(annotated) else 0.0, **shares,
+    }
+
+
+def js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance, base 2 (in [0, 1]); 0 when either side is empty."""
+    from scipy.spatial.distance import jensenshannon
+
+    if p.sum() == 0 or q.sum() == 0:
+        return 0.0
+    return float(jensenshannon(p, q, base=2))
+
+
+def _labels(root: Storage, shard: int) -> tuple[pd.DataFrame, str]:
+    table = read_table(root, f"{shard_prefix(annotate.STAGE, shard)}/annotations")
+    marker = read_json(root, done_key(annotate.STAGE, shard))
+    if table is None or marker is None:
+        raise RuntimeError(f"shard {shard} is not annotated yet: run the annotate stage first")
+    return table[["status", "label"]], marker["fingerprint"]
+
+
+def _reference(
+    config: PipelineConfig, root: Storage, shard: int,
+    shard_tables: dict[int, tuple[pd.DataFrame, str]], labels: pd.DataFrame,
+) -> dict[str, Any]:
+    if config.drift_reference == "baseline":
+        baseline = read_json(root, BASELINE_KEY)
+        if baseline is None:
+            baseline = distribution(labels)
+            write_json(root, BASELINE_KEY, baseline)
+            log.info("pinned drift baseline from shard %d", shard)
+        return baseline
+    earlier = [table for s, (table, _) in shard_tables.items() if s < shard]
+    if not earlier:
+        return distribution(labels.iloc[0:0])
+    return distribution(pd.concat(earlier, ignore_index=True))
+
+
+def _is_annotated(root: Storage, shard: int) -> bool:
+    return root.exists(done_key(annotate.STAGE, shard))
+
+
+def _compare(config: PipelineConfig, shard: int, labels: pd.DataFrame, reference: dict[str, Any]) -> dict[str, Any]:
+    current = distribution(labels)
+    p = np.array([current[c] for c in DIST_COLUMNS]) * current["labelled"]
+    q = np.array([reference[c] for c in DIST_COLUMNS]) * reference["labelled"]
+    js = js_distance(p, q)
+    no_face_change = current["no_face_rate"] - reference["no_face_rate"]
+    judged = reference["images"] >= config.min_reference_images and current["images"] > 0
+    drift = judged and (js > config.drift_threshold or abs(no_face_change) > config.no_face_drift_threshold)
+    return {
+        "shard": shard, **current,
+        **{f"reference_{k}": v for k, v in reference.items()},
+        "js_distance": round(js, 6), "no_face_change": round(no_face_change, 6),
+        "threshold": config.drift_threshold, "no_face_threshold": config.no_face_drift_threshold,
+        "judged": judged, "drift": bool(drift),
+    }
+
+
+def _chart_key(shard: int) -> str:
+    return f"monitoring/charts/shard={shard:05d}.png"
+
+
+def _alert_fields(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ["shard", "images", "labelled", "no_face_rate", "reference_no_face_rate", "js_distance",
+            "no_face_change", "chart", *DIST_COLUMNS, *(f"reference_{c}" for c in DIST_COLUMNS)]
+    return {k: row[k] for k in keys}
