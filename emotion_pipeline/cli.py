@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the whole DAG on this machine (Airflow dag.test, SQLite)")
     _add_config_options(run)
     run.add_argument("--airflow-home", type=Path, help="default: ~/.emotion-pipeline/airflow")
+    run.add_argument("--summary-json", type=Path, help="also write the run summary here (automation)")
 
     ui = commands.add_parser("ui", help="Airflow standalone with this DAG: trigger runs from the UI")
     ui.add_argument("--source", default="", help="default 'source' in the trigger form")
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         from .local_run import run_locally
 
         summary = run_locally(_config_values(args), airflow_home=args.airflow_home)
+        if args.summary_json:
+            args.summary_json.write_text(json.dumps(summary, indent=2, default=str))
         return 0 if summary["state"] == "success" else 1
     if args.command == "ui":
         from .local_ui import start_ui

@@ -1,0 +1,116 @@
+"""Shared fixtures: the real photos in ../shared (read only), and real services on loopback."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FLICKR = SHARED / "data" / "flickr30k_sample" / "images"
+FACES = SHARED / "data" / "faces"
+
+# DeepFace finds the shared emotion weights and detector files offline. It only reads there.
+os.environ.setdefault("DEEPFACE_HOME", str(SHARED / "models" / "deepface"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited with {process.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A real GCS JSON API on loopback (gcp-storage-emulator, in memory); yields its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gcp-storage-emulator"), "start", "--host", "127.0.0.1",
+         "--port", str(port), "--in-memory"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process)
+        url = f"http://127.0.0.1:{port}"
+        previous = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        yield url
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, request):
+    """A fresh bucket on the emulator; yields its name."""
+    from emotion_pipeline.storage import _gcs_client
+
+    name = f"test-{request.node.name.lower().replace('_', '-').replace('[', '-').replace(']', '')}"[:60]
+    client = _gcs_client()
+    bucket = client.bucket(name)
+    if bucket.exists():
+        for blob in client.list_blobs(bucket):
+            blob.delete()
+    else:
+        client.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def smtp_sink(tmp_path):
+    """A real SMTP server on loopback (aiosmtpd) storing every message in a Maildir."""
+    import mailbox
+
+    port = free_port()
+    maildir = tmp_path / "maildir"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}",
+         "-c", "aiosmtpd.handlers.Mailbox", str(maildir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process)
+        yield port, lambda: list(mailbox.Maildir(str(maildir), create=False)) if maildir.exists() else []
+    finally:
+        stop(process)
+
+
+def copy_photos(src: Path, dst: Path, names: list[str]) -> list[Path]:
+    dst.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(src / name, dst / name)) for name in names]
+
+
+def flickr_names(n: int, offset: int = 0) -> list[str]:
+    return sorted(p.name for p in FLICKR.glob("*.jpg"))[offset:offset + n]
