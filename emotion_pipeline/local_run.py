@@ -33,9 +33,10 @@ def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]
     from .tables import read_table
 
     root = open_storage(config.root)
+    xcoms = _xcoms(dag_run)
     tasks = [
         {"task": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
-         "seconds": round(ti.duration or 0.0, 1)}
+         "seconds": round(ti.duration or 0.0, 1), "result": xcoms.get((ti.task_id, ti.map_index, "return_value"))}
         for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.start_date or dag_run.start_date, t.map_index))
     ]
     dataset = read_table(root, DATASET_KEY)
@@ -45,6 +46,7 @@ def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]
         "state": str(dag_run.state),
         "seconds": round(seconds, 1),
         "tasks": tasks,
+        "discovery": xcoms.get(("discover", -1, "summary")),
         "images": 0 if dataset is None else len(dataset),
         "statuses": {} if dataset is None else dataset["status"].value_counts().to_dict(),
         "labels": {} if dataset is None else dataset["label"].value_counts().to_dict(),
@@ -56,6 +58,16 @@ def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]
             "charts": root.uri_for("monitoring/charts"),
         },
     }
+
+
+def _xcoms(dag_run) -> dict[tuple[str, int, str], Any]:
+    """Every XCom of the run: the stage summaries (work done, skipped or not) for the summary."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id)).all()
+        return {(x.task_id, x.map_index, x.key): XComModel.deserialize_value(x) for x in rows}
 
 
 def _drifted_shards(monitor_log) -> list[int]:

@@ -102,7 +102,8 @@ def smtp_sink(tmp_path):
     )
     try:
         wait_for_port(port, process)
-        yield port, lambda: list(mailbox.Maildir(str(maildir), create=False)) if maildir.exists() else []
+        # {maildir key: message}: keys are unique per delivered message
+        yield port, lambda: dict(mailbox.Maildir(str(maildir), create=False).items()) if maildir.exists() else {}
     finally:
         stop(process)
 
