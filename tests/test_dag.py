@@ -1,0 +1,43 @@
+"""The DAG file parses fast and imports nothing heavy (it is parsed every few seconds)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PARSE = textwrap.dedent("""
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(dag_folder=sys.argv[1])
+    dag = bag.dags["emotion_pipeline"]
+    heavy = sorted(m for m in ("tensorflow", "deepface", "keras", "mlflow", "shap", "cv2", "pandas")
+                   if m in sys.modules)
+    print(json.dumps({
+        "errors": {k: str(v) for k, v in bag.import_errors.items()},
+        "tasks": {t.task_id: {"queue": t.queue, "pool": t.pool, "retries": t.retries,
+                              "mapped": "Mapped" in type(t).__name__} for t in dag.tasks},
+        "params": sorted(dag.params.keys()),
+        "heavy": heavy,
+    }))
+""")
+
+
+def test_dag_parses_with_the_expected_wiring(tmp_path):
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags")}
+    out = subprocess.run([sys.executable, "-c", PARSE, str(REPO / "dags")], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    parsed = json.loads(out.strip().splitlines()[-1])
+    assert parsed["errors"] == {}
+    tasks = parsed["tasks"]
+    assert set(tasks) == {"discover", "resize", "annotate", "check_drift", "alert_on_drift", "merge"}
+    assert tasks["annotate"]["queue"] == "gpu" and tasks["annotate"]["pool"] == "gpu"
+    assert tasks["resize"]["queue"] != "gpu"
+    assert tasks["resize"]["mapped"] and tasks["annotate"]["mapped"] and not tasks["merge"]["mapped"]
+    assert all(t["retries"] >= 1 for t in tasks.values())
+    assert {"source", "root", "shard_size", "detector", "actions", "drift_threshold", "alert_emails"} <= set(
+        parsed["params"])
+    assert parsed["heavy"] == []  # TensorFlow, DeepFace, pandas... load inside the tasks only
