@@ -57,14 +57,21 @@ def label_pie_chart(shard: int, row: dict[str, Any]) -> bytes:
 def drift_timeline_chart(monitor_log: pd.DataFrame, config) -> bytes:
     """JS distance and no-face change per shard, thresholds dashed, drifted shards in red."""
     plt, (fig, ax) = _figure(1, 8, 4)
+    from matplotlib.ticker import MaxNLocator
+
     latest = monitor_log.sort_values("checked_at").groupby("shard").tail(1).sort_values("shard")
-    ax.plot(latest["shard"], latest["js_distance"], marker="o", label="JS distance (labels)")
-    ax.plot(latest["shard"], latest["no_face_change"].abs(), marker="s", label="|no-face change|")
+    judged = latest[latest["judged"].astype(bool)]
+    unjudged = latest[~latest["judged"].astype(bool)]
+    ax.plot(judged["shard"], judged["js_distance"], marker="o", label="JS distance (labels)")
+    ax.plot(judged["shard"], judged["no_face_change"].abs(), marker="s", label="|no-face change|")
+    ax.scatter(unjudged["shard"], unjudged["js_distance"], marker="x", color="grey",
+               label="not judged (reference too small)")
     ax.axhline(config.drift_threshold, ls="--", color="C0", lw=1)
     ax.axhline(config.no_face_drift_threshold, ls="--", color="C1", lw=1)
     drifted = latest[latest["drift"].astype(bool)]
     ax.scatter(drifted["shard"], drifted["js_distance"], s=120, facecolors="none", edgecolors="red",
                label="drift", zorder=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("shard")
     ax.set_ylabel("distance to reference")
     ax.set_title("Label drift by shard")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,8 @@ def start_ui(source: str, root: str, port: int, airflow_home: Path | None = None
                    stdout=subprocess.DEVNULL)
 
     standalone = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=os.environ.copy())
+    # `airflow standalone` shuts its components down on Ctrl-C only; turn a SIGTERM into one.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         url = f"http://localhost:{port}"
         if wait_until_healthy(url, standalone):
@@ -36,8 +39,12 @@ def start_ui(source: str, root: str, port: int, airflow_home: Path | None = None
                   "Trigger the DAG with the form (source, root, shard size, detector, ...).", flush=True)
         return standalone.wait()
     except KeyboardInterrupt:
-        standalone.terminate()
-        return standalone.wait()
+        standalone.send_signal(signal.SIGINT)
+        try:
+            return standalone.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            standalone.kill()
+            return standalone.wait()
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 180) -> bool:

@@ -1,6 +1,5 @@
 """`emotion-pipeline ui` starts a real Airflow; a run triggered through its REST API succeeds."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -67,8 +66,19 @@ def test_ui_serves_the_dag_and_runs_it_from_the_rest_api(tmp_path):
         assert len(annotated) == 2 and all(t["state"] == "success" and t["pool"] == "gpu" for t in annotated)
         assert (tmp_path / "out" / "datasets" / "final_emotion_dataset.parquet").is_file()
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_tree(process)
+
+
+def stop_tree(process: subprocess.Popen) -> None:
+    """Stop `ui` gracefully, then make sure no Airflow component it started outlives the test."""
+    import psutil
+
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for child in alive:
+        child.kill()

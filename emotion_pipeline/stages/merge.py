@@ -36,8 +36,8 @@ def merge_dataset(config: PipelineConfig, *, root: Storage | None = None) -> dic
     if marker and marker["fingerprint"] == fingerprint:
         return {**marker["summary"], "skipped": True}
 
-    metadata = _concat(root, resize.STAGE, "metadata", shards)
-    annotations = _concat(root, annotate.STAGE, "annotations", shards)
+    metadata = _concat(root, resize.STAGE, "metadata", shards, resize.COLUMNS)
+    annotations = _concat(root, annotate.STAGE, "annotations", shards, annotate.PHOTO_COLUMNS)
     dataset = build_dataset(present, metadata, annotations)
     write_table(root, DATASET_KEY, dataset)
 
@@ -72,11 +72,11 @@ def build_dataset(present: pd.DataFrame, metadata: pd.DataFrame, annotations: pd
     return dataset.sort_values(["shard", "source_key"]).reset_index(drop=True)
 
 
-def _concat(root: Storage, stage_folder: str, table: str, shards: list[int]) -> pd.DataFrame:
+def _concat(root: Storage, stage_folder: str, table: str, shards: list[int], columns: list[str]) -> pd.DataFrame:
+    """The shards' tables stacked; at least ``columns`` even when no shard has the table yet."""
     tables = [t for s in shards if (t := read_table(root, f"{shard_prefix(stage_folder, s)}/{table}")) is not None]
     tables = [t for t in tables if not t.empty]
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
-        columns=["source_key", "image_id", "shard", "status", "error"])
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
 
 
 def _inputs_fingerprint(root: Storage, present: pd.DataFrame, shards: list[int]) -> str:

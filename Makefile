@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make run SOURCE=path/or/gs://bucket/photos [ROOT=out] [ARGS="--limit 50"]
+#   make test
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+ROOT ?= out
+SHARED ?= $(abspath ../shared)
+
+.PHONY: install run ui test test-fast lock bench-detectors
+
+install: $(VENV)/.installed
+
+# Exact versions from requirements/constraints.txt; reinstalled when it or pyproject.toml changes.
+$(VENV)/.installed: requirements/constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -r requirements/constraints.txt
+	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+run: install
+	@test -n "$(SOURCE)" || (echo "usage: make run SOURCE=folder-or-gs://bucket/prefix [ROOT=out] [ARGS=...]"; exit 2)
+	$(BIN)/emotion-pipeline run --source "$(SOURCE)" --root "$(ROOT)" $(ARGS)
+
+ui: install
+	$(BIN)/emotion-pipeline ui --source "$(SOURCE)" --root "$(ROOT)" $(ARGS)
+
+# Tests read the real photos and DeepFace weights in ../shared (override with SHARED=...).
+test: install
+	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# Re-resolve the pinned set after editing requirements/requirements.in.
+lock:
+	$(BIN)/python -m uv pip compile requirements/requirements.in --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o requirements/constraints.txt
+
+bench-detectors: install
+	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python bench/detectors.py --images $(SHARED)/data/flickr30k_sample/images
