@@ -18,6 +18,8 @@ DETECTORS = (
     "yolov8n", "yolov11n", "skip",
 )
 DRIFT_REFERENCES = ("earlier_shards", "baseline")
+EMBED_INPUTS = ("face", "photo")
+TUNERS = ("hyperband", "bayesian")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -48,6 +50,27 @@ class PipelineConfig:
     alert_emails: tuple[str, ...] = ()
     smtp_conn_id: str = "smtp_default"
 
+    # embed
+    embed_input: str = "face"  # the label face's crop (photos without one: the whole photo), or "photo"
+    embed_weights: str = "imagenet"  # "imagenet" (Keras downloads and caches it), a local .h5 path, or "none"
+    embed_batch_size: int = 32
+    mixed_precision: bool = True  # only takes effect on a GPU
+
+    # train
+    tuner: str = "hyperband"
+    tuner_max_epochs: int = 30  # Hyperband's budget per model; Bayesian uses it as epochs per trial
+    tuner_max_trials: int = 12  # Bayesian only
+    seed: int = 42
+    force_train: bool = False  # retrain even when the training data did not change
+    min_rows_per_class: int = 10  # classes with fewer labelled rows are left out of training
+    mlflow_tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else SQLite under the root
+    registered_model: str = "emotion-classifier"
+
+    # explain
+    shap_samples: int = 50  # embedding rows explained for the summary plot
+    shap_images: int = 3  # test photos explained with an image heat map
+    shap_image_evals: int = 300  # model evaluations per heat map (more = finer, slower)
+
     def __post_init__(self) -> None:
         _check(self.shard_size >= 1, f"shard_size must be >= 1, got {self.shard_size}")
         _check(self.limit is None or self.limit >= 0, f"limit must be >= 0, got {self.limit}")
@@ -61,6 +84,8 @@ class PipelineConfig:
         )
         _check(0 < self.drift_threshold <= 1, "drift_threshold is a JS distance in (0, 1]")
         _check(self.max_image_pixels > 0, "max_image_pixels must be positive")
+        _check(self.embed_input in EMBED_INPUTS, f"embed_input {self.embed_input!r} is not one of {EMBED_INPUTS}")
+        _check(self.tuner in TUNERS, f"tuner {self.tuner!r} is not one of {TUNERS}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
