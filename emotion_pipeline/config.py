@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # DeepFace's 7 scores
@@ -21,6 +22,11 @@ DRIFT_REFERENCES = ("earlier_shards", "baseline")
 EMBED_INPUTS = ("face", "photo")
 TUNERS = ("hyperband", "bayesian")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def state_home() -> Path:
+    """Where local state lives (Airflow home, tuner checkpoints, MLflow for gs:// roots)."""
+    return Path(os.environ.get("EMOTION_PIPELINE_HOME") or Path.home() / ".emotion-pipeline")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .config import state_home
+
 DAG_ID = "emotion_pipeline"
-DEFAULT_HOME = Path.home() / ".emotion-pipeline" / "airflow"
+DEFAULT_HOME = state_home() / "airflow"
 
 
 def dags_folder() -> Path:

@@ -21,6 +21,12 @@ os.environ.setdefault("DEEPFACE_HOME", str(SHARED / "models" / "deepface"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_state_home(tmp_path_factory):
+    """Tuner checkpoints, Airflow and MLflow state of the tests never touch the user's ~/.emotion-pipeline."""
+    os.environ["EMOTION_PIPELINE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,0 +1,30 @@
+"""Classification metrics on the five classes, computed the same way for every model."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import CLASSES
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro-F1 over the classes present in ``y_true``, per-class P/R/F1, confusion matrix."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    everything = list(range(len(CLASSES)))
+    present = sorted(int(c) for c in np.unique(y_true))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=everything, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+        if len(y_true) else 0.0,
+        "per_class": {
+            c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                "support": int(support[i])}
+            for i, c in enumerate(CLASSES)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=everything).tolist(),
+        "n": int(len(y_true)),
+    }

@@ -1,0 +1,55 @@
+"""MLflow wiring: where runs go, the git revision, the registered model and its champion alias."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from ..config import PipelineConfig, state_home
+from ..storage import GCS_SCHEME
+
+EXPERIMENT = "emotion-pipeline"
+CHAMPION = "champion"
+
+
+def tracking_uri(config: PipelineConfig) -> str:
+    """Config, then $MLFLOW_TRACKING_URI, then a SQLite store under the (local) storage root."""
+    if config.mlflow_tracking_uri:
+        return config.mlflow_tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    folder = _local_mlflow_folder(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def artifact_location(config: PipelineConfig) -> str:
+    if config.root.startswith(GCS_SCHEME):
+        return f"{config.root.rstrip('/')}/mlflow/artifacts"
+    return (_local_mlflow_folder(config) / "artifacts").as_uri()
+
+
+def _local_mlflow_folder(config: PipelineConfig) -> Path:
+    if config.root.startswith(GCS_SCHEME):  # a database cannot live in a bucket: keep it local
+        return state_home() / "mlflow"
+    return Path(config.root).expanduser().resolve() / "mlflow"
+
+
+def use_experiment(config: PipelineConfig):
+    """Point mlflow at the store and the experiment; returns the mlflow module."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(config))
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_location(config))
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
