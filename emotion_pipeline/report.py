@@ -1,0 +1,113 @@
+"""``reports/<model version>/report.html``: one self-contained page (figures inlined as base64)."""
+from __future__ import annotations
+
+import base64
+import html
+from datetime import datetime, timezone
+from typing import Any
+
+from .config import CLASSES
+from .stages.drift import read_log
+from .stages.merge import DATASET_KEY
+from .storage import Storage
+from .tables import read_table
+
+FIGURE_CAPTIONS = {
+    "confusion_matrix": "Confusion matrix on the test split (colour: share of the true class).",
+    "shap_embedding_summary": "Which ResNet50 embedding dimensions push the head towards each emotion.",
+    "shap_image_heatmaps": "Where in the photo the predicted emotion comes from (red: towards it, blue: against).",
+    "tsne": "The vectors in 2-D (t-SNE), coloured by DeepFace label.",
+}
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
+h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{border:1px solid #ddd;padding:.3em .7em;text-align:right}th{background:#f4f4f4}
+td:first-child,th:first-child{text-align:left}.best{font-weight:bold;background:#eef7ee}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}.note{background:#fff6e0;padding:.7em}
+.grid{display:flex;gap:2em;flex-wrap:wrap}
+"""
+
+
+def dataset_summary(root: Storage) -> dict[str, Any]:
+    dataset = read_table(root, DATASET_KEY)
+    monitor_log = read_log(root)
+    annotated = dataset[dataset["status"].isin(["ok", "no_face"])]
+    drifted = []
+    if "drift" in monitor_log:
+        drifted = sorted({int(s) for s in monitor_log.loc[monitor_log["drift"].astype(bool), "shard"]})
+    return {
+        "images": len(dataset),
+        "statuses": dataset["status"].value_counts().to_dict(),
+        "labels": {c: int((dataset["label"] == c).sum()) for c in CLASSES},
+        "no_face_rate": float((annotated["status"] == "no_face").mean()) if len(annotated) else 0.0,
+        "shards": int(dataset["shard"].nunique()),
+        "drifted_shards": drifted,
+    }
+
+
+def write_report(root: Storage, version: str, *, dataset: dict[str, Any], evaluation: dict | None = None,
+                 training: dict | None = None, figures: dict[str, bytes] | None = None,
+                 note: str | None = None) -> str:
+    key = f"reports/{version}/report.html"
+    root.write_bytes(key, render(version, dataset, evaluation, training, figures or {}, note).encode())
+    return root.uri_for(key)
+
+
+def render(version, dataset, evaluation, training, figures, note) -> str:
+    parts = [f"<h1>Emotion pipeline report</h1><p class='sub'>model version {html.escape(str(version))} · "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}</p>"]
+    if note:
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    parts.append(_dataset_section(dataset))
+    if evaluation:
+        parts.append(_metrics_section(evaluation, training or {}))
+    for name, png in figures.items():
+        data = base64.b64encode(png).decode()
+        parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(FIGURE_CAPTIONS.get(name, name))}</figcaption></figure>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Emotion pipeline report {version}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _table(header: list[str], rows: list[list[Any]], best_row: int | None = None) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        f"<tr{' class=best' if i == best_row else ''}>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        for i, row in enumerate(rows))
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _dataset_section(d: dict[str, Any]) -> str:
+    statuses = _table(["status", "photos"], [[k, v] for k, v in sorted(d["statuses"].items(), key=lambda kv: -kv[1])])
+    labels = _table(["label", "photos"], [[k, v] for k, v in d["labels"].items()])
+    drift = ", ".join(map(str, d["drifted_shards"])) or "none"
+    return (f"<h2>Dataset</h2><p>{d['images']} photos in {d['shards']} shards; no-face rate "
+            f"{d['no_face_rate']:.1%}; shards flagged for label drift: {drift}.</p>"
+            f"<div class='grid'>{statuses}{labels}</div>")
+
+
+def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> str:
+    metrics = evaluation["metrics"]
+    names = {"model": f"ResNet50 + tuned head (v{evaluation['model_version']})",
+             "baseline": "logistic regression baseline",
+             "majority": f"majority class ({evaluation['majority_class']})"}
+    rows = [[names[k], m["accuracy"], m["macro_f1"], m["n"]] for k, m in metrics.items()]
+    overview = _table(["model", "test accuracy", "test macro-F1", "test photos"], rows, best_row=0)
+    model = metrics["model"]["per_class"]
+    per_class = _table(["class", "precision", "recall", "F1", "support"],
+                       [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in model.items()])
+    counts = evaluation["counts"]
+    splits = _table(["split", *CLASSES], [[s, *(counts[s][c] for c in CLASSES)] for s in counts])
+    hp = training.get("best_hyperparameters", {})
+    tuning = _table(["hyperparameter", "value"], [[k, v] for k, v in hp.items() if not k.startswith("tuner/")])
+    champion = "yes" if training.get("champion") else "no (the current champion scored higher)"
+    return (f"<h2>Model</h2><p>Labels are DeepFace's, so these numbers measure agreement with DeepFace. "
+            f"Champion: {champion}. MLflow run {html.escape(str(evaluation['run_id']))}, "
+            f"{training.get('trials', '?')} tuner trials.</p>{overview}"
+            f"<h3>Per class</h3>{per_class}<div class='grid'><div><h3>Photos per split</h3>{splits}</div>"
+            f"<div><h3>Best hyperparameters</h3>{tuning}</div></div>")
