@@ -2,11 +2,14 @@
 ### Emotion pipeline
 
 Photos (a folder or `gs://bucket/prefix`) -> 224x224 copies and metadata -> DeepFace annotations in
-shards -> label-drift monitoring with e-mail alerts -> `datasets/final_emotion_dataset.parquet`.
+shards -> label-drift monitoring with e-mail alerts -> `datasets/final_emotion_dataset.parquet`
+-> ResNet50 vectors -> a Keras Tuner classifier tracked in MLflow -> evaluation, SHAP and
+`reports/<model version>/report.html`.
 
 Wiring only: every task calls one stage function of the `emotion_pipeline` package. Shards are the
 unit of dynamic task mapping (never single photos); only shards with work left are mapped, so a
-re-run with nothing new launches no shard task. DeepFace runs on the `gpu` queue and pool.
+re-run with nothing new launches no shard task. DeepFace, ResNet50 and SHAP run on the `gpu` queue
+and pool; unchanged training data retrains nothing unless `force_train` is set.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from emotion_pipeline.config import ACTIONS, DETECTORS, DRIFT_REFERENCES, PipelineConfig
+from emotion_pipeline.config import ACTIONS, DETECTORS, DRIFT_REFERENCES, EMBED_INPUTS, TUNERS, PipelineConfig
 
 DEFAULT_SOURCE = os.environ.get("EMOTION_PIPELINE_SOURCE", "")
 DEFAULT_ROOT = os.environ.get("EMOTION_PIPELINE_ROOT", "")
@@ -42,6 +45,15 @@ PARAMS = {
                                      description="Absolute change of the no-face rate that counts as drift."),
     "alert_emails": Param([], type="array", items={"type": "string"},
                           description="Who gets drift and failure e-mails (SMTP connection smtp_default)."),
+    "embed_input": Param("face", enum=list(EMBED_INPUTS),
+                         description="Embed the label face's crop (default) or the whole 224x224 photo."),
+    "embed_weights": Param("imagenet", type="string",
+                           description="ResNet50 weights: imagenet, a local .h5 path, or none (random)."),
+    "tuner": Param("hyperband", enum=list(TUNERS), description="Keras Tuner search algorithm."),
+    "tuner_max_epochs": Param(30, type="integer", minimum=1, description="Epoch budget per model."),
+    "tuner_max_trials": Param(12, type="integer", minimum=1, description="Trials (bayesian tuner)."),
+    "force_train": Param(False, type="boolean", description="Retrain even if the training data is unchanged."),
+    "shap_images": Param(3, type="integer", minimum=0, description="Test photos explained with a SHAP heat map."),
 }
 
 
@@ -112,11 +124,41 @@ def emotion_pipeline():
 
         return merge_dataset(_config(params))
 
+    @task(**GPU)
+    def embed(annotated: dict, params=None) -> dict:
+        from emotion_pipeline.stages.embed import embed_shard
+
+        return embed_shard(_config(params), annotated["shard"])
+
+    @task(trigger_rule="none_failed")
+    def assemble_features(params=None) -> dict:
+        from emotion_pipeline.stages.embed import assemble_features
+
+        return assemble_features(_config(params))
+
+    @task(trigger_rule="none_failed")
+    def train(params=None) -> dict:
+        from emotion_pipeline.stages.train import train_classifier
+
+        return train_classifier(_config(params))
+
+    @task(trigger_rule="none_failed", **GPU)
+    def evaluate(trained: dict, params=None) -> dict:
+        from emotion_pipeline.stages.evaluate import evaluate_model
+
+        return evaluate_model(_config(params), trained)
+
     annotated = annotate.expand(resized=resize.expand(shard=discover()))
     drift = check_drift()
     annotated >> drift
     alert_on_drift(drift)
-    drift >> merge()
+    merged = merge()
+    drift >> merged
+    features = assemble_features()
+    embed.expand(annotated=annotated) >> features
+    trained = train()
+    [merged, features] >> trained
+    evaluate(trained)
 
 
 emotion_pipeline()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ACTIONS, DETECTORS, DRIFT_REFERENCES, PipelineConfig
+from .config import ACTIONS, DETECTORS, DRIFT_REFERENCES, EMBED_INPUTS, TUNERS, PipelineConfig
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -27,11 +27,20 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drift-reference", choices=DRIFT_REFERENCES)
     parser.add_argument("--drift-threshold", type=float)
     parser.add_argument("--alert-emails", help="comma-separated recipients of drift/failure e-mails")
+    parser.add_argument("--embed-input", choices=EMBED_INPUTS)
+    parser.add_argument("--embed-weights", help="imagenet (default), a local .h5 path, or none")
+    parser.add_argument("--tuner", choices=TUNERS)
+    parser.add_argument("--tuner-max-epochs", type=int)
+    parser.add_argument("--tuner-max-trials", type=int)
+    parser.add_argument("--shap-images", type=int)
+    parser.add_argument("--shap-image-evals", type=int)
+    parser.add_argument("--force-train", action="store_true", default=None)
 
 
 def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     names = ["source", "root", "limit", "shard_size", "detector", "actions", "min_face_confidence",
-             "drift_reference", "drift_threshold", "alert_emails"]
+             "drift_reference", "drift_threshold", "alert_emails", "embed_input", "embed_weights", "tuner",
+             "tuner_max_epochs", "tuner_max_trials", "shap_images", "shap_image_evals", "force_train"]
     values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     for name in ("actions", "alert_emails"):
         if name in values:
@@ -56,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--airflow-home", type=Path)
 
     stage = commands.add_parser("stage", help="run one stage function without Airflow")
-    stage.add_argument("name", choices=["discover", "resize", "annotate", "drift", "merge"])
+    stage.add_argument("name", choices=["discover", "resize", "annotate", "drift", "merge", "embed",
+                                        "assemble", "train"])
     _add_config_options(stage)
     stage.add_argument("--shard", type=int, help="for resize and annotate")
     return parser
@@ -85,12 +95,18 @@ def _run_stage(args: argparse.Namespace) -> int:
     if args.name == "discover":
         from .stages.discover import discover_images as run
         result = run(config)
-    elif args.name in ("resize", "annotate"):
+    elif args.name in ("resize", "annotate", "embed"):
         if args.shard is None:
             raise SystemExit(f"{args.name} needs --shard")
-        from .stages import annotate, resize
-        run = resize.resize_shard if args.name == "resize" else annotate.annotate_shard
-        result = run(config, args.shard)
+        from .stages import annotate, embed, resize
+        run = {"resize": resize.resize_shard, "annotate": annotate.annotate_shard, "embed": embed.embed_shard}
+        result = run[args.name](config, args.shard)
+    elif args.name == "assemble":
+        from .stages.embed import assemble_features
+        result = assemble_features(config)
+    elif args.name == "train":
+        from .stages.train import train_classifier
+        result = train_classifier(config)
     elif args.name == "drift":
         from .stages.drift import check_label_drift
         result = check_label_drift(config)

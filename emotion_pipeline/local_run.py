@@ -40,6 +40,8 @@ def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]
         for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.start_date or dag_run.start_date, t.map_index))
     ]
     dataset = read_table(root, DATASET_KEY)
+    evaluation = xcoms.get(("evaluate", -1, "return_value")) or {}
+    training = xcoms.get(("train", -1, "return_value")) or {}
     monitor_log = read_log(root)
     return {
         "run_id": dag_run.run_id,
@@ -56,7 +58,11 @@ def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]
             "processed": root.uri_for("processed"),
             "monitoring_log": root.uri_for("monitoring/label_monitor_log.csv"),
             "charts": root.uri_for("monitoring/charts"),
+            "vectors": root.uri_for("features/image_vectors.npy"),
+            "report": evaluation.get("report_uri"),
+            "mlflow": training.get("tracking_uri"),
         },
+        "model": {k: training.get(k) for k in ("model_version", "test_macro_f1", "champion", "run_id")},
     }
 
 
@@ -86,5 +92,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  {status:<12} {count}")
     print("labels: " + (", ".join(f"{k} {v}" for k, v in summary["labels"].items()) or "none"))
     print("drifted shards: " + (", ".join(map(str, summary["drifted_shards"])) or "none"))
+    model = summary["model"]
+    if model.get("model_version"):
+        print(f"model: version {model['model_version']}, test macro-F1 {model['test_macro_f1']:.3f}, "
+              f"champion: {model['champion']}")
     for name, uri in summary["outputs"].items():
-        print(f"  {name:<15} {uri}")
+        if uri:
+            print(f"  {name:<15} {uri}")

@@ -79,7 +79,9 @@ def _table(header: list[str], rows: list[list[Any]], best_row: int | None = None
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.3f}"
+    return str(value)
 
 
 def _dataset_section(d: dict[str, Any]) -> str:

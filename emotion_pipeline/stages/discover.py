@@ -6,7 +6,7 @@ from typing import Any
 from ..config import PipelineConfig
 from ..manifest import discover, shard_rows
 from ..storage import Storage, open_storage
-from . import annotate, resize
+from . import annotate, embed, resize
 
 
 def discover_images(
@@ -33,4 +33,4 @@ def discover_images(
 
 def _shard_complete(config: PipelineConfig, root: Storage, manifest, shard: int) -> bool:
     rows = shard_rows(manifest, shard)
-    return all(stage.is_complete(config, root, rows, shard) for stage in (resize, annotate))
+    return all(stage.is_complete(config, root, rows, shard) for stage in (resize, annotate, embed))
