@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 ROOT ?= out
 SHARED ?= $(abspath ../shared)
 
-.PHONY: install run ui test test-fast lock bench-detectors
+.PHONY: install system-deps run ui test test-fast lock bench-detectors
 
 install: $(VENV)/.installed
 
@@ -26,8 +26,14 @@ run: install
 ui: install
 	$(BIN)/emotion-pipeline ui --source "$(SOURCE)" --root "$(ROOT)" $(ARGS)
 
+# The report test opens report.html in a real headless browser: Debian's chromium.
+system-deps:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+
 # Tests read the real photos and DeepFace weights in ../shared (override with SHARED=...).
-test: install
+test: install system-deps
 	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install

@@ -86,3 +86,73 @@ def check_outputs(root: Storage, expected_status: dict[str, str], all_files: lis
     assert sorted(monitor_log["shard"]) == sorted(int(s) for s in dataset["shard"].unique())
     assert root.exists("monitoring/charts/drift_timeline.png")
     return dataset
+
+
+# Tests and CI cannot download ImageNet weights: ResNet50 runs with weights=None (same graph and cost).
+SECOND_HALF_ARGS = ("--embed-weights", "none", "--tuner-max-epochs", "2", "--shap-images", "1",
+                    "--shap-image-evals", "40")
+
+
+def check_second_half(root: Storage, dataset: pd.DataFrame, summary: dict) -> dict:
+    """Vectors aligned with their index, the report and its figures; returns the train summary."""
+    vectors = np.load(io.BytesIO(root.read_bytes("features/image_vectors.npy")))
+    index = read_parquet(root, "features/image_index.parquet")
+    assert vectors.dtype == np.float32 and vectors.shape == (len(index), 2048)
+    assert index["row"].tolist() == list(range(len(index)))
+    embedded = dataset[dataset["status"].isin(["ok", "no_face"])]
+    assert sorted(index["image_id"]) == sorted(embedded["image_id"])
+    faces = index.merge(embedded[["image_id", "face_w"]], on="image_id")
+    assert ((faces["input"] == "face") == faces["face_w"].notna()).all()
+    assert np.isfinite(vectors).all() and (np.abs(vectors).sum(axis=1) > 0).all()
+
+    train = next(t["result"] for t in summary["tasks"] if t["task"] == "train")
+    evaluation = next(t["result"] for t in summary["tasks"] if t["task"] == "evaluate")
+    assert train["trained"] and evaluation["evaluated"]
+    folder = f"reports/{train['model_version']}"
+    metrics = json.loads(root.read_bytes(f"{folder}/metrics.json"))
+    assert set(metrics["metrics"]) == {"model", "baseline", "majority"}
+    for figure in ("confusion_matrix", "shap_embedding_summary", "shap_image_heatmaps", "tsne"):
+        with Image.open(io.BytesIO(root.read_bytes(f"{folder}/{figure}.png"))) as image:
+            assert image.size[0] > 300, figure
+    page = root.read_bytes(f"{folder}/report.html").decode()
+    assert page.count("data:image/png;base64,") == 4
+    for section in ("<h2>Dataset</h2>", "<h2>Model</h2>", "logistic regression baseline", "majority class",
+                    f"{len(dataset)} photos"):
+        assert section in page, section
+    return train
+
+
+def check_mlflow(tracking_uri: str, train: dict, registered_model: str = "emotion-classifier") -> None:
+    """The real tracking store holds the parent run, one nested run per trial, the registered model."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(train["run_id"])
+    assert parent.data.params["data.fingerprint"] == train["data_fingerprint"]
+    assert parent.data.params["git_revision"] and "config.detector" in parent.data.params
+    assert "model.test_macro_f1" in parent.data.metrics and "baseline.test_macro_f1" in parent.data.metrics
+    nested = client.search_runs([parent.info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{train['run_id']}'")
+    assert len(nested) == train["trials"] >= 2
+    for trial in nested:
+        assert {"units", "dropout", "learning_rate", "l2"} <= set(trial.data.params)
+        assert "val_loss" in trial.data.metrics
+    version = client.get_model_version(registered_model, train["model_version"])
+    assert version.run_id == train["run_id"]
+    champion = client.get_model_version_by_alias(registered_model, "champion")
+    if train["champion"]:
+        assert str(champion.version) == train["model_version"]
+    else:
+        assert str(champion.version) != train["model_version"]
+
+
+def screenshot(page: str, out: Path) -> np.ndarray:
+    """Open a page in headless Chromium (Debian's) and return the screenshot's pixels."""
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+         f"--user-data-dir={out.parent / 'chromium-profile'}", "--window-size=1200,3000",
+         f"--screenshot={out}", page],
+        check=True, capture_output=True, timeout=120,
+    )
+    return np.asarray(Image.open(out).convert("L"))

@@ -7,7 +7,10 @@ from emotion_pipeline.storage import LocalStorage, open_storage
 
 from .bad_inputs import write_bad_inputs, write_odd_modes
 from .conftest import FACES, FLICKR, copy_photos, flickr_names
-from .pipeline_run import check_outputs, run_pipeline, shard_results, smtp_connection
+from .pipeline_run import (
+    SECOND_HALF_ARGS, check_mlflow, check_outputs, check_second_half, run_pipeline, screenshot, shard_results,
+    smtp_connection,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -19,7 +22,7 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     photos = copy_photos(FLICKR, src, flickr_names(60))
     expected = write_bad_inputs(src, photos[0])
     odd = write_odd_modes(src, photos[0])
-    args = ("--shard-size", "25", "--alert-emails", "ops@example.com")
+    args = ("--shard-size", "25", "--alert-emails", "ops@example.com", *SECOND_HALF_ARGS)
 
     # 1. Cold run: 73 files -> shards 0..2, every output written.
     first = run_pipeline(str(src), str(root_dir), tmp_path, *args, env=env)
@@ -30,6 +33,11 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     assert sorted(r["shard"] for r in shard_results(first, "annotate")) == [0, 1, 2]
     assert dataset["label"].notna().sum() >= 10 and (dataset["status"] == "no_face").sum() >= 5
     assert set(dataset.set_index("source_key").loc[odd, "status"]) <= {"ok", "no_face"}
+    train = check_second_half(LocalStorage(root_dir), dataset, first)
+    assert train["model_version"] == "1" and train["champion"] is True
+    check_mlflow(f"sqlite:///{root_dir / 'mlflow' / 'mlflow.db'}", train)
+    pixels = screenshot((root_dir / "reports/1/report.html").as_uri(), tmp_path / "report.png")
+    assert pixels.shape[0] >= 2000 and pixels.std() > 20  # a rendered page with figures, not a blank one
     seen_mails = set(received())
 
     # 2. Same source again: nothing is hashed, no shard task runs, nothing is rewritten.
@@ -41,6 +49,9 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     drift = shard_results(second, "check_drift")[0]
     merge = shard_results(second, "merge")[0]
     assert drift["checked"] == [] and merge["skipped"] is True
+    assert shard_results(second, "embed") == []
+    assert shard_results(second, "train")[0]["skipped"] is True  # same data: no retraining
+    assert shard_results(second, "evaluate")[0]["skipped"] is True
     assert (root_dir / "monitoring/label_monitor_log.csv").read_bytes() == log_before
 
     # 3. A new batch of close-up portraits: only the new shards run, and their no-face rate
@@ -51,10 +62,14 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     assert third["discovery"]["hashed"] == 40 and third["discovery"]["new_images"] == 40
     assert sorted(r["shard"] for r in shard_results(third, "resize")) == [3, 4]
     assert sorted(r["shard"] for r in shard_results(third, "annotate")) == [3, 4]
+    assert sorted(r["shard"] for r in shard_results(third, "embed")) == [3, 4]
     report = shard_results(third, "check_drift")[0]
     assert report["checked"] == [3, 4] and report["drifted"]
     files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
-    check_outputs(LocalStorage(root_dir), expected, files)
+    dataset = check_outputs(LocalStorage(root_dir), expected, files)
+    retrained = check_second_half(LocalStorage(root_dir), dataset, third)
+    assert retrained["model_version"] == "2" and retrained["data_fingerprint"] != train["data_fingerprint"]
+    check_mlflow(f"sqlite:///{root_dir / 'mlflow' / 'mlflow.db'}", retrained)
 
     mails = [m for key, m in received().items() if key not in seen_mails]
     drift_mails = [m for m in mails if "label drift" in m["Subject"]]
@@ -77,9 +92,11 @@ def test_run_on_gcs(tmp_path, gcs_bucket):
         source.write_bytes(name, (local / name).read_bytes())
     shutil.rmtree(local)  # the pipeline only sees the bucket
 
-    summary = run_pipeline(source.uri, f"gs://{gcs_bucket}/out", tmp_path, "--shard-size", "20")
+    summary = run_pipeline(source.uri, f"gs://{gcs_bucket}/out", tmp_path, "--shard-size", "20", *SECOND_HALF_ARGS)
     assert summary["state"] == "success" and summary["images"] == len(files)
     root = open_storage(f"gs://{gcs_bucket}/out")
     dataset = check_outputs(root, expected, files)
     assert dataset["processed_uri"].dropna().str.startswith(f"gs://{gcs_bucket}/out/processed/").all()
     assert dataset["source_uri"].str.startswith(f"gs://{gcs_bucket}/raw/").all()
+    train = check_second_half(root, dataset, summary)
+    check_mlflow(train["tracking_uri"], train)

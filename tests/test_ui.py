@@ -54,7 +54,7 @@ def test_ui_serves_the_dag_and_runs_it_from_the_rest_api(tmp_path):
         assert pools.get("gpu", 0) >= 1
         # The trigger form's defaults are the folders given to `ui`; the run overrides only limit.
         run = call(f"{base}/api/v2/dags/emotion_pipeline/dagRuns", token,
-                   body={"logical_date": None, "conf": {"limit": 4, "shard_size": 2}})
+                   body={"logical_date": None, "conf": {"limit": 4, "shard_size": 2, "embed_weights": "none"}})
         run_url = f"{base}/api/v2/dags/emotion_pipeline/dagRuns/{run['dag_run_id']}"
         deadline = time.monotonic() + 600
         while (state := call(run_url, token)["state"]) in ("queued", "running"):
