@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=8080)
     ui.add_argument("--airflow-home", type=Path)
 
+    serve = commands.add_parser("serve", help="the prediction API (gunicorn) on the registered champion")
+    serve.add_argument("--root", required=True, help="the pipeline's storage root (MLflow store, reports)")
+    serve.add_argument("--model-uri", help="default: models:/emotion-classifier@champion")
+    serve.add_argument("--embed-weights", help="default: the weights the model was trained with")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--workers", type=int, default=1, help="processes; each loads the models once")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0)
+
+    dashboard = commands.add_parser("dashboard", help="the Streamlit dashboard on a pipeline's outputs")
+    dashboard.add_argument("--root", required=True, help="the pipeline's storage root")
+    dashboard.add_argument("--port", type=int, default=8501)
+    dashboard.add_argument("--host", default="0.0.0.0")
+
     stage = commands.add_parser("stage", help="run one stage function without Airflow")
     stage.add_argument("name", choices=["discover", "resize", "annotate", "drift", "merge", "embed",
                                         "assemble", "train"])
@@ -87,7 +102,37 @@ def main(argv: list[str] | None = None) -> int:
         from .local_ui import start_ui
 
         return start_ui(source=args.source, root=args.root, port=args.port, airflow_home=args.airflow_home)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "dashboard":
+        return _dashboard(args)
     return _run_stage(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """exec gunicorn: one sync worker per process, models loaded in each worker (never preloaded)."""
+    env = {"EMOTION_PIPELINE_ROOT": args.root, "EMOTION_PIPELINE_MAX_UPLOAD_MB": str(args.max_upload_mb)}
+    if args.model_uri:
+        env["EMOTION_PIPELINE_MODEL_URI"] = args.model_uri
+    if args.embed_weights:
+        env["EMOTION_PIPELINE_EMBED_WEIGHTS"] = args.embed_weights
+    os.environ.update(env)
+    gunicorn = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--bind",
+                f"{args.host}:{args.port}", "--timeout", "300", "--graceful-timeout", "20",
+                "emotion_pipeline.serve.api:create_app()"]
+    os.execv(sys.executable, gunicorn)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    os.environ["EMOTION_PIPELINE_ROOT"] = args.root
+    script = Path(__file__).parent / "serve" / "dashboard.py"
+    os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(script), "--server.port",
+                              str(args.port), "--server.address", args.host, "--server.headless", "true",
+                              "--browser.gatherUsageStats", "false"])
+    return 0
 
 
 def _run_stage(args: argparse.Namespace) -> int:

@@ -114,6 +114,23 @@ def smtp_sink(tmp_path):
         stop(process)
 
 
+@pytest.fixture(scope="session")
+def trained_root(tmp_path_factory):
+    """A storage root the whole pipeline ran on (in-process): a registered champion model, a report."""
+    from emotion_pipeline.config import PipelineConfig
+    from emotion_pipeline.stages.all import run_all_stages
+
+    base = tmp_path_factory.mktemp("trained")
+    src = base / "photos"
+    copy_photos(FLICKR, src, flickr_names(40, offset=200))
+    copy_photos(FACES, src / "faces", sorted(p.name for p in FACES.glob("img*.jpg"))[:30])
+    config = PipelineConfig(source=str(src), root=str(base / "out"), shard_size=40, embed_weights="none",
+                            tuner_max_epochs=2, shap_images=1, shap_image_evals=40, min_rows_per_class=3)
+    results = run_all_stages(config)
+    assert results["train"]["trained"], results["train"]
+    return config, results
+
+
 def copy_photos(src: Path, dst: Path, names: list[str]) -> list[Path]:
     dst.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy2(src / name, dst / name)) for name in names]

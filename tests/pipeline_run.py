@@ -146,13 +146,13 @@ def check_mlflow(tracking_uri: str, train: dict, registered_model: str = "emotio
         assert str(champion.version) != train["model_version"]
 
 
-def screenshot(page: str, out: Path) -> np.ndarray:
+def screenshot(page: str, out: Path, wait_ms: int = 0) -> np.ndarray:
     """Open a page in headless Chromium (Debian's) and return the screenshot's pixels."""
     subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
          f"--user-data-dir={out.parent / 'chromium-profile'}", "--window-size=1200,3000",
-         f"--screenshot={out}", page],
+         *([f"--virtual-time-budget={wait_ms}"] if wait_ms else []), f"--screenshot={out}", page],
         check=True, capture_output=True, timeout=120,
     )
     return np.asarray(Image.open(out).convert("L"))

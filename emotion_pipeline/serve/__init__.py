@@ -1,0 +1,1 @@
+"""HTTP API and dashboard, reading what the stages wrote."""

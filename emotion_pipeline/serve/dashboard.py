@@ -1,0 +1,204 @@
+"""The Streamlit dashboard: ``emotion-pipeline dashboard --root DIR_OR_GS``.
+
+Pages (sidebar, or ``?page=`` in the URL): Dataset, Monitoring, Model, Try it. Everything is read
+from what the pipeline wrote under the root; "Try it" runs the registered champion in-process.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+
+import pandas as pd
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from emotion_pipeline.config import CLASSES
+from emotion_pipeline.storage import open_storage
+from emotion_pipeline.tables import read_table
+
+PAGES = ("Dataset", "Monitoring", "Model", "Try it")
+
+
+def root_uri() -> str:
+    args = sys.argv[1:]
+    if "--root" in args:
+        return args[args.index("--root") + 1]
+    return os.environ.get("EMOTION_PIPELINE_ROOT", "out")
+
+
+@st.cache_resource
+def storage(uri: str):
+    return open_storage(uri)
+
+
+@st.cache_data(ttl=60)
+def dataset(uri: str) -> pd.DataFrame | None:
+    return read_table(storage(uri), "datasets/final_emotion_dataset")
+
+
+@st.cache_data(ttl=60)
+def monitor_log(uri: str) -> pd.DataFrame:
+    from emotion_pipeline.stages.drift import read_log
+
+    return read_log(storage(uri))
+
+
+def read_png(uri: str, key: str) -> bytes | None:
+    try:
+        return storage(uri).read_bytes(key)
+    except FileNotFoundError:
+        return None
+
+
+def latest_report(uri: str) -> tuple[str, dict] | None:
+    train = storage(uri)
+    try:
+        done = json.loads(train.read_bytes("models/_done.json"))["summary"]
+        version = done["model_version"]
+        return version, json.loads(train.read_bytes(f"reports/{version}/metrics.json"))
+    except (FileNotFoundError, KeyError):
+        return None
+
+
+def boxed_thumbnail(uri: str, row: pd.Series) -> Image.Image:
+    """The 224x224 letterboxed copy with the label face's box mapped onto it."""
+    image = Image.open(io.BytesIO(storage(uri).read_bytes(f"processed/{row['image_id']}.jpg"))).convert("RGB")
+    width, height = float(row["orig_width"]), float(row["orig_height"])
+    scale = 224 / max(width, height)
+    dx, dy = (224 - width * scale) / 2, (224 - height * scale) / 2
+    x, y, w, h = (float(row[f"face_{k}"]) for k in ("x", "y", "w", "h"))
+    ImageDraw.Draw(image).rectangle([dx + x * scale, dy + y * scale, dx + (x + w) * scale, dy + (y + h) * scale],
+                                    outline=(255, 40, 40), width=2)
+    return image
+
+
+def page_dataset(uri: str) -> None:
+    st.header("Dataset")
+    data = dataset(uri)
+    if data is None:
+        st.info(f"No dataset under {uri} yet: run the pipeline first (`make run SOURCE=...`).")
+        return
+    annotated = data[data["status"].isin(["ok", "no_face"])]
+    cols = st.columns(4)
+    cols[0].metric("photos", len(data))
+    cols[1].metric("labelled", int(data["label"].notna().sum()))
+    cols[2].metric("no-face rate", f"{(annotated['status'] == 'no_face').mean():.0%}" if len(annotated) else "-")
+    cols[3].metric("shards", int(data["shard"].nunique()))
+    left, right = st.columns(2)
+    left.subheader("Photos by status")
+    left.bar_chart(data["status"].value_counts())
+    right.subheader("Labels")
+    right.bar_chart(data["label"].value_counts().reindex(CLASSES).fillna(0))
+    st.subheader("Examples per emotion (label face boxed)")
+    for label in CLASSES:
+        examples = data[data["label"] == label].head(6)
+        if examples.empty:
+            continue
+        st.markdown(f"**{label}**")
+        columns = st.columns(6)
+        for column, (_, row) in zip(columns, examples.iterrows()):
+            column.image(boxed_thumbnail(uri, row), caption=row["source_key"][-28:])
+
+
+def page_monitoring(uri: str) -> None:
+    st.header("Monitoring")
+    log = monitor_log(uri)
+    if log.empty or "js_distance" not in log:
+        st.info("No drift checks logged yet.")
+        return
+    drifted = sorted({int(s) for s in log.loc[log["drift"].astype(bool), "shard"]})
+    st.metric("shards that alerted", len(drifted), help=", ".join(map(str, drifted)) or "none")
+    st.write("Alerted shards: " + (", ".join(map(str, drifted)) or "none"))
+    timeline = read_png(uri, "monitoring/charts/drift_timeline.png")
+    if timeline:
+        st.image(timeline, caption="Drift timeline")
+    st.line_chart(log.set_index("shard")[["js_distance", "no_face_change"]])
+    st.dataframe(log[["checked_at", "shard", "images", "labelled", "no_face_rate", "js_distance",
+                      "no_face_change", "drift"]], hide_index=True)
+    st.subheader("Pie charts")
+    for shard in (drifted or sorted(log["shard"].unique())[-3:]):
+        chart = read_png(uri, f"monitoring/charts/shard={int(shard):05d}.png")
+        if chart:
+            st.image(chart, caption=f"shard {shard}")
+
+
+def page_model(uri: str) -> None:
+    st.header("Model")
+    found = latest_report(uri)
+    if found is None:
+        st.info("No trained model yet.")
+        return
+    version, report = found
+    metrics = report["metrics"]
+    st.subheader(f"Model version {version} on the test split")
+    st.dataframe(pd.DataFrame({who: {"accuracy": m["accuracy"], "macro-F1": m["macro_f1"], "photos": m["n"]}
+                               for who, m in metrics.items()}).T)
+    st.dataframe(pd.DataFrame(metrics["model"]["per_class"]).T)
+    for name, caption in (("confusion_matrix", "Confusion matrix"),
+                          ("shap_embedding_summary", "SHAP: embedding dimensions per emotion"),
+                          ("shap_image_heatmaps", "SHAP: where the emotion comes from"),
+                          ("tsne", "t-SNE of the vectors")):
+        png = read_png(uri, f"reports/{version}/{name}.png")
+        if png:
+            st.image(png, caption=caption)
+    st.subheader("Training runs (MLflow)")
+    st.dataframe(mlflow_runs(uri), hide_index=True)
+
+
+@st.cache_data(ttl=60)
+def mlflow_runs(uri: str) -> pd.DataFrame:
+    from emotion_pipeline.config import PipelineConfig
+    from emotion_pipeline.modeling import tracking
+
+    mlflow = tracking.use_experiment(PipelineConfig(source=uri, root=uri))
+    runs = mlflow.search_runs(experiment_names=[tracking.EXPERIMENT],
+                              filter_string="tags.model_version != ''", order_by=["start_time DESC"])
+    keep = [c for c in ("run_id", "start_time", "tags.model_version", "tags.champion", "metrics.test_macro_f1",
+                        "metrics.baseline.test_macro_f1", "params.data.rows") if c in runs]
+    return runs[keep]
+
+
+@st.cache_resource
+def predictor(uri: str):
+    from emotion_pipeline.serve.predictor import Predictor, ServeSettings
+
+    return Predictor(ServeSettings(root=uri))
+
+
+def page_try_it(uri: str) -> None:
+    st.header("Try it")
+    upload = st.file_uploader("A photo with people", type=["jpg", "jpeg", "png", "webp"])
+    if upload is None:
+        st.caption("Upload a photo: every face gets the probabilities of the five emotions.")
+        return
+    from emotion_pipeline.images import ImageError, decode_rgb, open_checked
+
+    data = upload.getvalue()
+    try:
+        result = predictor(uri).predict(data)
+    except ImageError as err:
+        st.error(f"{err.status}: {err}")
+        return
+    image = decode_rgb(open_checked(data, 40_000_000)[0])
+    draw = ImageDraw.Draw(image)
+    for face in result["faces"]:
+        b = face["box"]
+        draw.rectangle([b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]], outline=(255, 40, 40), width=3)
+    st.image(image, caption=f"{len(result['faces'])} face(s), model version {result['model_version']}")
+    for i, face in enumerate(result["faces"]):
+        st.markdown(f"**Face {i + 1}: {face['emotion']}**")
+        st.bar_chart(pd.Series(face["probabilities"]).reindex(CLASSES))
+
+
+def main() -> None:
+    st.set_page_config(page_title="Emotion pipeline", layout="wide")
+    uri = root_uri()
+    wanted = st.query_params.get("page", PAGES[0])
+    page = st.sidebar.radio("Page", PAGES, index=PAGES.index(wanted) if wanted in PAGES else 0)
+    st.sidebar.caption(f"root: {uri}")
+    {"Dataset": page_dataset, "Monitoring": page_monitoring, "Model": page_model, "Try it": page_try_it}[page](uri)
+
+
+main()

@@ -1,0 +1,91 @@
+"""Loads the registered model once per process and turns one photo into per-face emotion probabilities.
+
+Same path as the pipeline: DeepFace detection on the photo, the face crop (or the whole photo, as the
+model was trained) through ResNet50, then the trained head.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import CLASSES, PipelineConfig
+from ..faces import build_models, detect_faces
+from ..images import decode_rgb, letterbox, open_checked
+from ..modeling import tracking
+from ..stages import embed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    root: str  # the pipeline's storage root: MLflow store, reports
+    model_uri: str | None = None  # default: models:/emotion-classifier@champion
+    embed_weights: str | None = None  # default: what the model was trained with
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    detect_max_side: int = 1600
+
+
+class Predictor:
+    """Everything TensorFlow, built once; ``predict`` is serialised (TF objects are not shared across threads)."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        config = PipelineConfig(source=settings.root, root=settings.root)
+        mlflow = tracking.use_experiment(config)
+        uri = settings.model_uri or f"models:/{config.registered_model}@{tracking.CHAMPION}"
+        client = mlflow.MlflowClient()
+        if uri.startswith(f"models:/{config.registered_model}@"):
+            version = client.get_model_version_by_alias(config.registered_model, uri.rsplit("@", 1)[1])
+        else:
+            version = client.get_model_version(config.registered_model, uri.rsplit("/", 1)[1])
+        run = client.get_run(version.run_id)
+        params = run.data.params
+        self.info = {
+            "model_uri": uri, "model_version": str(version.version), "run_id": version.run_id,
+            "classes": list(CLASSES), "metrics": dict(run.data.metrics),
+            "embed_input": params.get("config.embed_input", "face"),
+            "detector": params.get("config.detector", "mtcnn"),
+            "min_face_confidence": float(params.get("config.min_face_confidence", 0.9)),
+        }
+        weights = settings.embed_weights or params.get("config.embed_weights", "imagenet")
+        self.head = mlflow.keras.load_model(f"models:/{config.registered_model}/{version.version}")
+        self.resnet = embed.resnet50(weights, False)
+        build_models(("emotion",))  # fail now, not on the first request, if DeepFace weights are missing
+        log.info("model %s (version %s) loaded", uri, self.info["model_version"])
+
+    def predict(self, data: bytes) -> dict[str, Any]:
+        """Faces with boxes (original pixels) and the five probabilities. Raises ImageError on bad input."""
+        image, _ = open_checked(data, self.settings.max_image_pixels)
+        rgb = decode_rgb(image)
+        scale = min(1.0, self.settings.detect_max_side / max(rgb.size))
+        small = rgb if scale == 1.0 else rgb.resize((round(rgb.width * scale), round(rgb.height * scale)))
+        with self._lock:
+            found = [f for f in detect_faces(np.asarray(small), self.info["detector"])
+                     if f.confidence >= self.info["min_face_confidence"]]
+            boxes = [tuple(round(v / scale) for v in (f.x, f.y, f.w, f.h)) for f in found]
+            if not boxes:
+                return self._response([], [], [])
+            if self.info["embed_input"] == "photo":
+                inputs = [np.asarray(letterbox(rgb, 224))] * len(boxes)
+            else:
+                inputs = [np.asarray(letterbox(rgb.crop((x, y, x + w, y + h)), 224)) for x, y, w, h in boxes]
+            vectors = embed.embed_arrays(self.resnet, np.stack(inputs))
+            probabilities = np.asarray(self.head.predict(vectors, verbose=0))
+        return self._response(boxes, [f.confidence for f in found], probabilities)
+
+    def _response(self, boxes, confidences, probabilities) -> dict[str, Any]:
+        faces = [
+            {"box": {"x": x, "y": y, "w": w, "h": h}, "confidence": round(float(c), 4),
+             "emotion": CLASSES[int(np.argmax(p))],
+             "probabilities": {name: round(float(v), 6) for name, v in zip(CLASSES, p)}}
+            for (x, y, w, h), c, p in zip(boxes, confidences, probabilities)
+        ]
+        return {"model_version": self.info["model_version"], "faces": faces}
+

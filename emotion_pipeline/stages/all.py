@@ -1,0 +1,26 @@
+"""Every stage in order, in this process, without Airflow: for notebooks, scripts and tests.
+
+The DAG is the way to run the pipeline (retries, parallel shards, alerts); this is the same calls
+one after the other.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import PipelineConfig
+from . import annotate, discover, drift, embed, evaluate, merge, resize, train
+
+
+def run_all_stages(config: PipelineConfig) -> dict[str, Any]:
+    found = discover.discover_images(config)
+    for shard in found["pending"]:
+        resize.resize_shard(config, shard)
+        annotate.annotate_shard(config, shard)
+        embed.embed_shard(config, shard)
+    report = drift.check_label_drift(config, run_id="in-process")
+    merged = merge.merge_dataset(config)
+    features = embed.assemble_features(config)
+    trained = train.train_classifier(config)
+    evaluated = evaluate.evaluate_model(config, trained)
+    return {"discover": found, "drift": report, "merge": merged, "features": features,
+            "train": trained, "evaluate": evaluated}

@@ -1,0 +1,134 @@
+"""The real API under gunicorn on loopback, real HTTP requests, real photos and every bad input."""
+import io
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emotion_pipeline.config import CLASSES
+
+from .bad_inputs import giant_png_header
+from .conftest import FACES, FLICKR, flickr_names, free_port, stop
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+LIMIT_MB = 1
+
+
+@pytest.fixture(scope="module")
+def api(trained_root):
+    config, _ = trained_root
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "emotion-pipeline"), "serve", "--root", config.root,
+         "--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--max-upload-mb", str(LIMIT_MB)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, "the server exited"
+            try:
+                if call(base, "GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the model did not load in time"
+            time.sleep(1)
+        yield base
+    finally:
+        stop(process)
+
+
+def call(base, method, path, data=None, headers=None):
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def multipart(data: bytes, field="image", filename="photo.jpg"):
+    boundary = "emotionboundary42"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def raw(data: bytes):
+    return data, {"Content-Type": "application/octet-stream"}
+
+
+def test_health_and_model(api, trained_root):
+    _, results = trained_root
+    status, health = call(api, "GET", "/health")
+    assert status == 200 and health["status"] == "ready"
+    status, model = call(api, "GET", "/model")
+    assert status == 200 and model["classes"] == list(CLASSES)
+    assert model["model_version"] == results["train"]["model_version"]
+    assert "model.test_macro_f1" in model["metrics"]
+
+
+def test_predict_finds_faces_with_five_probabilities(api):
+    photo = (FACES / "couple.jpg").read_bytes()
+    status, by_upload = call(api, "POST", "/predict", *multipart(photo))
+    assert status == 200 and len(by_upload["faces"]) >= 2
+    for face in by_upload["faces"]:
+        assert set(face["probabilities"]) == set(CLASSES)
+        assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
+        assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
+        assert face["box"]["w"] > 50 and face["confidence"] >= 0.9
+    status, by_body = call(api, "POST", "/predict", *raw(photo))
+    assert status == 200 and by_body == by_upload
+
+
+def test_a_photo_without_faces_is_an_empty_list(api):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((200, 300, 3), 128, dtype=np.uint8)).save(buffer, format="JPEG")
+    status, result = call(api, "POST", "/predict", *raw(buffer.getvalue()))
+    assert status == 200 and result["faces"] == []
+
+
+def _bmp() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, format="BMP")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, request_args, expected", [
+    ("no file", (b"", {}), 400),
+    ("empty upload", multipart(b""), 400),
+    ("not an image", raw(b"<html>not a photo</html>" * 50), 400),
+    ("truncated", raw((FLICKR / flickr_names(1)[0]).read_bytes()[:3000]), 400),
+    ("unsupported format", raw(_bmp()), 415),
+    ("giant dimensions", raw(giant_png_header(40_000, 40_000)), 422),
+    ("oversized upload", raw(b"\xff" * (LIMIT_MB * 1024 * 1024 + 1)), 413),
+])
+def test_bad_input_is_a_clear_4xx(api, name, request_args, expected):
+    status, body = call(api, "POST", "/predict", *request_args)
+    assert status == expected, (name, body)
+    assert body["error"]
+
+
+def test_concurrent_requests_are_safe(api):
+    photos = [(FACES / "img1.jpg").read_bytes(), (FACES / "couple.jpg").read_bytes()]
+    expected = [call(api, "POST", "/predict", *raw(p))[1] for p in photos]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: call(api, "POST", "/predict", *raw(photos[i % 2])), range(16)))
+    for i, (status, body) in enumerate(results):
+        assert status == 200
+        assert body["model_version"] == expected[i % 2]["model_version"]
+        got = [f["probabilities"] for f in body["faces"]]
+        want = [f["probabilities"] for f in expected[i % 2]["faces"]]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert all(abs(g[c] - w[c]) < 1e-4 for c in CLASSES)

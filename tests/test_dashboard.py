@@ -1,0 +1,82 @@
+"""The Streamlit dashboard on a real pipeline output: with AppTest, and in a real headless Chromium."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import free_port, stop, wait_for_port
+from .pipeline_run import screenshot
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+SCRIPT = Path(__file__).resolve().parents[1] / "emotion_pipeline" / "serve" / "dashboard.py"
+
+
+def test_every_page_renders_with_apptest(trained_root, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    config, results = trained_root
+    monkeypatch.setenv("EMOTION_PIPELINE_ROOT", config.root)
+    app = AppTest.from_file(str(SCRIPT), default_timeout=300).run()
+    assert not app.exception
+    assert app.header[0].value == "Dataset"
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["photos"] == str(results["merge"]["images"])
+    assert len(app.get("imgs")) > 0  # the gallery of labelled faces
+
+    app.sidebar.radio[0].set_value("Monitoring").run()
+    assert not app.exception and app.header[0].value == "Monitoring"
+    assert any("Alerted shards" in m.value for m in app.markdown)
+
+    app.sidebar.radio[0].set_value("Model").run()
+    assert not app.exception and app.header[0].value == "Model"
+    version = results["train"]["model_version"]
+    assert any(f"Model version {version}" in s.value for s in app.subheader)
+    assert len(app.dataframe) == 3  # metrics, per-class, MLflow runs
+
+    app.sidebar.radio[0].set_value("Try it").run()
+    assert not app.exception and app.header[0].value == "Try it"
+
+
+def test_pages_in_a_real_browser(trained_root, tmp_path):
+    config, results = trained_root
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "emotion-pipeline"), "dashboard", "--root", config.root,
+         "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+    )
+    try:
+        wait_for_port(port, process, timeout=120)
+        expected = {
+            "Dataset": ["Photos by status", "Examples per emotion"],
+            "Monitoring": ["Alerted shards", "Drift timeline"],
+            "Model": [f"Model version {results['train']['model_version']}", "Training runs"],
+            "Try it": ["A photo with people"],
+        }
+        for page, texts in expected.items():
+            url = f"http://127.0.0.1:{port}/?page={page.replace(' ', '+')}"
+            dom = dump_dom(url, tmp_path)
+            for text in texts:
+                assert text in dom, (page, text)
+            pixels = screenshot(url, tmp_path / f"{page.replace(' ', '_')}.png", wait_ms=20000)
+            assert pixels.std() > 10, page  # something was drawn
+    finally:
+        stop(process)
+
+
+def dump_dom(url: str, tmp_path: Path) -> str:
+    """The page's DOM after its scripts ran (Streamlit renders in the browser over a websocket)."""
+    deadline = time.monotonic() + 120
+    while True:
+        dom = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+             f"--user-data-dir={tmp_path / 'chromium-dom'}", "--virtual-time-budget=20000", "--dump-dom", url],
+            capture_output=True, text=True, timeout=180,
+        ).stdout
+        if "stHeading" in dom or time.monotonic() > deadline:
+            return dom
+        time.sleep(2)
