@@ -56,6 +56,8 @@ def resnet50(weights: str, mixed_precision: bool):
     chosen = None if weights.lower() == "none" else weights
     if chosen is None:
         log.warning("ResNet50 with weights=None: random weights, same graph and cost (tests/CI only)")
+        # The same random weights in every process (embed workers, API workers), so vectors agree.
+        keras.utils.set_random_seed(0)
     return keras.applications.ResNet50(include_top=False, pooling="avg", weights=chosen, input_shape=(224, 224, 3))
 
 
