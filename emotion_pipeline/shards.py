@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from .storage import Storage
-from .tables import read_json, write_json
+import pandas as pd
+
+from .config import PipelineConfig
+from .manifest import load_manifest, shard_rows
+from .storage import Storage, open_storage
+from .tables import read_json, read_table, write_json
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,40 @@ def completed(root: Storage, stage_folder: str, shard: int, fingerprint: str) ->
     if marker and marker.get("fingerprint") == fingerprint:
         return {**marker["summary"], "skipped": True}
     return None
+
+
+@dataclass
+class ShardJob:
+    source: Storage
+    root: Storage
+    rows: pd.DataFrame  # the shard's manifest rows
+    fingerprint: str
+    done: dict[str, Any] | None  # the recorded summary when nothing is left to do
+
+
+def start_shard(
+    stage_folder: str, fingerprint_of: Callable, config: PipelineConfig, shard: int,
+    source: Storage | None, root: Storage | None,
+) -> ShardJob:
+    """Open the storages, read the shard's members, and look up whether this input is already done."""
+    source = source or open_storage(config.source)
+    root = root or open_storage(config.root)
+    rows = shard_rows(load_manifest(root), shard)
+    fingerprint = fingerprint_of(config, root, rows, shard)
+    return ShardJob(source, root, rows, fingerprint, completed(root, stage_folder, shard, fingerprint))
+
+
+def upstream_table(root: Storage, stage_folder: str, table: str, shard: int) -> pd.DataFrame:
+    """A table an earlier stage wrote for this shard; a clear error when that stage has not run."""
+    found = read_table(root, f"{shard_prefix(stage_folder, shard)}/{table}")
+    if found is None:
+        raise RuntimeError(f"shard {shard} has no {stage_folder}/{table} yet: run the stage that writes it first")
+    return found
+
+
+def stage_is_complete(stage, config, root: Storage, rows, shard: int) -> bool:
+    """Whether ``stage`` (a stage module: ``STAGE`` + ``input_fingerprint``) is done for this shard."""
+    return completed(root, stage.STAGE, shard, stage.input_fingerprint(config, root, rows, shard)) is not None
 
 
 def mark_completed(

@@ -21,10 +21,10 @@ import pandas as pd
 from ..config import CLASSES, EMOTIONS, PipelineConfig
 from ..faces import RACES, analyze_crops, build_models, detect_faces, face_record
 from ..images import ImageError, load_rgb_array
-from ..manifest import load_manifest, shard_fingerprint, shard_rows
-from ..shards import Progress, completed, mark_completed, shard_prefix
-from ..storage import Storage, open_storage
-from ..tables import read_table, write_table
+from ..manifest import shard_fingerprint
+from ..shards import Progress, mark_completed, shard_prefix, start_shard, upstream_table
+from ..storage import Storage
+from ..tables import write_table
 from . import resize
 
 log = logging.getLogger(__name__)
@@ -51,29 +51,22 @@ def attribute_columns(actions: tuple[str, ...]) -> list[str]:
     return columns
 
 
-def input_fingerprint(config: PipelineConfig, rows: pd.DataFrame) -> str:
+def input_fingerprint(config: PipelineConfig, root: Storage, rows: pd.DataFrame, shard: int) -> str:
+    """What this stage's output for the shard depends on: its members and the stage's parameters."""
     return shard_fingerprint(
         rows, detector=config.detector, actions=config.actions,
         min_face_confidence=config.min_face_confidence, detect_max_side=config.detect_max_side,
     )
 
 
-def is_complete(config: PipelineConfig, root: Storage, rows: pd.DataFrame, shard: int) -> bool:
-    return completed(root, STAGE, shard, input_fingerprint(config, rows)) is not None
-
-
 def annotate_shard(
     config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
 ) -> dict[str, Any]:
-    source = source or open_storage(config.source)
-    root = root or open_storage(config.root)
-    rows = shard_rows(load_manifest(root), shard)
-    fingerprint = input_fingerprint(config, rows)
-    if (summary := completed(root, STAGE, shard, fingerprint)) is not None:
-        return summary
-    metadata = read_table(root, f"{shard_prefix(resize.STAGE, shard)}/metadata")
-    if metadata is None:
-        raise RuntimeError(f"shard {shard} has no resize metadata yet: run the resize stage first")
+    job = start_shard(STAGE, input_fingerprint, config, shard, source, root)
+    if job.done is not None:
+        return job.done
+    source, root = job.source, job.root
+    metadata = upstream_table(root, resize.STAGE, "metadata", shard)
 
     models = build_models(config.actions)
     photos, faces = _detect_and_analyze(config, source, metadata, models)
@@ -94,7 +87,7 @@ def annotate_shard(
         "labels": annotations["label"].value_counts().to_dict(),
     }
     log.info("annotate shard %d: %s, labels %s", shard, summary["statuses"], summary["labels"])
-    return mark_completed(root, STAGE, shard, fingerprint, summary)
+    return mark_completed(root, STAGE, shard, job.fingerprint, summary)
 
 
 def _detect_and_analyze(

@@ -5,6 +5,7 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..manifest import discover, shard_rows
+from ..shards import stage_is_complete
 from ..storage import Storage, open_storage
 from . import annotate, embed, resize
 
@@ -33,4 +34,4 @@ def discover_images(
 
 def _shard_complete(config: PipelineConfig, root: Storage, manifest, shard: int) -> bool:
     rows = shard_rows(manifest, shard)
-    return all(stage.is_complete(config, root, rows, shard) for stage in (resize, annotate, embed))
+    return all(stage_is_complete(stage, config, root, rows, shard) for stage in (resize, annotate, embed))

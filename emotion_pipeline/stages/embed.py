@@ -28,8 +28,8 @@ from PIL import Image
 
 from ..config import PipelineConfig
 from ..images import decode_rgb, letterbox, open_checked
-from ..manifest import load_manifest, shard_fingerprint, shard_rows
-from ..shards import Progress, completed, done_key, mark_completed, shard_prefix
+from ..manifest import load_manifest, shard_fingerprint
+from ..shards import Progress, done_key, mark_completed, shard_prefix, start_shard, upstream_table
 from ..storage import Storage, open_storage
 from ..tables import read_json, read_table, write_json, write_table
 from . import annotate, resize
@@ -74,22 +74,14 @@ def input_fingerprint(config: PipelineConfig, root: Storage, rows: pd.DataFrame,
                              annotations=annotations.get("fingerprint"))
 
 
-def is_complete(config: PipelineConfig, root: Storage, rows: pd.DataFrame, shard: int) -> bool:
-    return completed(root, STAGE, shard, input_fingerprint(config, root, rows, shard)) is not None
-
-
 def embed_shard(
     config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
 ) -> dict[str, Any]:
-    source = source or open_storage(config.source)
-    root = root or open_storage(config.root)
-    rows = shard_rows(load_manifest(root), shard)
-    fingerprint = input_fingerprint(config, root, rows, shard)
-    if (summary := completed(root, STAGE, shard, fingerprint)) is not None:
-        return summary
-    notes = read_table(root, f"{shard_prefix(annotate.STAGE, shard)}/annotations")
-    if notes is None:
-        raise RuntimeError(f"shard {shard} is not annotated yet: run the annotate stage first")
+    job = start_shard(STAGE, input_fingerprint, config, shard, source, root)
+    if job.done is not None:
+        return job.done
+    source, root = job.source, job.root
+    notes = upstream_table(root, annotate.STAGE, "annotations", shard)
     todo = notes[notes["status"].isin(["ok", "no_face"])].reset_index(drop=True)
     index = pd.DataFrame({
         "image_id": todo["image_id"], "source_key": todo["source_key"], "shard": shard,
@@ -121,7 +113,7 @@ def embed_shard(
     summary = {"stage": "embed", "shard": shard, "vectors": len(index),
                "inputs": index["input"].value_counts().to_dict()}
     log.info("embed shard %d: %d vectors %s", shard, len(index), summary["inputs"])
-    return mark_completed(root, STAGE, shard, fingerprint, summary)
+    return mark_completed(root, STAGE, shard, job.fingerprint, summary)
 
 
 def load_input(source: Storage, root: Storage, note: pd.Series, kind: str) -> np.ndarray:

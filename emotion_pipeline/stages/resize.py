@@ -13,9 +13,9 @@ import pandas as pd
 
 from ..config import PipelineConfig
 from ..images import ImageError, decode_rgb, letterbox, open_checked, to_jpeg
-from ..manifest import load_manifest, shard_fingerprint, shard_rows
-from ..shards import Progress, completed, mark_completed, shard_prefix
-from ..storage import Storage, open_storage
+from ..manifest import shard_fingerprint
+from ..shards import Progress, mark_completed, shard_prefix, start_shard
+from ..storage import Storage
 from ..tables import write_table
 
 log = logging.getLogger(__name__)
@@ -31,24 +31,19 @@ def processed_key(image_id: str) -> str:
     return f"processed/{image_id}.jpg"
 
 
-def input_fingerprint(config: PipelineConfig, rows: pd.DataFrame) -> str:
+def input_fingerprint(config: PipelineConfig, root: Storage, rows: pd.DataFrame, shard: int) -> str:
+    """What this stage's output for the shard depends on: its members and the stage's parameters."""
     return shard_fingerprint(rows, image_size=config.image_size, max_pixels=config.max_image_pixels)
-
-
-def is_complete(config: PipelineConfig, root: Storage, rows: pd.DataFrame, shard: int) -> bool:
-    return completed(root, STAGE, shard, input_fingerprint(config, rows)) is not None
 
 
 def resize_shard(
     config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
 ) -> dict[str, Any]:
     """Resize one shard; returns a small summary (counts per status) for XCom and the CLI."""
-    source = source or open_storage(config.source)
-    root = root or open_storage(config.root)
-    rows = shard_rows(load_manifest(root), shard)
-    fingerprint = input_fingerprint(config, rows)
-    if (summary := completed(root, STAGE, shard, fingerprint)) is not None:
-        return summary
+    job = start_shard(STAGE, input_fingerprint, config, shard, source, root)
+    if job.done is not None:
+        return job.done
+    source, root, rows = job.source, job.root, job.rows
 
     progress = Progress(f"resize shard {shard}", len(rows))
 
@@ -72,7 +67,7 @@ def resize_shard(
         "statuses": metadata["status"].value_counts().to_dict(),
     }
     log.info("resize shard %d: %s", shard, summary["statuses"])
-    return mark_completed(root, STAGE, shard, fingerprint, summary)
+    return mark_completed(root, STAGE, shard, job.fingerprint, summary)
 
 
 def resize_one(config: PipelineConfig, source: Storage, root: Storage, row: pd.Series) -> dict[str, Any]:
