@@ -53,6 +53,9 @@ PARAMS = {
     "tuner_max_epochs": Param(30, type="integer", minimum=1, description="Epoch budget per model."),
     "tuner_max_trials": Param(12, type="integer", minimum=1, description="Trials (bayesian tuner)."),
     "force_train": Param(False, type="boolean", description="Retrain even if the training data is unchanged."),
+    "gold": Param("", type="string",
+                  description="Photos labelled by people (<label>/<photo> folder or CSV) to check labels against."),
+    "gold_detector": Param("", type="string", description="Detector for the gold photos ('skip' for face crops)."),
     "shap_images": Param(3, type="integer", minimum=0, description="Test photos explained with a SHAP heat map."),
 }
 
@@ -136,6 +139,15 @@ def emotion_pipeline():
 
         return assemble_features(_config(params))
 
+    @task(trigger_rule="none_failed", **GPU)
+    def check_gold(params=None) -> dict:
+        config = _config(params)
+        if not config.gold:
+            return {"stage": "gold", "skipped": True}
+        from emotion_pipeline.stages.gold import annotate_gold
+
+        return annotate_gold(config)
+
     @task(trigger_rule="none_failed")
     def train(params=None) -> dict:
         from emotion_pipeline.stages.train import train_classifier
@@ -157,7 +169,7 @@ def emotion_pipeline():
     features = assemble_features()
     embed.expand(annotated=annotated) >> features
     trained = train()
-    [merged, features] >> trained
+    [merged, features, check_gold()] >> trained
     evaluate(trained)
 
 

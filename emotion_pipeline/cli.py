@@ -36,12 +36,15 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shap-images", type=int)
     parser.add_argument("--shap-image-evals", type=int)
     parser.add_argument("--force-train", action="store_true", default=None)
+    parser.add_argument("--gold", help="photos labelled by people: a <label>/<photo> folder or a CSV")
+    parser.add_argument("--gold-detector", choices=DETECTORS, help="'skip' when gold photos are face crops")
 
 
 def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     names = ["source", "root", "limit", "shard_size", "detector", "actions", "min_face_confidence",
              "drift_reference", "drift_threshold", "alert_emails", "embed_input", "embed_weights", "tuner",
-             "tuner_max_epochs", "tuner_max_trials", "shap_images", "shap_image_evals", "force_train"]
+             "tuner_max_epochs", "tuner_max_trials", "shap_images", "shap_image_evals", "force_train",
+             "gold", "gold_detector"]
     values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     for name in ("actions", "alert_emails"):
         if name in values:

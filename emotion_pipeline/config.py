@@ -72,6 +72,10 @@ class PipelineConfig:
     mlflow_tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else SQLite under the root
     registered_model: str = "emotion-classifier"
 
+    # gold check: photos labelled by people (a <label>/<photo> folder or a CSV), never trained on
+    gold: str | None = None
+    gold_detector: str | None = None  # default: `detector`; "skip" for photos that are face crops
+
     # explain
     shap_samples: int = 50  # embedding rows explained for the summary plot
     shap_images: int = 3  # test photos explained with an image heat map
@@ -92,6 +96,7 @@ class PipelineConfig:
         _check(self.max_image_pixels > 0, "max_image_pixels must be positive")
         _check(self.embed_input in EMBED_INPUTS, f"embed_input {self.embed_input!r} is not one of {EMBED_INPUTS}")
         _check(self.tuner in TUNERS, f"tuner {self.tuner!r} is not one of {TUNERS}")
+        _check(self.gold_detector in (None, *DETECTORS), f"gold_detector {self.gold_detector!r} is not one of {DETECTORS}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":

@@ -17,6 +17,8 @@ FIGURE_CAPTIONS = {
     "shap_embedding_summary": "Which ResNet50 embedding dimensions push the head towards each emotion.",
     "shap_image_heatmaps": "Where in the photo the predicted emotion comes from (red: towards it, blue: against).",
     "tsne": "The vectors in 2-D (t-SNE), coloured by DeepFace label.",
+    "gold_confusion_deepface": "Gold set: DeepFace's label against people's.",
+    "gold_confusion_model": "Gold set: the trained model's prediction against people's.",
 }
 
 STYLE = """
@@ -62,6 +64,8 @@ def render(version, dataset, evaluation, training, figures, note) -> str:
     parts.append(_dataset_section(dataset))
     if evaluation:
         parts.append(_metrics_section(evaluation, training or {}))
+        if evaluation.get("gold"):
+            parts.append(gold_section(evaluation["gold"]))
     for name, png in figures.items():
         data = base64.b64encode(png).decode()
         parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
@@ -91,6 +95,17 @@ def _dataset_section(d: dict[str, Any]) -> str:
     return (f"<h2>Dataset</h2><p>{d['images']} photos in {d['shards']} shards; no-face rate "
             f"{d['no_face_rate']:.1%}; shards flagged for label drift: {drift}.</p>"
             f"<div class='grid'>{statuses}{labels}</div>")
+
+
+def gold_section(gold: dict[str, Any]) -> str:
+    """People's labels against DeepFace's and against the model's, side by side."""
+    rows = [[who, gold[key]["accuracy"], gold[key]["macro_f1"],
+             *(gold[key]["per_class"][c]["recall"] for c in CLASSES)]
+            for who, key in (("DeepFace (dominant of the five)", "deepface"), ("trained model", "model"))]
+    table = _table(["labels from", "accuracy", "macro-F1", *(f"recall {c}" for c in CLASSES)], rows)
+    return (f"<h2>Gold check: machine labels against people</h2><p>{gold['photos']} photos labelled by people; "
+            f"no face found in {gold['no_face_share']:.1%} of them (left out of the figures below). "
+            f"This is how far the training labels, and the model trained on them, are from people.</p>{table}")
 
 
 def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> str:

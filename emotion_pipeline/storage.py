@@ -194,6 +194,12 @@ def _gcs_client():
     return storage.Client()
 
 
+def read_uri(uri: str) -> bytes:
+    """The bytes of one object given by its full URI (a path or gs://bucket/key)."""
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    return open_storage(parent or "/").read_bytes(name)
+
+
 def open_storage(uri: str | os.PathLike[str]) -> Storage:
     """A ``Storage`` for a local folder or a ``gs://bucket/prefix`` URI."""
     uri = os.fspath(uri)

@@ -33,7 +33,7 @@ def test_dag_parses_with_the_expected_wiring(tmp_path):
     parsed = json.loads(out.strip().splitlines()[-1])
     assert parsed["errors"] == {}
     tasks = parsed["tasks"]
-    assert set(tasks) == {"discover", "resize", "annotate", "check_drift", "alert_on_drift", "merge", "embed",
+    assert set(tasks) == {"discover", "resize", "annotate", "check_drift", "alert_on_drift", "merge", "embed", "check_gold",
                           "assemble_features", "train", "evaluate"}
     assert tasks["embed"]["queue"] == "gpu" and tasks["embed"]["pool"] == "gpu"
     assert tasks["annotate"]["queue"] == "gpu" and tasks["annotate"]["pool"] == "gpu"

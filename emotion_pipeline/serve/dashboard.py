@@ -136,10 +136,19 @@ def page_model(uri: str) -> None:
     st.dataframe(pd.DataFrame({who: {"accuracy": m["accuracy"], "macro-F1": m["macro_f1"], "photos": m["n"]}
                                for who, m in metrics.items()}).T)
     st.dataframe(pd.DataFrame(metrics["model"]["per_class"]).T)
+    if report.get("gold"):
+        gold = report["gold"]
+        st.subheader("Gold check: machine labels against people")
+        st.write(f"{gold['photos']} photos labelled by people; no face found in {gold['no_face_share']:.1%}.")
+        st.dataframe(pd.DataFrame({who: {"accuracy": gold[who]["accuracy"], "macro-F1": gold[who]["macro_f1"],
+                                         **{f"recall {c}": gold[who]["per_class"][c]["recall"] for c in CLASSES}}
+                                   for who in ("deepface", "model")}).T)
     for name, caption in (("confusion_matrix", "Confusion matrix"),
                           ("shap_embedding_summary", "SHAP: embedding dimensions per emotion"),
                           ("shap_image_heatmaps", "SHAP: where the emotion comes from"),
-                          ("tsne", "t-SNE of the vectors")):
+                          ("tsne", "t-SNE of the vectors"),
+                          ("gold_confusion_deepface", "Gold set: DeepFace vs people"),
+                          ("gold_confusion_model", "Gold set: model vs people")):
         png = read_png(uri, f"reports/{version}/{name}.png")
         if png:
             st.image(png, caption=caption)

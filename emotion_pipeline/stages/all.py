@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import PipelineConfig
-from . import annotate, discover, drift, embed, evaluate, merge, resize, train
+from . import annotate, discover, drift, embed, evaluate, gold, merge, resize, train
 
 
 def run_all_stages(config: PipelineConfig) -> dict[str, Any]:
@@ -20,7 +20,8 @@ def run_all_stages(config: PipelineConfig) -> dict[str, Any]:
     report = drift.check_label_drift(config, run_id="in-process")
     merged = merge.merge_dataset(config)
     features = embed.assemble_features(config)
+    gold_check = gold.annotate_gold(config) if config.gold else None
     trained = train.train_classifier(config)
     evaluated = evaluate.evaluate_model(config, trained)
-    return {"discover": found, "drift": report, "merge": merged, "features": features,
+    return {"discover": found, "drift": report, "merge": merged, "features": features, "gold": gold_check,
             "train": trained, "evaluate": evaluated}

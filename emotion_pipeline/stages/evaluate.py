@@ -19,7 +19,7 @@ from ..modeling.metrics import classification_metrics
 from ..report import dataset_summary, write_report
 from ..storage import Storage, open_storage
 from ..tables import read_json, read_table, write_json
-from . import embed
+from . import embed, gold
 from .merge import DATASET_KEY
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def evaluate_model(
     mlflow = tracking.use_experiment(config)
     model = mlflow.keras.load_model(trained["model_uri"])
     baseline = mlflow.sklearn.load_model(f"runs:/{trained['run_id']}/baseline")
+    exclude_ids = set(exclude_ids) | gold.gold_ids(root)  # the same rows train saw
     data = load_training_data(root, config.min_rows_per_class, exclude_ids)
     x_test, y_test = data.part("test")
     _, y_train = data.part("train")
@@ -56,11 +57,18 @@ def evaluate_model(
     figures = {"confusion_matrix": confusion_matrix_chart(
         metrics["model"]["confusion_matrix"], f"Model v{trained['model_version']} on the test split")}
     figures.update(_explanations(config, source, root, model, data))
+    gold_check = _gold_check(config, root, model)
+    if gold_check:
+        figures["gold_confusion_deepface"] = confusion_matrix_chart(
+            gold_check["deepface"]["confusion_matrix"], "Gold set: DeepFace vs people")
+        figures["gold_confusion_model"] = confusion_matrix_chart(
+            gold_check["model"]["confusion_matrix"], f"Gold set: model v{trained['model_version']} vs people")
 
     for name, png in figures.items():
         root.write_bytes(f"{folder}/{name}.png", png)
     document = {"model_version": trained["model_version"], "run_id": trained["run_id"],
-                "majority_class": CLASSES[majority], "counts": data.counts(), "metrics": metrics}
+                "majority_class": CLASSES[majority], "counts": data.counts(), "metrics": metrics,
+                "gold": gold_check}
     write_json(root, f"{folder}/metrics.json", document)
     report_uri = write_report(root, trained["model_version"], dataset=dataset_summary(root), evaluation=document,
                               training=trained, figures=figures)
@@ -69,6 +77,12 @@ def evaluate_model(
         for who, m in metrics.items():
             mlflow.log_metrics({f"{who}.test_accuracy": m["accuracy"], f"{who}.test_macro_f1": m["macro_f1"]})
             mlflow.log_metrics({f"{who}.test_f1.{c}": v["f1"] for c, v in m["per_class"].items()})
+        if gold_check:
+            mlflow.log_metrics({f"gold.{who}.{m}": gold_check[who][m] for who in ("deepface", "model")
+                                for m in ("accuracy", "macro_f1")})
+            mlflow.log_metrics({f"gold.{who}.recall.{c}": v["recall"] for who in ("deepface", "model")
+                                for c, v in gold_check[who]["per_class"].items()})
+            mlflow.log_metric("gold.no_face_share", gold_check["no_face_share"])
         mlflow.log_dict(document, "evaluation/metrics.json")
         for name, png in figures.items():
             mlflow.log_image(_image(png), f"evaluation/{name}.png")
@@ -110,6 +124,31 @@ def _explanations(config, source, root, head, data: TrainingData) -> dict[str, b
     if len(data.frame) >= 10:
         figures["tsne"] = explain.tsne_map(data.vectors, data.frame["label"].tolist(), config.seed)
     return figures
+
+
+def _gold_check(config: PipelineConfig, root: Storage, head) -> dict[str, Any] | None:
+    """People's labels vs DeepFace and vs the trained model, on the gold photos with a face."""
+    from ..images import decode_rgb, letterbox, open_checked
+    from ..storage import read_uri
+
+    table = read_table(root, gold.TABLE_KEY)
+    if table is None:
+        return None
+    with_face = table[table["deepface_label"].notna()].reset_index(drop=True)
+    resnet = embed.resnet50(config.embed_weights, config.mixed_precision)
+    predicted = []
+    for start in range(0, len(with_face), 64):
+        batch = []
+        for row in with_face.iloc[start:start + 64].itertuples(index=False):
+            rgb = decode_rgb(open_checked(read_uri(row.uri), config.max_image_pixels)[0])
+            if config.embed_input == "face":
+                rgb = rgb.crop((row.face_x, row.face_y, row.face_x + row.face_w, row.face_y + row.face_h))
+            batch.append(np.asarray(letterbox(rgb, 224)))
+        vectors = embed.embed_arrays(resnet, np.stack(batch))
+        predicted += list(np.asarray(head.predict(vectors, verbose=0)).argmax(1))
+    truth = with_face["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=int)
+    return {"photos": len(table), **gold.deepface_figures(table),
+            "model": classification_metrics(truth, np.array(predicted, dtype=int))}
 
 
 def _image(png: bytes):

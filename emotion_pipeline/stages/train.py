@@ -18,7 +18,8 @@ from ..modeling import classifier, tracking
 from ..modeling.data import load_training_data
 from ..modeling.metrics import classification_metrics
 from ..storage import Storage, open_storage
-from ..tables import read_json, write_json
+from ..tables import read_json, write_json, write_table
+from .gold import gold_ids
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def train_classifier(
     config: PipelineConfig, *, root: Storage | None = None, exclude_ids: set[str] = frozenset()
 ) -> dict[str, Any]:
     root = root or open_storage(config.root)
+    exclude_ids = set(exclude_ids) | gold_ids(root)  # people's labels are for checking, never training
     data = load_training_data(root, config.min_rows_per_class, exclude_ids)
     fingerprint = f"{data.fingerprint()}-{config.tuner}-{config.tuner_max_epochs}-{config.tuner_max_trials}-{config.seed}"
     done = read_json(root, DONE_KEY)
@@ -48,6 +50,7 @@ def train_classifier(
         mlflow.log_params({f"config.{k}": v for k, v in config.to_dict().items()
                            if k not in ("alert_emails", "mlflow_tracking_uri")})
         mlflow.log_params({"data.fingerprint": data.fingerprint(), "data.rows": len(data.frame),
+                           "data.gold_excluded": len(exclude_ids),
                            "git_revision": tracking.git_revision(), "classes": ",".join(CLASSES)})
         mlflow.log_dict({"counts": counts}, "data_version.json")
 
@@ -84,8 +87,10 @@ def train_classifier(
         "model_uri": f"models:/{config.registered_model}/{version}", "champion": champion,
         "val_macro_f1": val["macro_f1"], "test_macro_f1": test["macro_f1"], "trials": len(tuner.oracle.trials),
         "best_hyperparameters": best_hp, "counts": counts, "data_fingerprint": data.fingerprint(),
-        "tracking_uri": tracking.tracking_uri(config),
+        "tracking_uri": tracking.tracking_uri(config), "gold_excluded": len(exclude_ids),
     }
+    # Exactly which photos trained, validated and tested this version: auditable, and the gold test's proof.
+    write_table(root, f"models/{version}/training_rows", data.frame[["image_id", "source_key", "label", "split"]])
     write_json(root, DONE_KEY, {"fingerprint": fingerprint, "summary": summary})
     log.info("train: model version %s, test macro-F1 %.3f, champion=%s", version, test["macro_f1"], champion)
     return {**summary, "skipped": False}

@@ -1,0 +1,129 @@
+"""The gold check: machine labels against labels given by people.
+
+A gold set is a folder ``<label>/<photo>`` (label one of the five classes) or a CSV with a ``label``
+column and a ``path`` column (relative to the CSV) or an ``image_id`` column (a photo already in the
+pipeline). Its photos go through the same detection and emotion model as every photo
+(``gold_detector=skip`` for photos that are already face crops: detectors find nothing in 48 px), and,
+once a model is trained, through the model. People's labels are compared with
+
+* DeepFace: its dominant emotion among the five classes (fear and disgust scores left aside), and
+* the trained model (in the evaluate stage),
+
+over the gold photos where a face was found; the share with no face is reported beside. Gold photos
+never train the model: training excludes their image_ids (content hashes), wherever they appear.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import CLASSES, EMOTIONS, PipelineConfig
+from ..faces import analyze_crops, build_models, detect_faces
+from ..images import ImageError, load_rgb_array
+from ..manifest import content_id, is_image_name
+from ..modeling.metrics import classification_metrics
+from ..storage import Storage, open_storage
+from ..tables import read_table, write_table
+
+log = logging.getLogger(__name__)
+
+TABLE_KEY = "gold/annotations"
+FIVE = [EMOTIONS.index(c) for c in CLASSES]  # columns of the five classes in DeepFace's 7 scores
+
+
+def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
+    """(key, label, image_id, data-source) of every gold photo, from a labelled folder or a CSV."""
+    if gold_uri.lower().endswith(".csv"):
+        parent, _, name = gold_uri.rstrip("/").rpartition("/")
+        folder = open_storage(parent or ".")
+        table = pd.read_csv(io.BytesIO(folder.read_bytes(name)))
+        if "label" not in table or not ({"path", "image_id"} & set(table)):
+            raise ValueError(f"{gold_uri}: a gold CSV needs a 'label' column and a 'path' or 'image_id' column")
+        rows = []
+        manifest = read_table(root, "manifest/images")
+        for record in table.to_dict("records"):
+            if isinstance(record.get("path"), str) and record["path"]:
+                rows.append({"storage": folder, "key": record["path"], "label": record["label"]})
+            else:
+                match = manifest[manifest["image_id"] == record["image_id"]] if manifest is not None else []
+                if len(match) == 0:
+                    raise ValueError(f"{gold_uri}: image_id {record['image_id']} is not in the pipeline's manifest")
+                source_uri = match.iloc[0]["source_uri"]
+                parent, _, key = source_uri.rpartition("/")
+                rows.append({"storage": open_storage(parent), "key": key, "label": record["label"]})
+    else:
+        folder = open_storage(gold_uri)
+        rows = [{"storage": folder, "key": o.key, "label": PurePosixPath(o.key).parts[0]}
+                for o in folder.list() if is_image_name(o.key) and len(PurePosixPath(o.key).parts) == 2]
+    gold = pd.DataFrame(rows, columns=["storage", "key", "label"])
+    unknown = sorted(set(gold["label"]) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"gold labels {unknown} are not among the five classes {CLASSES}")
+    if gold.empty:
+        raise ValueError(f"no gold photos found in {gold_uri}")
+    return gold
+
+
+def annotate_gold(config: PipelineConfig, *, root: Storage | None = None) -> dict[str, Any]:
+    """DeepFace on every gold photo; writes ``gold/annotations`` and returns DeepFace's figures."""
+    root = root or open_storage(config.root)
+    gold = list_gold(config.gold, root)
+    detector = config.gold_detector or config.detector
+    models = build_models(("emotion",))
+    records, crops = [], []
+    for row in gold.itertuples(index=False):
+        record = {"key": row.key, "uri": row.storage.uri_for(row.key), "label": row.label, "status": "ok",
+                  "error": None, "face_index": None}
+        try:
+            data = row.storage.read_bytes(row.key)
+            record["image_id"] = content_id(data, row.key)
+            rgb, scale = load_rgb_array(data, config.max_image_pixels, config.detect_max_side)
+            faces = [f for f in detect_faces(rgb, detector) if f.confidence >= config.min_face_confidence]
+            if faces:
+                largest = max(faces, key=lambda f: f.w * f.h)
+                record["face_index"] = len(crops)
+                record.update({f"face_{k}": round(getattr(largest, k) / scale) for k in ("x", "y", "w", "h")})
+                crops.append(largest.crop)
+            else:
+                record["status"] = "no_face"
+        except ImageError as err:
+            record.update(status=err.status, error=str(err))
+        records.append(record)
+
+    scores = analyze_crops(crops, models).get("emotion", np.zeros((0, 7)))
+    table = pd.DataFrame(records)
+    five = scores[:, FIVE] if len(scores) else np.zeros((0, 5))
+    position = table["face_index"]
+    table["deepface_label"] = [CLASSES[int(five[int(i)].argmax())] if pd.notna(i) else None for i in position]
+    for k, name in enumerate(CLASSES):
+        table[f"deepface_{name}"] = [float(five[int(i), k] / five[int(i)].sum()) if pd.notna(i) else None
+                                     for i in position]
+    table = table.drop(columns=["face_index"])
+    write_table(root, TABLE_KEY, table)
+    summary = {"stage": "gold", "photos": len(table), "detector": detector, **deepface_figures(table)}
+    log.info("gold: %d photos, DeepFace accuracy %.3f, macro-F1 %.3f, no face %.1f%%", len(table),
+             summary["deepface"]["accuracy"], summary["deepface"]["macro_f1"], 100 * summary["no_face_share"])
+    return summary
+
+
+def deepface_figures(table: pd.DataFrame) -> dict[str, Any]:
+    with_face = table[table["deepface_label"].notna()]
+    return {
+        "no_face_share": float((table["status"] == "no_face").mean()),
+        "deepface": classification_metrics(_ids(with_face["label"]), _ids(with_face["deepface_label"])),
+    }
+
+
+def gold_ids(root: Storage) -> set[str]:
+    """Content ids of the gold photos (excluded from training), empty when there is no gold set."""
+    table = read_table(root, TABLE_KEY)
+    return set() if table is None else set(table["image_id"].dropna())
+
+
+def _ids(labels: pd.Series) -> np.ndarray:
+    return labels.map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=int)

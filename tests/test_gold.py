@@ -1,0 +1,105 @@
+"""The gold check on the shared human-labelled faces, verified independently with scikit-learn."""
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+from emotion_pipeline.config import CLASSES, PipelineConfig
+from emotion_pipeline.stages.all import run_all_stages
+from emotion_pipeline.storage import open_storage
+
+from .conftest import FACES, FLICKR, SHARED, copy_photos, flickr_names
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+LABELLED = SHARED / "data" / "labeled_faces"
+
+
+def independent_model_predictions(train: dict, table: pd.DataFrame) -> list[str]:
+    """The registered head on ResNet50 vectors of the gold photos, built here from Keras and PIL alone."""
+    import keras
+    import mlflow
+    from PIL import Image, ImageOps
+
+    mlflow.set_tracking_uri(train["tracking_uri"])
+    head = mlflow.keras.load_model(train["model_uri"])
+    keras.utils.set_random_seed(0)  # weights=None is seeded the same way in every pipeline process
+    resnet = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None, input_shape=(224, 224, 3))
+    predicted = []
+    for start in range(0, len(table), 64):
+        batch = []
+        for row in table.iloc[start:start + 64].itertuples():
+            photo = ImageOps.exif_transpose(Image.open(row.uri)).convert("RGB")
+            face = photo.crop((row.face_x, row.face_y, row.face_x + row.face_w, row.face_y + row.face_h))
+            batch.append(np.asarray(ImageOps.pad(face, (224, 224), method=Image.Resampling.BICUBIC, color=(0, 0, 0))))
+        images = keras.applications.resnet50.preprocess_input(np.stack(batch).astype(np.float32))
+        predicted += [CLASSES[i] for i in head.predict(resnet.predict(images, verbose=0), verbose=0).argmax(1)]
+    return predicted
+
+
+def test_gold_check_against_people_and_no_leak_into_training(tmp_path):
+    src = tmp_path / "photos"
+    copy_photos(FLICKR, src, flickr_names(30, offset=300))
+    faces = sorted(p.name for p in FACES.glob("img*.jpg"))[:25]
+    copy_photos(FACES, src / "faces", faces)
+    # The gold set: the 500 FER2013 crops, plus 5 photos that are also in the source. Those 5 get a
+    # DeepFace label in the dataset and would be trained on, unless the gold exclusion works.
+    gold = tmp_path / "gold"
+    shutil.copytree(LABELLED, gold)
+    leaked = faces[:5]
+    for name in leaked:
+        shutil.copy2(FACES / name, gold / "happy" / name)
+    config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), gold=str(gold), gold_detector="skip",
+                            shard_size=30, embed_weights="none", tuner_max_epochs=2, shap_images=1,
+                            shap_image_evals=40, min_rows_per_class=3)
+    results = run_all_stages(config)
+    root = open_storage(config.root)
+
+    # Every gold photo went through DeepFace's emotion model (skip detector: the crop is the face).
+    table = pd.read_parquet(root.uri_for("gold/annotations.parquet"))
+    counts = table["label"].value_counts()
+    assert len(table) == 505 and counts["happy"] == 105 and (counts[list(CLASSES[1:])] == 100).all()
+    assert (table["status"] == "ok").all() and table["deepface_label"].notna().all()
+    scores = table[[f"deepface_{c}" for c in CLASSES]].to_numpy()
+    assert (np.array(CLASSES)[scores.argmax(1)] == table["deepface_label"]).all()
+
+    # The reported DeepFace figures equal scikit-learn's on the same predictions.
+    reported = results["gold"]["deepface"]
+    assert reported["accuracy"] == pytest.approx(accuracy_score(table["label"], table["deepface_label"]))
+    assert reported["macro_f1"] == pytest.approx(
+        f1_score(table["label"], table["deepface_label"], labels=list(CLASSES), average="macro"))
+    recalls = recall_score(table["label"], table["deepface_label"], labels=list(CLASSES), average=None)
+    assert [reported["per_class"][c]["recall"] for c in CLASSES] == pytest.approx(list(recalls))
+    assert reported["accuracy"] > 0.4  # FER-trained weights on FER crops: far above chance (0.2)
+    assert results["gold"]["no_face_share"] == 0.0
+
+    # The model's figures, side by side, recomputed here from the registered model's own predictions.
+    version = results["train"]["model_version"]
+    metrics = pd.read_json(root.uri_for(f"reports/{version}/metrics.json"), typ="series")
+    model_figures = metrics["gold"]["model"]
+    assert model_figures["n"] == 505
+    confusion = np.array(model_figures["confusion_matrix"])
+    predicted = confusion.sum(axis=0)
+    assert predicted.sum() == 505
+    truth_counts = table["label"].value_counts().reindex(CLASSES).to_numpy()
+    assert (confusion.sum(axis=1) == truth_counts).all()
+    assert model_figures["accuracy"] == pytest.approx(np.trace(confusion) / 505)
+    predictions = independent_model_predictions(results["train"], table)
+    assert model_figures["accuracy"] == pytest.approx(accuracy_score(table["label"], predictions), abs=0.01)
+    assert model_figures["macro_f1"] == pytest.approx(
+        f1_score(table["label"], predictions, labels=list(CLASSES), average="macro"), abs=0.02)
+
+    # Gold photos never train: the 5 shared photos are labelled in the dataset but not in training.
+    dataset = pd.read_parquet(root.uri_for("datasets/final_emotion_dataset.parquet"))
+    gold_ids = set(table["image_id"])
+    shared = dataset[dataset["image_id"].isin(gold_ids)]
+    assert sorted(shared["source_key"]) == sorted(f"faces/{n}" for n in leaked)
+    assert shared["label"].notna().sum() >= 3  # they would have been training rows
+    training = pd.read_parquet(root.uri_for(f"models/{version}/training_rows.parquet"))
+    assert set(training["image_id"]).isdisjoint(gold_ids)
+    assert len(training) == dataset[dataset["status"].eq("ok") & dataset["label"].notna()
+                                    & ~dataset["image_id"].isin(gold_ids)]["image_id"].nunique()
+
+    page = root.read_bytes(f"reports/{version}/report.html").decode()
+    assert "Gold check: machine labels against people" in page and "505 photos labelled by people" in page
