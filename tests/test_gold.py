@@ -1,4 +1,4 @@
-"""The gold check on the shared human-labelled faces, verified independently with scikit-learn."""
+"""`emotion-pipeline run --gold` on the shared human-labelled faces, verified independently with scikit-learn."""
 import shutil
 
 import numpy as np
@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from emotion_pipeline.config import CLASSES, PipelineConfig
-from emotion_pipeline.stages.all import run_all_stages
+from emotion_pipeline.config import CLASSES
 from emotion_pipeline.storage import open_storage
 
 from .conftest import FACES, FLICKR, SHARED, copy_photos, flickr_names
+from .pipeline_run import SECOND_HALF_ARGS, run_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 LABELLED = SHARED / "data" / "labeled_faces"
@@ -50,11 +50,12 @@ def test_gold_check_against_people_and_no_leak_into_training(tmp_path):
     leaked = faces[:5]
     for name in leaked:
         shutil.copy2(FACES / name, gold / "happy" / name)
-    config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), gold=str(gold), gold_detector="skip",
-                            shard_size=30, embed_weights="none", tuner_max_epochs=2, shap_images=1,
-                            shap_image_evals=40, min_rows_per_class=3)
-    results = run_all_stages(config)
-    root = open_storage(config.root)
+    summary = run_pipeline(str(src), str(tmp_path / "out"), tmp_path, "--gold", str(gold), "--gold-detector",
+                           "skip", "--shard-size", "30", *SECOND_HALF_ARGS)
+    assert summary["state"] == "success"
+    results = {t["task"]: t["result"] for t in summary["tasks"] if t["map_index"] == -1}
+    results["gold"] = results["check_gold"]
+    root = open_storage(str(tmp_path / "out"))
 
     # Every gold photo went through DeepFace's emotion model (skip detector: the crop is the face).
     table = pd.read_parquet(root.uri_for("gold/annotations.parquet"))

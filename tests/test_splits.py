@@ -50,3 +50,19 @@ def test_metrics_and_class_weights():
     assert np.array(metrics["confusion_matrix"]).sum() == 5
     weights = class_weights(np.array([0, 0, 0, 1]))
     assert weights[1] == 3 * weights[0]
+
+
+def test_each_root_keeps_its_own_mlflow_store(tmp_path, monkeypatch):
+    import os
+
+    from emotion_pipeline.config import PipelineConfig
+    from emotion_pipeline.modeling import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = PipelineConfig(source="in", root=str(tmp_path / "a"))
+    second = PipelineConfig(source="in", root=str(tmp_path / "b"))
+    tracking.use_experiment(first)
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # nothing leaks to the next config or a child process
+    assert tracking.tracking_uri(second) == f"sqlite:///{tmp_path / 'b' / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.tracking_uri(second) == "http://mlflow.example:5000"  # a user's server still wins

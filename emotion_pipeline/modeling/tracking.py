@@ -39,7 +39,14 @@ def use_experiment(config: PipelineConfig):
     """Point mlflow at the store and the experiment; returns the mlflow module."""
     import mlflow
 
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would then override the store of
+    # every later config in this process and its children (another root's runs would land here).
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(config))
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_location(config))
     mlflow.set_experiment(EXPERIMENT)
