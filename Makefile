@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 ROOT ?= out
 SHARED ?= $(abspath ../shared)
 
-.PHONY: install system-deps run ui test test-fast lock bench-detectors
+.PHONY: install system-deps run ui serve dashboard test test-fast lock bench-detectors
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ run: install
 
 ui: install
 	$(BIN)/emotion-pipeline ui --source "$(SOURCE)" --root "$(ROOT)" $(ARGS)
+
+# After a run: the prediction API (port 8080) and the dashboard (port 8501) on its outputs.
+serve: install
+	$(BIN)/emotion-pipeline serve --root "$(ROOT)" $(ARGS)
+
+dashboard: install
+	$(BIN)/emotion-pipeline dashboard --root "$(ROOT)" $(ARGS)
 
 # The report test opens report.html in a real headless browser: Debian's chromium.
 system-deps:
