@@ -53,9 +53,9 @@ PARAMS = {
     "tuner_max_epochs": Param(30, type="integer", minimum=1, description="Epoch budget per model."),
     "tuner_max_trials": Param(12, type="integer", minimum=1, description="Trials (bayesian tuner)."),
     "force_train": Param(False, type="boolean", description="Retrain even if the training data is unchanged."),
-    "gold": Param("", type="string",
+    "gold": Param(None, type=["null", "string"],
                   description="Photos labelled by people (<label>/<photo> folder or CSV) to check labels against."),
-    "gold_detector": Param("", type="string", description="Detector for the gold photos ('skip' for face crops)."),
+    "gold_detector": Param(None, type=["null", "string"], description="Detector for the gold photos ('skip' for face crops)."),
     "shap_images": Param(3, type="integer", minimum=0, description="Test photos explained with a SHAP heat map."),
 }
 

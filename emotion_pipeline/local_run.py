@@ -20,7 +20,8 @@ def run_locally(values: dict[str, Any], airflow_home: Path | None = None) -> dic
 
     started = time.monotonic()
     print(f"running DAG {dag.dag_id}: {config.source} -> {config.root}", flush=True)
-    dag_run = dag.test(run_conf=config.to_dict())
+    # Only set values: the DAG's Params type-check what they receive (a None where a string goes fails).
+    dag_run = dag.test(run_conf={k: v for k, v in config.to_dict().items() if v is not None})
     summary = summarize(dag_run, config, time.monotonic() - started)
     print_summary(summary)
     return summary
