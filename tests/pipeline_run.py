@@ -28,11 +28,16 @@ def run_pipeline(source: str, root: str, workdir: Path, *args: str, env: dict | 
     result = subprocess.run(
         [CLI, "run", "--source", source, "--root", root, "--airflow-home", str(workdir / "airflow"),
          "--summary-json", str(summary_path), *args],
-        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=900,
+        env={**_without_mlflow_uri(os.environ), **(env or {})}, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
     assert "photos:" in result.stdout and "drifted shards:" in result.stdout  # the printed summary
     return json.loads(summary_path.read_text())
+
+
+def _without_mlflow_uri(environ) -> dict:
+    """Each run keeps its root's own MLflow store, whatever an earlier in-process test exported."""
+    return {k: v for k, v in environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
 def shard_results(summary: dict, task: str) -> list[dict]:

@@ -16,13 +16,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 LABELLED = SHARED / "data" / "labeled_faces"
 
 
-def independent_model_predictions(train: dict, table: pd.DataFrame) -> list[str]:
+def independent_model_predictions(train: dict, table: pd.DataFrame, monkeypatch) -> list[str]:
     """The registered head on ResNet50 vectors of the gold photos, built here from Keras and PIL alone."""
     import keras
     import mlflow
     from PIL import Image, ImageOps
 
-    mlflow.set_tracking_uri(train["tracking_uri"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", train["tracking_uri"])  # undone after the test
+    mlflow.set_tracking_uri(train["tracking_uri"])  # (it also exports MLFLOW_TRACKING_URI)
     head = mlflow.keras.load_model(train["model_uri"])
     keras.utils.set_random_seed(0)  # weights=None is seeded the same way in every pipeline process
     resnet = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None, input_shape=(224, 224, 3))
@@ -38,7 +39,7 @@ def independent_model_predictions(train: dict, table: pd.DataFrame) -> list[str]
     return predicted
 
 
-def test_gold_check_against_people_and_no_leak_into_training(tmp_path):
+def test_gold_check_against_people_and_no_leak_into_training(tmp_path, monkeypatch):
     src = tmp_path / "photos"
     copy_photos(FLICKR, src, flickr_names(30, offset=300))
     faces = sorted(p.name for p in FACES.glob("img*.jpg"))[:25]
@@ -86,7 +87,7 @@ def test_gold_check_against_people_and_no_leak_into_training(tmp_path):
     truth_counts = table["label"].value_counts().reindex(CLASSES).to_numpy()
     assert (confusion.sum(axis=1) == truth_counts).all()
     assert model_figures["accuracy"] == pytest.approx(np.trace(confusion) / 505)
-    predictions = independent_model_predictions(results["train"], table)
+    predictions = independent_model_predictions(results["train"], table, monkeypatch)
     assert model_figures["accuracy"] == pytest.approx(accuracy_score(table["label"], predictions), abs=0.01)
     assert model_figures["macro_f1"] == pytest.approx(
         f1_score(table["label"], predictions, labels=list(CLASSES), average="macro"), abs=0.02)
