@@ -33,11 +33,14 @@ serve: install
 dashboard: install
 	$(BIN)/emotion-pipeline dashboard --root "$(ROOT)" $(ARGS)
 
-# The report test opens report.html in a real headless browser: Debian's chromium.
+# The report test opens report.html in a real headless browser (Debian's chromium); the compose
+# test validates docker-compose.yml with Debian's docker-compose v1 (no Docker engine needed).
 system-deps:
-	@command -v chromium >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing >/dev/null; fi
 
 # Tests read the real photos and DeepFace weights in ../shared (override with SHARED=...).
 test: install system-deps

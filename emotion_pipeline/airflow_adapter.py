@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,11 @@ def notify_failure(context: Any) -> None:
         html_content=f"<p>Task <b>{ti.task_id}</b> (map index {ti.map_index}) failed: {error}</p>",
         smtp_conn_id=config.smtp_conn_id,
     ).notify(context)
+
+
+def worker_name() -> str:
+    """This worker's name for Airflow (``[core] hostname_callable``): $EMOTION_PIPELINE_WORKER_NAME, else the
+    host's FQDN. Containers each have a host name; several workers on one host need the variable."""
+    import socket
+
+    return os.environ.get("EMOTION_PIPELINE_WORKER_NAME") or socket.getfqdn()

@@ -20,17 +20,26 @@ PARSE = textwrap.dedent("""
         "tasks": {t.task_id: {"queue": t.queue, "pool": t.pool, "retries": t.retries,
                               "mapped": "Mapped" in type(t).__name__} for t in dag.tasks},
         "params": sorted(dag.params.keys()),
+        "defaults": {k: dag.params.get_param(k).value for k in ("source", "shard_size", "alert_emails", "gold")},
+        "timetable": type(dag.timetable).__name__,
+        "assets": [a.name for a in dag.timetable.asset_condition.objects]
+                  if getattr(dag.timetable, "asset_condition", None) else [],
         "heavy": heavy,
     }))
 """)
 
 
-def test_dag_parses_with_the_expected_wiring(tmp_path):
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags")}
+def parse_dag(tmp_path, **env) -> dict:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("EMOTION_PIPELINE_")},
+           "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), **env}
     out = subprocess.run([sys.executable, "-c", PARSE, str(REPO / "dags")], env=env,
                          capture_output=True, text=True, check=True).stdout
-    parsed = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_dag_parses_with_the_expected_wiring(tmp_path):
+    parsed = parse_dag(tmp_path)
     assert parsed["errors"] == {}
     tasks = parsed["tasks"]
     assert set(tasks) == {"discover", "resize", "annotate", "check_drift", "alert_on_drift", "merge", "embed", "check_gold",
@@ -43,3 +52,17 @@ def test_dag_parses_with_the_expected_wiring(tmp_path):
     assert {"source", "root", "shard_size", "detector", "actions", "drift_threshold", "alert_emails"} <= set(
         parsed["params"])
     assert parsed["heavy"] == []  # TensorFlow, DeepFace, pandas... load inside the tasks only
+
+
+def test_deployment_defaults_come_from_the_environment_and_enable_the_asset_schedule(tmp_path):
+    manual = parse_dag(tmp_path)
+    assert manual["timetable"] == "NullTimetable" and manual["defaults"]["shard_size"] == 1000
+
+    deployed = parse_dag(tmp_path, EMOTION_PIPELINE_SOURCE="gs://photos/in", EMOTION_PIPELINE_ROOT="/data/out",
+                         EMOTION_PIPELINE_SHARD_SIZE="250", EMOTION_PIPELINE_ALERT_EMAILS='["ops@example.com"]',
+                         EMOTION_PIPELINE_GOLD="/data/gold")
+    assert deployed["errors"] == {}
+    assert deployed["defaults"] == {"source": "gs://photos/in", "shard_size": 250,
+                                    "alert_emails": ["ops@example.com"], "gold": "/data/gold"}
+    # With a default source and root, an event on the asset (a new batch) is what starts a run.
+    assert deployed["timetable"] == "AssetTriggeredTimetable" and deployed["assets"] == ["emotion_photos"]
