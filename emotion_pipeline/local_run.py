@@ -8,6 +8,7 @@ from typing import Any
 
 from . import local_airflow
 from .config import PipelineConfig
+from .storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,11 @@ def run_locally(values: dict[str, Any], airflow_home: Path | None = None) -> dic
 
     started = time.monotonic()
     print(f"running DAG {dag.dag_id}: {config.source} -> {config.root}", flush=True)
-    # Only set values: the DAG's Params type-check what they receive (a None where a string goes fails).
-    dag_run = dag.test(run_conf={k: v for k, v in config.to_dict().items() if v is not None})
+    # One run per root at a time (a second `run` waits): the Airflow deployments get the same from
+    # the DAG's max_active_runs=1.
+    with open_storage(config.root).lease("run"):
+        # Only set values: the DAG's Params type-check what they receive (a None where a string goes fails).
+        dag_run = dag.test(run_conf={k: v for k, v in config.to_dict().items() if v is not None})
     summary = summarize(dag_run, config, time.monotonic() - started)
     print_summary(summary)
     return summary
@@ -30,7 +34,6 @@ def run_locally(values: dict[str, Any], airflow_home: Path | None = None) -> dic
 def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]:
     from .stages.drift import read_log
     from .stages.merge import DATASET_KEY
-    from .storage import open_storage
     from .tables import read_table
 
     root = open_storage(config.root)

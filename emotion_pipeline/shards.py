@@ -54,6 +54,7 @@ def start_shard(
     """Open the storages, read the shard's members, and look up whether this input is already done."""
     source = source or open_storage(config.source)
     root = root or open_storage(config.root)
+    root.sweep_temp_files(shard_prefix(stage_folder, shard))  # a killed attempt's half-written files
     rows = shard_rows(load_manifest(root), shard)
     fingerprint = fingerprint_of(config, root, rows, shard)
     return ShardJob(source, root, rows, fingerprint, completed(root, stage_folder, shard, fingerprint))

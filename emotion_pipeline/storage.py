@@ -3,17 +3,28 @@
 Every stage reads and writes through a ``Storage`` rooted at a URI, using relative POSIX keys
 (``processed/ab12.jpg``). This is the only module that knows about GCS. Writes are atomic: locally
 a temp file in the same folder is renamed over the target; on GCS an object upload is atomic by itself.
+Every GCS call, uploads included (our writes are whole-object and idempotent), is retried with
+exponential backoff on 429, 5xx and dropped connections; 403 and a missing bucket fail at once.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
+import json
+import logging
 import os
+import socket
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Protocol
 
 GCS_SCHEME = "gs://"
+log = logging.getLogger(__name__)
 
 
 class StorageError(RuntimeError):
@@ -35,6 +46,10 @@ def check_key(key: str) -> str:
     return path.as_posix()
 
 
+class LeaseTimeout(StorageError):
+    """Another run held the root's lease for longer than we were willing to wait."""
+
+
 class Storage(Protocol):
     uri: str
 
@@ -44,6 +59,30 @@ class Storage(Protocol):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
     def uri_for(self, key: str) -> str: ...
+    def lease(self, name: str, wait: float = ...): ...
+    def sweep_temp_files(self, prefix: str) -> int: ...
+
+
+def _lease_owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+
+
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _say_waiting(where: str, deadline: float, wait: float) -> None:
+    if deadline - time.monotonic() > wait - 5:  # once, in the first seconds of waiting
+        log.warning("another run holds %s; waiting for it to finish", where)
 
 
 class LocalStorage:
@@ -65,7 +104,9 @@ class LocalStorage:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # Same folder, so the rename is atomic; unique name, so concurrent writers never share it.
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            # The writer's host and pid in the name: a later run can tell a dead writer's leftover.
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_HOST}-{os.getpid()}.",
+                                        suffix=".tmp")
         except OSError as err:
             raise StorageError(f"cannot write {target}: {err.strerror or err}") from err
         try:
@@ -84,8 +125,50 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def sweep_temp_files(self, prefix: str) -> int:
+        """Delete the temp files that writers on this host left when they were killed mid-write."""
+        base = self._path(prefix)
+        swept = 0
+        for tmp in base.glob(f".*.{_HOST}-*.tmp") if base.is_dir() else ():
+            pid = int(tmp.name.rsplit(f".{_HOST}-", 1)[1].split(".", 1)[0])
+            if not _alive(pid):
+                tmp.unlink(missing_ok=True)
+                swept += 1
+        return swept
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    @contextmanager
+    def lease(self, name: str, wait: float = 6 * 3600, poll: float = 1.0):
+        """Hold ``locks/<name>`` exclusively (one run per root at a time). A ``flock``: the kernel
+        releases it when its holder dies, even by ``kill -9``, so a crash never leaves it stale."""
+        path = self._path(f"locks/{check_key(name)}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+        except OSError as err:
+            raise StorageError(f"cannot create the lock file {path}: {err.strerror or err}") from err
+        with handle:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    _say_waiting(path, deadline, wait)
+                    if time.monotonic() > deadline:
+                        handle.seek(0)
+                        raise LeaseTimeout(f"{path} is still held by {handle.read().strip() or 'another run'}")
+                    time.sleep(poll)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(_lease_owner()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self._path(prefix) if prefix else self.root
@@ -125,14 +208,21 @@ class GCSStorage:
         key = check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _listed_name(self, key: str) -> str:
+        """A key that came from ``list`` may hold ``..`` or ``//`` (legal in object names, meaningless to
+        GCS): read it as it is. Writes always go through ``check_key``."""
+        if not key or "\x00" in key:
+            raise ValueError(f"invalid object key {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
     def uri_for(self, key: str) -> str:
-        return f"{GCS_SCHEME}{self._bucket.name}/{self._name(key)}"
+        return f"{GCS_SCHEME}{self._bucket.name}/{self._listed_name(key)}"
 
     def read_bytes(self, key: str) -> bytes:
         from google.api_core import exceptions
 
         try:
-            return self._bucket.blob(self._name(key)).download_as_bytes()
+            return self._bucket.blob(self._listed_name(key)).download_as_bytes(retry=_retry())
         except exceptions.NotFound as err:
             raise FileNotFoundError(self.uri_for(key)) from err
         except exceptions.Forbidden as err:
@@ -142,22 +232,94 @@ class GCSStorage:
         from google.api_core import exceptions
 
         try:
-            self._bucket.blob(self._name(key)).upload_from_file(io.BytesIO(data), size=len(data))
+            # Without a generation precondition the client would not retry an upload at all.
+            self._bucket.blob(self._name(key)).upload_from_file(io.BytesIO(data), size=len(data), retry=_retry())
         except exceptions.NotFound as err:
             raise StorageError(f"bucket {self._bucket.name!r} does not exist: create it first") from err
         except exceptions.Forbidden as err:
             raise StorageError(_forbidden_hint(self.uri_for(key), err)) from err
 
     def exists(self, key: str) -> bool:
-        return self._bucket.blob(self._name(key)).exists()
+        return self._bucket.blob(self._name(key)).exists(retry=_retry())
 
     def delete(self, key: str) -> None:
         from google.api_core import exceptions
 
         try:
-            self._bucket.blob(self._name(key)).delete()
+            self._bucket.blob(self._name(key)).delete(retry=_retry())
         except exceptions.NotFound:
             pass
+
+    def sweep_temp_files(self, prefix: str) -> int:
+        return 0  # uploads are atomic: a killed writer leaves nothing behind
+
+    @contextmanager
+    def lease(self, name: str, wait: float = 6 * 3600, poll: float = 2.0, stale_after: float = 90.0):
+        """Hold ``locks/<name>`` exclusively: an object created only if absent (generation 0), renewed
+        every ``stale_after / 4`` s; one not renewed for ``stale_after`` s belongs to a dead run and is
+        taken over, with a generation precondition so that only one waiter can take it."""
+        from google.api_core import exceptions
+
+        blob = self._bucket.blob(self._name(f"locks/{check_key(name)}"))
+        deadline = time.monotonic() + wait
+        generation = None
+        while generation is None:
+            try:
+                blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=0, retry=_retry())
+                generation = blob.generation
+            except exceptions.PreconditionFailed:
+                held = self._stale_lease(blob, stale_after)
+                if held is not None:  # dead holder: replace its lease if nobody else did meanwhile
+                    try:
+                        blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=held, retry=_retry())
+                        generation = blob.generation
+                        continue
+                    except exceptions.PreconditionFailed:
+                        pass
+                _say_waiting(self.uri_for(f"locks/{name}"), deadline, wait)
+                if time.monotonic() > deadline:
+                    raise LeaseTimeout(f"{self.uri_for('locks/' + name)} is still held by another run") from None
+                time.sleep(poll)
+            except exceptions.NotFound as err:
+                raise StorageError(f"bucket {self._bucket.name!r} does not exist: create it first") from err
+            except exceptions.Forbidden as err:
+                raise StorageError(_forbidden_hint(self.uri, err)) from err
+
+        stop = threading.Event()
+
+        def renew():
+            nonlocal generation
+            while not stop.wait(stale_after / 4):
+                try:
+                    blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=generation,
+                                            retry=_retry())
+                    generation = blob.generation
+                except Exception:  # noqa: BLE001 - a missed renewal is retried at the next beat
+                    continue
+
+        renewer = threading.Thread(target=renew, daemon=True, name=f"lease-{name}")
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            try:
+                blob.delete(if_generation_match=generation, retry=_retry())
+            except (exceptions.NotFound, exceptions.PreconditionFailed):
+                pass
+
+    @staticmethod
+    def _stale_lease(blob, stale_after: float) -> int | None:
+        """The generation of the lease when its holder stopped renewing it, else None."""
+        from google.api_core import exceptions
+
+        try:
+            blob.reload(retry=_retry())
+        except exceptions.NotFound:
+            return 0  # released meanwhile: create it afresh
+        updated = blob.updated.timestamp() if blob.updated else time.time()
+        return blob.generation if time.time() - updated > stale_after else None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         from google.api_core import exceptions
@@ -166,7 +328,7 @@ class GCSStorage:
         full = f"{full}/" if full else ""
         strip = len(f"{self.prefix}/") if self.prefix else 0
         try:
-            for blob in self._client.list_blobs(self._bucket, prefix=full):
+            for blob in self._client.list_blobs(self._bucket, prefix=full, retry=_retry()):
                 if blob.name.endswith("/"):
                     continue  # "folder" placeholder objects made by some tools
                 yield ObjectInfo(key=blob.name[strip:], size=blob.size or 0, version=str(blob.generation))
@@ -174,6 +336,13 @@ class GCSStorage:
             raise StorageError(f"bucket {self._bucket.name!r} does not exist: create it first") from err
         except exceptions.Forbidden as err:
             raise StorageError(_forbidden_hint(self.uri, err)) from err
+
+
+def _retry():
+    """Google's default policy (429, 5xx, connection errors; backoff 1 s doubling, up to 120 s)."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
 
 
 def _forbidden_hint(uri: str, err: Exception) -> str:

@@ -83,7 +83,7 @@ def gcs_bucket(gcs_emulator, request):
     """A fresh bucket on the emulator; yields its name."""
     from emotion_pipeline.storage import _gcs_client
 
-    name = f"test-{request.node.name.lower().replace('_', '-').replace('[', '-').replace(']', '')}"[:60]
+    name = f"test-{request.node.name.lower().replace('_', '-').replace('[', '-').replace(']', '')}"[:60].rstrip("-")
     client = _gcs_client()
     bucket = client.bucket(name)
     if bucket.exists():

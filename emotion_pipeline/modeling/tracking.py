@@ -53,6 +53,30 @@ def use_experiment(config: PipelineConfig):
     return mlflow
 
 
+TRAIN_TAG = "emotion_pipeline.stage"
+
+
+def fail_abandoned_training_runs(mlflow) -> list[str]:
+    """Mark FAILED the training runs a crashed attempt left RUNNING (killed mid-search, say).
+
+    Called by ``train`` while it holds the root's ``train`` lease: no other training can be live, so a
+    RUNNING training run without its ``model_version`` tag (set when training ends) is abandoned."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    abandoned = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{TRAIN_TAG}` = 'train'",
+    )
+    for run in abandoned:
+        if "model_version" in run.data.tags:
+            continue
+        client.set_tag(run.info.run_id, "failure", "abandoned: its process died before training ended")
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id for run in abandoned if "model_version" not in run.data.tags]
+
+
 def git_revision() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,

@@ -44,6 +44,7 @@ def resize_shard(
     if job.done is not None:
         return job.done
     source, root, rows = job.source, job.root, job.rows
+    root.sweep_temp_files("processed")  # photos a killed attempt was writing when it died
 
     progress = Progress(f"resize shard {shard}", len(rows))
 

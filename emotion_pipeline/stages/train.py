@@ -30,6 +30,12 @@ def train_classifier(
     config: PipelineConfig, *, root: Storage | None = None, exclude_ids: set[str] = frozenset()
 ) -> dict[str, Any]:
     root = root or open_storage(config.root)
+    # One training per root at a time: a second run waits, then finds the data already trained on.
+    with root.lease("train"):
+        return _train(config, root, exclude_ids)
+
+
+def _train(config: PipelineConfig, root: Storage, exclude_ids: set[str]) -> dict[str, Any]:
     exclude_ids = set(exclude_ids) | gold_ids(root)  # people's labels are for checking, never training
     data = load_training_data(root, config.min_rows_per_class, exclude_ids)
     fingerprint = f"{data.fingerprint()}-{config.tuner}-{config.tuner_max_epochs}-{config.tuner_max_trials}-{config.seed}"
@@ -46,7 +52,10 @@ def train_classifier(
         return {**summary, "skipped": False}
 
     mlflow = tracking.use_experiment(config)
-    with mlflow.start_run(run_name=f"train-{data.fingerprint()[:8]}") as parent:
+    for run_id in tracking.fail_abandoned_training_runs(mlflow):
+        log.warning("train: MLflow run %s of a crashed attempt marked FAILED", run_id)
+    with mlflow.start_run(run_name=f"train-{data.fingerprint()[:8]}",
+                          tags={tracking.TRAIN_TAG: "train"}) as parent:
         mlflow.log_params({f"config.{k}": v for k, v in config.to_dict().items()
                            if k not in ("alert_emails", "mlflow_tracking_uri")})
         mlflow.log_params({"data.fingerprint": data.fingerprint(), "data.rows": len(data.frame),

@@ -1,0 +1,261 @@
+"""Faults injected for real, each judged by comparing outputs (rows, content hashes), never logs:
+storage errors through a faulty proxy in front of the GCS emulator, a full and a read-only disk
+(real tmpfs mounts), hostile names, a stage process killed with SIGKILL mid-shard, two runs holding
+one root, and a training killed mid-search."""
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from emotion_pipeline.config import PipelineConfig
+from emotion_pipeline.stages.discover import discover_images
+from emotion_pipeline.stages.merge import merge_dataset
+from emotion_pipeline.stages.resize import resize_shard
+from emotion_pipeline.storage import GCSStorage, LocalStorage, StorageError, _gcs_client, open_storage
+
+from .conftest import FLICKR, copy_photos, flickr_names
+from .faulty_proxy import FaultyProxy
+
+EMOTION_PIPELINE = str(Path(sys.executable).parent / "emotion-pipeline")
+
+
+def first_half(config, source=None, root=None) -> pd.DataFrame:
+    """discover -> resize every pending shard -> merge; returns the dataset table."""
+    found = discover_images(config, source=source, root=root)
+    for shard in found["pending"]:
+        resize_shard(config, shard, source=source, root=root)
+    merge_dataset(config, root=root)
+    root = root or open_storage(config.root)
+    return comparable(pd.read_parquet(io.BytesIO(root.read_bytes("datasets/final_emotion_dataset.parquet"))))
+
+
+def comparable(dataset: pd.DataFrame) -> pd.DataFrame:
+    """The dataset without the columns that name the root (two roots, same content)."""
+    return dataset.drop(columns=["processed_uri"]).sort_values("image_id").reset_index(drop=True)
+
+
+def digests(storage, prefix: str) -> dict[str, str]:
+    return {o.key: hashlib.sha256(storage.read_bytes(o.key)).hexdigest() for o in storage.list(prefix)}
+
+
+def upload(bucket: str, prefix: str, files: dict[str, bytes]) -> None:
+    client = _gcs_client()
+    for name, data in files.items():
+        client.bucket(bucket).blob(f"{prefix}/{name}").upload_from_string(data)
+
+
+# -- 2. storage errors ---------------------------------------------------------------------------
+
+def every_third_request_fails(n: int, method: str, path: str):
+    return [None, None, [503, 429, "drop"][(n // 3) % 3]][n % 3]
+
+
+def test_transient_gcs_errors_are_retried_and_outputs_equal_a_clean_run(gcs_emulator, gcs_bucket):
+    upload(gcs_bucket, "photos", {n: (FLICKR / n).read_bytes() for n in flickr_names(6)})
+    source_uri = f"gs://{gcs_bucket}/photos"
+    clean = first_half(PipelineConfig(source=source_uri, root=f"gs://{gcs_bucket}/clean", shard_size=4),
+                       root=GCSStorage(f"gs://{gcs_bucket}/clean"))
+
+    with FaultyProxy(gcs_emulator, every_third_request_fails) as proxy:
+        source = GCSStorage(source_uri, client=proxy.client())
+        root = GCSStorage(f"gs://{gcs_bucket}/faulty", client=proxy.client())
+        config = PipelineConfig(source=source_uri, root=root.uri, shard_size=4)
+        faulty = first_half(config, source=source, root=root)
+
+    assert proxy.counts[503] and proxy.counts[429] and proxy.counts["drop"]  # the faults happened
+    assert proxy.faulted_methods["POST"] and proxy.faulted_methods["GET"]  # on uploads and downloads
+    pd.testing.assert_frame_equal(faulty, clean)
+    direct = GCSStorage(f"gs://{gcs_bucket}/faulty")
+    assert list(digests(direct, "processed").values()) == list(digests(GCSStorage(f"gs://{gcs_bucket}/clean"), "processed").values())
+
+
+def test_permanent_gcs_errors_fail_at_once_with_what_to_fix(gcs_emulator, gcs_bucket):
+    with FaultyProxy(gcs_emulator, lambda n, method, path: 403) as proxy:
+        source = GCSStorage(f"gs://{gcs_bucket}/photos", client=proxy.client())
+        config = PipelineConfig(source=source.uri, root=f"gs://{gcs_bucket}/out")
+        with pytest.raises(StorageError, match="Storage Object Admin"):
+            discover_images(config, source=source, root=GCSStorage(config.root, client=proxy.client()))
+    paths = [path for _, path, _ in proxy.requests]
+    assert len(paths) == len(set(paths)), proxy.requests  # each request denied once: never retried
+
+    config = PipelineConfig(source="gs://no-such-bucket-here/photos", root=f"gs://{gcs_bucket}/out")
+    with pytest.raises(StorageError, match="does not exist: create it first"):
+        discover_images(config)
+
+
+# -- 4. a full disk, an unwritable folder -------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB tmpfs (needs root, as on the CI machines); unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    assert result.returncode == 0, f"this test mounts a tmpfs and needs root: {result.stderr}"
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_and_read_only_folder_fail_clearly_and_keep_the_previous_outputs(tmp_path, small_disk):
+    src = tmp_path / "photos"
+    copy_photos(FLICKR, src, flickr_names(5))
+    config = PipelineConfig(source=str(src), root=str(small_disk / "out"), shard_size=5)
+    first_half(config)
+    before = outputs(config)
+
+    copy_photos(FLICKR, src, flickr_names(40, offset=5))
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * (free - 48 * 1024))  # leave room for the manifest, not for 40 photos
+    with pytest.raises(StorageError, match="No space left on device"):
+        first_half(config)
+    after = outputs(config)
+    assert {k: after[k] for k in before} == before  # every earlier output intact
+    assert not list(small_disk.rglob("*.tmp"))  # no half-written file left
+
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(StorageError, match="Read-only file system"):
+        first_half(config)
+    assert outputs(config) == after
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert len(first_half(config)) == 45  # space back: the run completes
+
+
+def outputs(config) -> dict[str, str]:
+    """Digests of every output but the manifest (which a failed run may extend: rows are only added)."""
+    return {k: v for k, v in digests(LocalStorage(config.root), "").items() if not k.startswith("manifest/")}
+
+
+# -- 5. hostile names ------------------------------------------------------------------------------
+
+def test_hostile_names_stay_inside_the_root_and_duplicates_are_found_by_content(gcs_emulator, gcs_bucket, tmp_path):
+    photos = [(FLICKR / name).read_bytes() for name in flickr_names(6)]
+    names = {
+        "with space.jpg": photos[0],
+        "ünïcödé 写真 😀.jpg": photos[1],
+        "deep//double//slash.jpg": photos[2],
+        ("x" * 900) + ".jpg": photos[3],  # GCS names go up to 1,024 bytes
+        "..dots..jpg": photos[4],
+        "-rf --no-preserve-root.jpg": photos[5],
+        "copy of with space.JPG": photos[0],  # the same photo under a second name
+    }
+    # (gcp-storage-emulator cannot store names with ".." segments; GCS can: they are read as they
+    # are and never used to build an output key, which check_key() would refuse anyway.)
+    upload(gcs_bucket, "photos", names)
+    config = PipelineConfig(source=f"gs://{gcs_bucket}/photos", root=f"gs://{gcs_bucket}/out")
+    check_hostile(first_half(config), names)
+    written = [b.name for b in _gcs_client().list_blobs(gcs_bucket)]
+    assert all(n.startswith("photos/") or n.startswith("out/") for n in written)
+
+    # The local file system's own hostile names: a newline, 250 bytes, nested folders.
+    local = {"line\nbreak.jpg": photos[0], "a" * 246 + ".jpg": photos[1], "x/y/z/é à.jpg": photos[2],
+             "same.jpg": photos[3], "dup/same again.jpg": photos[3]}
+    for name, data in local.items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(data)
+    config = PipelineConfig(source=str(tmp_path / "src"), root=str(tmp_path / "out"))
+    dataset = check_hostile(first_half(config), local, same_photo=("dup/same again.jpg", "same.jpg"))
+    written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
+    assert written == {"src", "out"}  # nothing outside the root
+    assert pd.read_csv(tmp_path / "out/datasets/final_emotion_dataset.csv")["source_key"].tolist().count(
+        "line\nbreak.jpg") == 1  # the CSV survives a newline in a name
+    assert len(dataset) == len(local)
+
+
+def check_hostile(dataset, names, same_photo=("copy of with space.JPG", "with space.jpg")):
+    dataset = dataset.set_index("source_key")
+    assert set(dataset.index) == set(names)  # every file accounted for, by its exact name
+    pair = dataset.loc[list(same_photo)].sort_values("status")  # "duplicate" < "ok"
+    assert pair["status"].tolist() == ["duplicate", "ok"]  # recognised by content, whatever the names
+    assert pair["duplicate_of"].iloc[0] == pair.index[1]  # names the photo it repeats
+    others = dataset.drop(index=list(same_photo))[["status", "error"]]
+    assert others["status"].eq("ok").all(), others.to_dict("index")
+    return dataset
+
+
+# -- 1. a stage process killed mid-shard ---------------------------------------------------------
+
+def test_resize_killed_mid_shard_leaves_no_partial_file_and_the_retry_equals_an_undisturbed_run(tmp_path):
+    src = tmp_path / "photos"
+    copy_photos(FLICKR, src, flickr_names(400))
+    args = ["--source", str(src), "--shard-size", "400"]
+    for root in ("killed", "clean"):
+        subprocess.run([EMOTION_PIPELINE, "stage", "discover", *args, "--root", str(tmp_path / root)],
+                       check=True, capture_output=True)
+
+    processed = tmp_path / "killed" / "processed"
+    victim = subprocess.Popen([EMOTION_PIPELINE, "stage", "resize", "--shard", "0", *args, "--root",
+                               str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    written = 0
+    while victim.poll() is None and written < 50:  # some photos done, most not: mid-shard
+        written = len(list(processed.glob("*.jpg"))) if processed.is_dir() else 0
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL and 0 < len(list(processed.glob("*.jpg"))) < 400
+    assert not (tmp_path / "killed" / "metadata" / "shard=00000" / "_done.json").exists()
+
+    for root in ("killed", "clean"):  # the retry, and an undisturbed run to compare with
+        subprocess.run([EMOTION_PIPELINE, "stage", "resize", "--shard", "0", *args, "--root", str(tmp_path / root)],
+                       check=True, capture_output=True)
+        subprocess.run([EMOTION_PIPELINE, "stage", "merge", *args, "--root", str(tmp_path / root)],
+                       check=True, capture_output=True)
+    killed, clean = LocalStorage(tmp_path / "killed"), LocalStorage(tmp_path / "clean")
+    assert digests(killed, "processed") == digests(clean, "processed")
+    assert not list((tmp_path / "killed").rglob("*.tmp"))  # the dead writer's temp files are gone
+    kept = pd.read_parquet(tmp_path / "killed/datasets/final_emotion_dataset.parquet")
+    assert len(kept) == kept["image_id"].nunique() == 400  # nothing lost, nothing twice
+    pd.testing.assert_frame_equal(
+        comparable(kept), comparable(pd.read_parquet(tmp_path / "clean/datasets/final_emotion_dataset.parquet")))
+
+
+# -- 3. two runs on one root -------------------------------------------------------------------------
+
+HOLD = textwrap.dedent("""
+    import json, sys, time
+    from emotion_pipeline.storage import open_storage
+    root, log, hold = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    with open_storage(root).lease("run", poll=0.1):
+        with open(log, "a") as f:
+            f.write(json.dumps(["in", time.time()]) + "\\n")
+        time.sleep(hold)
+        with open(log, "a") as f:
+            f.write(json.dumps(["out", time.time()]) + "\\n")
+""")
+
+
+def hold_lease(root: str, log: Path, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", HOLD, root, str(log), str(seconds)])
+
+
+def test_runs_on_one_root_take_turns_and_a_killed_holder_frees_the_root(tmp_path):
+    # Local roots only: gcp-storage-emulator ignores ifGenerationMatch, which the GCS lease rests on.
+    root = str(tmp_path / "out")
+    log = tmp_path / "lease.log"
+    holders = [hold_lease(root, log, 1.5) for _ in range(3)]
+    assert all(h.wait(timeout=120) == 0 for h in holders)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e for e, _ in events] == ["in", "out"] * 3  # never two holders at once
+
+    # A holder killed with SIGKILL: the kernel drops its flock, the next run gets the root at once.
+    log.unlink()
+    dead = hold_lease(root, log, 600)
+    while not log.exists():
+        time.sleep(0.1)
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    survivor = hold_lease(root, log, 0)
+    assert survivor.wait(timeout=120) == 0
+    assert [e for e, _ in (json.loads(line) for line in log.read_text().splitlines())] == ["in", "in", "out"]
