@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 ROOT ?= out
 SHARED ?= $(abspath ../shared)
 
-.PHONY: install system-deps run ui serve dashboard test test-fast lock bench-detectors
+.PHONY: install system-deps run ui serve dashboard test test-fast lock audit bench-detectors
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,11 @@ test-fast: install
 lock:
 	$(BIN)/python -m uv pip compile requirements/requirements.in --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements/constraints.txt
+
+# Known vulnerabilities in the pinned set (needs the PyPI JSON API or OSV on the network).
+audit: install
+	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python pip-audit==2.10.1
+	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements/constraints.txt
 
 bench-detectors: install
 	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python bench/detectors.py --images $(SHARED)/data/flickr30k_sample/images

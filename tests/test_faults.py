@@ -259,3 +259,67 @@ def test_runs_on_one_root_take_turns_and_a_killed_holder_frees_the_root(tmp_path
     survivor = hold_lease(root, log, 0)
     assert survivor.wait(timeout=120) == 0
     assert [e for e, _ in (json.loads(line) for line in log.read_text().splitlines())] == ["in", "in", "out"]
+
+
+# -- 6. a training killed mid-search ------------------------------------------------------------
+
+TRAIN = textwrap.dedent("""
+    import json, sys
+    from emotion_pipeline.config import PipelineConfig
+    from emotion_pipeline.stages.train import train_classifier
+    config = PipelineConfig(source=sys.argv[1], root=sys.argv[1], tuner_max_epochs=4, min_rows_per_class=3)
+    print(json.dumps(train_classifier(config), default=str))
+""")
+
+
+def write_training_inputs(root: Path, rows: int = 150) -> None:
+    """A dataset and its vectors as merge and embed write them: 2048-d vectors with a class signal."""
+    import numpy as np
+
+    from emotion_pipeline.config import CLASSES
+    from emotion_pipeline.stages.embed import INDEX_KEY, VECTORS_KEY, _npy
+    from emotion_pipeline.stages.merge import DATASET_KEY
+    from emotion_pipeline.tables import write_table
+
+    rng = np.random.default_rng(0)
+    labels = [CLASSES[i % len(CLASSES)] for i in range(rows)]
+    ids = [f"{i:020d}" for i in range(rows)]
+    vectors = rng.normal(size=(rows, 2048)).astype(np.float32)
+    vectors[np.arange(rows), [CLASSES.index(label) for label in labels]] += 3
+    storage = LocalStorage(root)
+    write_table(storage, DATASET_KEY, pd.DataFrame(
+        {"image_id": ids, "source_key": [f"{i}.jpg" for i in ids], "label": labels, "status": "ok"}))
+    storage.write_bytes(VECTORS_KEY, _npy(vectors))
+    write_table(storage, INDEX_KEY, pd.DataFrame({"image_id": ids, "row": range(rows)}))
+
+
+def test_training_killed_mid_search_restarts_cleanly_and_its_mlflow_run_is_marked_failed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path / "out"
+    write_training_inputs(root)
+    env = {**os.environ, "EMOTION_PIPELINE_HOME": str(tmp_path / "state")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    victim = subprocess.Popen([sys.executable, "-c", TRAIN, str(root)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tuner = tmp_path / "state" / "tuner"
+    while victim.poll() is None and not list(tuner.glob("*/trial_*/checkpoint*")):
+        time.sleep(0.05)  # killed once the first trial has saved a model: mid-search
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("emotion-pipeline")
+    crashed = client.search_runs([experiment.experiment_id])
+    assert [r.info.status for r in crashed] == ["RUNNING"]  # what a crash leaves behind
+
+    done = subprocess.run([sys.executable, "-c", TRAIN, str(root)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["trained"] is True and result["model_version"] == "1"
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    assert runs[crashed[0].info.run_id].info.status == "FAILED"
+    assert "abandoned" in runs[crashed[0].info.run_id].data.tags["failure"]
+    assert runs[result["run_id"]].info.status == "FINISHED"
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+    assert [v.version for v in client.search_model_versions("name='emotion-classifier'")] == [1]

@@ -4,6 +4,9 @@ The cluster is docker-compose.yml's, minus Docker: api-server, scheduler, dag-pr
 worker and a `gpu`-queue worker, all separate processes (tests/airflow_cluster.py). The run is
 triggered through /api/v2 with params, the backfill by an asset event, as a user would.
 """
+import os
+import signal
+import time
 from datetime import datetime
 
 import numpy as np
@@ -34,8 +37,13 @@ def test_celery_cluster_routes_gpu_tasks_holds_the_pool_and_matches_the_local_ru
     cluster.env.update(DEPLOYMENT_DEFAULTS)
     with cluster:
         run = cluster.call(f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": RUN_CONF})
+        # A worker's task process dies (SIGKILL, as the OOM killer or a preempted VM would) while
+        # annotating shard 1: Airflow's own retry must finish the shard.
+        killed = kill_when_running(cluster, run["dag_run_id"], "annotate", 1)
         state, tasks = cluster.wait_for_run(DAG, run["dag_run_id"])
         assert state == "success", summary(tasks)
+        retried = next(t for t in tasks if t["task_id"] == "annotate" and t["map_index"] == 1)
+        assert killed and retried["try_number"] == 2 and retried["state"] == "success"
         assert sorted(t["map_index"] for t in tasks if t["task_id"] == "annotate") == [0, 1, 2]
         check_routing(cluster, run["dag_run_id"], tasks)
         check_gpu_pool_never_overlapped(tasks)
@@ -56,18 +64,46 @@ def test_celery_cluster_routes_gpu_tasks_holds_the_pool_and_matches_the_local_ru
         copy_photos(FACES, src / "batch2", [f"img{i}.jpg" for i in range(13, 19)])
         asset = cluster.call("/api/v2/assets?name_pattern=emotion_photos")["assets"][0]
         cluster.call("/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"batch": "batch2"}})
+        # ...and someone triggers a run by hand at the same moment: the two take turns on the root.
+        manual = cluster.call(f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {}})
         backfill = wait_for_asset_run(cluster, exclude=run["dag_run_id"])
         state, tasks = cluster.wait_for_run(DAG, backfill)
         assert state == "success", summary(tasks)
+        manual_state, manual_tasks = cluster.wait_for_run(DAG, manual["dag_run_id"])
+        assert manual_state == "success", summary(manual_tasks)
         for shard_task in ("resize", "annotate", "embed"):
             ran = [t for t in tasks if t["task_id"] == shard_task]
             assert [t["map_index"] for t in ran] == [0] and xcom(cluster, backfill, shard_task, 0)["shard"] == 3
         check_routing(cluster, backfill, tasks)
         check_gpu_pool_never_overlapped(tasks)
+        # Whichever ran second found nothing left: no shard work, no second training on the same data.
+        shard_work = [t for t in tasks + manual_tasks if t["task_id"] in ("resize", "annotate", "embed")]
+        assert sorted(t["task_id"] for t in shard_work) == ["annotate", "embed", "resize"]
+        versions = {xcom(cluster, r, "train")["model_version"] for r in (backfill, manual["dag_run_id"])}
+        assert versions == {"2"}
         merged = dataset(root)
         assert len(merged) == 28 + 6 and (merged["shard"] == 3).sum() == 6
         assert set(merged[merged["shard"] < 3]["image_id"]) == set(dataset(local)["image_id"])
     assert all(p.poll() is not None for p in cluster.processes.values())  # nothing outlives the test
+
+
+def kill_when_running(cluster: AirflowCluster, run_id: str, task_id: str, map_index: int,
+                      after: float = 3.0, timeout: float = 600) -> bool:
+    """SIGKILL the task's process `after` seconds into its first try (TensorFlow and the models are
+    loading or the photos being annotated: nothing of the shard is written yet, or only part)."""
+    path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ti = cluster.call(path)
+        except RuntimeError:  # not mapped yet
+            ti = {}
+        if ti.get("state") == "running" and ti.get("pid") and ti.get("try_number") == 1:
+            time.sleep(after)
+            os.kill(ti["pid"], signal.SIGKILL)
+            return True
+        time.sleep(0.3)
+    return False
 
 
 def check_routing(cluster: AirflowCluster, run_id: str, tasks: list[dict]) -> None:
@@ -98,8 +134,6 @@ def xcom(cluster: AirflowCluster, run_id: str, task_id: str, map_index: int = -1
 
 
 def wait_for_asset_run(cluster: AirflowCluster, exclude: str, timeout: float = 120) -> str:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = cluster.call(f"/api/v2/dags/{DAG}/dagRuns")["dag_runs"]
