@@ -133,7 +133,9 @@ def xcom(cluster: AirflowCluster, run_id: str, task_id: str, map_index: int = -1
                         f"return_value?map_index={map_index}&deserialize=true&stringify=false")["value"]
 
 
-def wait_for_asset_run(cluster: AirflowCluster, exclude: str, timeout: float = 120) -> str:
+def wait_for_asset_run(cluster: AirflowCluster, exclude: str, timeout: float = 900) -> str:
+    """The run the asset event started: the scheduler creates it once no other run of the DAG is active
+    (max_active_runs=1), so it may wait for the manual one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = cluster.call(f"/api/v2/dags/{DAG}/dagRuns")["dag_runs"]
