@@ -80,8 +80,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _say_waiting(where: str, deadline: float, wait: float) -> None:
-    if deadline - time.monotonic() > wait - 5:  # once, in the first seconds of waiting
+def _say_waiting(where: str, first: bool) -> None:
+    if first:
         log.warning("another run holds %s; waiting for it to finish", where)
 
 
@@ -151,12 +151,14 @@ class LocalStorage:
             raise StorageError(f"cannot create the lock file {path}: {err.strerror or err}") from err
         with handle:
             deadline = time.monotonic() + wait
+            tries = 0
             while True:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    _say_waiting(path, deadline, wait)
+                    tries += 1
+                    _say_waiting(str(path), first=tries == 1)
                     if time.monotonic() > deadline:
                         handle.seek(0)
                         raise LeaseTimeout(f"{path} is still held by {handle.read().strip() or 'another run'}")
@@ -263,7 +265,9 @@ class GCSStorage:
         blob = self._bucket.blob(self._name(f"locks/{check_key(name)}"))
         deadline = time.monotonic() + wait
         generation = None
+        tries = 0
         while generation is None:
+            tries += 1
             try:
                 blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=0, retry=_retry())
                 generation = blob.generation
@@ -276,7 +280,7 @@ class GCSStorage:
                         continue
                     except exceptions.PreconditionFailed:
                         pass
-                _say_waiting(self.uri_for(f"locks/{name}"), deadline, wait)
+                _say_waiting(self.uri_for(f"locks/{name}"), first=tries == 1)
                 if time.monotonic() > deadline:
                     raise LeaseTimeout(f"{self.uri_for('locks/' + name)} is still held by another run") from None
                 time.sleep(poll)

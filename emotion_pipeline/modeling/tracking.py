@@ -65,16 +65,15 @@ def fail_abandoned_training_runs(mlflow) -> list[str]:
 
     client = MlflowClient()
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    abandoned = client.search_runs(
+    running = client.search_runs(
         [experiment.experiment_id],
         filter_string=f"attributes.status = 'RUNNING' and tags.`{TRAIN_TAG}` = 'train'",
     )
-    for run in abandoned:
-        if "model_version" in run.data.tags:
-            continue
-        client.set_tag(run.info.run_id, "failure", "abandoned: its process died before training ended")
-        client.set_terminated(run.info.run_id, status="FAILED")
-    return [run.info.run_id for run in abandoned if "model_version" not in run.data.tags]
+    abandoned = [run.info.run_id for run in running if "model_version" not in run.data.tags]
+    for run_id in abandoned:
+        client.set_tag(run_id, "failure", "abandoned: its process died before training ended")
+        client.set_terminated(run_id, status="FAILED")
+    return abandoned
 
 
 def git_revision() -> str:
