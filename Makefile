@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 ROOT ?= out
 SHARED ?= $(abspath ../shared)
 
-.PHONY: install system-deps run ui serve dashboard test test-fast lock audit bench-detectors
+.PHONY: install system-deps run ui serve dashboard test test-fast lock audit bench bench-detectors
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,11 @@ lock:
 audit: install
 	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python pip-audit==2.10.1
 	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements/constraints.txt
+
+# Every stage against its baseline, the whole DAG, memory, a projection (~25 min on 2 cores).
+bench: install
+	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m bench.run --photos $(SHARED)/data/flickr30k_sample/images \
+		--json bench/latest.json $(ARGS)
 
 bench-detectors: install
 	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python bench/detectors.py --images $(SHARED)/data/flickr30k_sample/images

@@ -46,6 +46,9 @@ class PipelineConfig:
     actions: tuple[str, ...] = ("emotion",)
     min_face_confidence: float = 0.9  # faces below it are kept in the table but never label a photo
     detect_max_side: int = 1600  # larger photos are downscaled for detection; boxes map back
+    # DeepFace's exact detection (the detector sees the photo inside a black frame 4x its area), or
+    # False: the photo alone, ~4x faster with mtcnn, boxes within a pixel or two (README, Performance)
+    detect_in_frame: bool = True
     emotion_batch_size: int = 64
 
     # drift

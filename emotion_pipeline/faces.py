@@ -48,30 +48,64 @@ def weights_dir() -> Path:
     return Path(home) / ".deepface" / "weights"
 
 
-def detect_faces(rgb: np.ndarray, detector: str) -> list[DetectedFace]:
+def detect_faces(rgb: np.ndarray, detector: str, in_frame: bool = True) -> list[DetectedFace]:
     """Every face DeepFace's detector finds; ``[]`` when there is none (never the whole photo).
+
+    Exactly ``DeepFace.extract_faces(align=True)``: its detector, weights, alignment and crops. DeepFace
+    runs the detector on the photo framed by a black border half its size on every side (4x the
+    pixels), a frame only the eye alignment needs. ``in_frame=False`` runs the detector on the photo
+    itself and moves the boxes into the frame for the same alignment and crop: ~4x less detector work
+    (mtcnn), boxes within a pixel or two but not identical (the detector's image pyramid sits on a
+    different pixel grid). bench/run.py measures both against ``DeepFace.analyze``.
 
     With ``detector="skip"`` the whole photo is the face: for inputs that are already face crops.
     """
-    from deepface.modules import detection
-    from deepface.modules.exceptions import FaceNotDetected, ImgNotFound
+    import cv2
+    from deepface.modules import detection, modeling
 
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-    try:
-        found = detection.extract_faces(
-            img_path=bgr, detector_backend=detector, enforce_detection=True, align=True
+    height, width = bgr.shape[:2]
+    if detector == "skip":  # DeepFace's box for the whole photo is one pixel short of it
+        return [DetectedFace(0, 0, width - 1, height - 1, 1.0, _scaled(rgb))] if height and width else []
+    model = modeling.build_model(task="face_detector", model_name=detector)
+    border_y, border_x = int(0.5 * height), int(0.5 * width)  # DeepFace's frame, as in detection.detect_faces
+    framed = cv2.copyMakeBorder(bgr, border_y, border_y, border_x, border_x, cv2.BORDER_CONSTANT, value=[0, 0, 0])
+    if in_frame:
+        regions = model.detect_faces(framed)
+    else:
+        regions = [_moved(region, border_x, border_y) for region in model.detect_faces(bgr)]
+    faces = []
+    for region in regions:
+        face = detection.extract_face(
+            facial_area=region, img=framed, align=True, expand_percentage=0,
+            width_border=border_x, height_border=border_y, detector_backend=detector,
         )
-    except (FaceNotDetected, ImgNotFound):  # ImgNotFound: every detection had an empty crop
-        return []
-    return [
-        DetectedFace(
-            x=int(f["facial_area"]["x"]), y=int(f["facial_area"]["y"]),
-            w=int(f["facial_area"]["w"]), h=int(f["facial_area"]["h"]),
-            confidence=1.0 if detector == "skip" else float(f["confidence"]),
-            crop=f["face"],
-        )
-        for f in found
-    ]
+        if face.img.shape[0] == 0 or face.img.shape[1] == 0:
+            continue  # DeepFace drops empty crops too
+        # The same final clipping and scaling as DeepFace.extract_faces.
+        area = face.facial_area
+        x, y = max(0, int(area.x)), max(0, int(area.y))
+        faces.append(DetectedFace(
+            x=x, y=y, w=min(width - x - 1, int(area.w)), h=min(height - y - 1, int(area.h)),
+            confidence=round(float(area.confidence or 0), 2), crop=_scaled(face.img[:, :, ::-1]),
+        ))
+    return faces
+
+
+def _scaled(rgb: np.ndarray) -> np.ndarray:
+    return rgb / 255 if rgb.max() > 1 else rgb  # DeepFace's crops are RGB in [0, 1]
+
+
+def _moved(region, dx: int, dy: int):
+    """A detector's FacialAreaRegion shifted by (dx, dy): from the photo into the framed photo."""
+    from dataclasses import replace
+
+    def point(p):
+        return None if p is None else (p[0] + dx, p[1] + dy)
+
+    return replace(region, x=region.x + dx, y=region.y + dy, left_eye=point(region.left_eye),
+                   right_eye=point(region.right_eye), nose=point(region.nose),
+                   mouth_left=point(region.mouth_left), mouth_right=point(region.mouth_right))
 
 
 def build_models(actions: tuple[str, ...]) -> dict[str, Any]:

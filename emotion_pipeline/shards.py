@@ -81,7 +81,8 @@ def mark_completed(
 
 
 class Progress:
-    """Logs ``done/total`` with a rate at most every ``every`` seconds: long shards show progress."""
+    """Logs ``done/total`` with a rate after the first step (an early rate), then at most every ``every``
+    seconds and at the end: long shards show progress."""
 
     def __init__(self, label: str, total: int, every: float = 10.0) -> None:
         self.label, self.total, self.every = label, total, every
@@ -89,9 +90,10 @@ class Progress:
         self.done = 0
 
     def step(self, n: int = 1) -> None:
+        first = self.done == 0
         self.done += n
         now = time.monotonic()
-        if now - self.last >= self.every or self.done == self.total:
+        if first or now - self.last >= self.every or self.done == self.total:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             log.info("%s: %d/%d (%.1f/s)", self.label, self.done, self.total, rate)

@@ -6,13 +6,16 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -219,6 +222,44 @@ def test_resize_killed_mid_shard_leaves_no_partial_file_and_the_retry_equals_an_
     assert len(kept) == kept["image_id"].nunique() == 400  # nothing lost, nothing twice
     pd.testing.assert_frame_equal(
         comparable(kept), comparable(pd.read_parquet(tmp_path / "clean/datasets/final_emotion_dataset.parquet")))
+
+
+def test_embed_killed_mid_shard_leaves_no_vectors_and_the_retry_equals_an_undisturbed_run(tmp_path):
+    src = tmp_path / "photos"
+    copy_photos(FLICKR, src, flickr_names(100, offset=40))
+    # yunet: the fastest detector, so the annotations this test needs cost little.
+    args = ["--source", str(src), "--shard-size", "100", "--detector", "yunet", "--embed-weights", "none"]
+    killed = tmp_path / "killed"
+    for stage in ("discover", "resize", "annotate"):
+        subprocess.run([EMOTION_PIPELINE, "stage", stage, *args, "--root", str(killed),
+                        *(["--shard", "0"] if stage != "discover" else [])], check=True, capture_output=True)
+    shutil.copytree(killed, tmp_path / "clean")  # the same annotated root, for the undisturbed run
+
+    victim = subprocess.Popen([EMOTION_PIPELINE, "stage", "embed", "--shard", "0", *args, "--root", str(killed)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(victim.stdout), daemon=True).start()
+    deadline = time.monotonic() + 300
+    # The first batch's progress line: vectors computed in memory, the shard not finished.
+    while not any("embed shard 0: 32/" in line for line in lines):
+        assert victim.poll() is None and time.monotonic() < deadline, "".join(lines[-30:])
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    shard = killed / "features" / "shard=00000"
+    assert not (shard / "_done.json").exists() and not (shard / "vectors.npy").exists()
+
+    for root in (killed, tmp_path / "clean"):  # the retry, and an undisturbed run to compare with
+        for stage in (["embed", "--shard", "0"], ["assemble"]):
+            subprocess.run([EMOTION_PIPELINE, "stage", *stage, *args, "--root", str(root)],
+                           check=True, capture_output=True)
+    retried, clean = LocalStorage(killed), LocalStorage(tmp_path / "clean")
+    # Vectors and index byte for byte (the assembly marker names its root, so it differs by design).
+    same = {k: v for k, v in digests(retried, "features").items() if k != "features/_done.json"}
+    assert same == {k: v for k, v in digests(clean, "features").items() if k != "features/_done.json"}
+    assert not list(killed.rglob("*.tmp"))
+    index = pd.read_parquet(killed / "features/image_index.parquet")
+    assert len(index) == index["image_id"].nunique() == len(np.load(killed / "features/image_vectors.npy"))
 
 
 # -- 3. two runs on one root -------------------------------------------------------------------------

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from emotion_pipeline.config import PipelineConfig
+from emotion_pipeline.stages.all import build_dataset_and_features
+
 from .airflow_cluster import AirflowCluster
 from .conftest import FACES, FLICKR, copy_photos, flickr_names
-from .pipeline_run import SECOND_HALF_ARGS, run_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -50,9 +52,10 @@ def test_celery_cluster_routes_gpu_tasks_holds_the_pool_and_matches_the_local_ru
         trained = xcom(cluster, run["dag_run_id"], "train")
         assert trained["trained"] is True and trained["model_version"] == "1"
 
-        # The same photos through the single-process runner give the same outputs.
+        # The same photos through the same stage functions in one process give the same outputs.
         local = tmp_path / "local-out"
-        assert run_pipeline(str(src), str(local), tmp_path, "--shard-size", "10", *SECOND_HALF_ARGS)["state"] == "success"
+        build_dataset_and_features(PipelineConfig(source=str(src), root=str(local), shard_size=10,
+                                                  embed_weights="none"))
         pd.testing.assert_frame_equal(dataset(root), dataset(local), rtol=1e-5)
         assert np.allclose(np.load(root / "features/image_vectors.npy"), np.load(local / "features/image_vectors.npy"),
                            atol=1e-4)

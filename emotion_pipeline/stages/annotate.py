@@ -56,6 +56,7 @@ def input_fingerprint(config: PipelineConfig, root: Storage, rows: pd.DataFrame,
     return shard_fingerprint(
         rows, detector=config.detector, actions=config.actions,
         min_face_confidence=config.min_face_confidence, detect_max_side=config.detect_max_side,
+        detect_in_frame=config.detect_in_frame,
     )
 
 
@@ -131,7 +132,7 @@ def _detect_and_analyze(
 
 def _detect(config: PipelineConfig, source: Storage, key: str, photo: dict[str, Any]) -> None:
     rgb, scale = load_rgb_array(source.read_bytes(key), config.max_image_pixels, config.detect_max_side)
-    for index, face in enumerate(detect_faces(rgb, config.detector)):
+    for index, face in enumerate(detect_faces(rgb, config.detector, config.detect_in_frame)):
         photo["faces"].append({
             "crop": face.crop,
             "box": {

@@ -1,0 +1,34 @@
+"""Peak resident memory of each stage's own process, for a shard of 100 and a shard of 1,000 photos.
+
+Each stage runs as `emotion-pipeline stage <name>`, the way an Airflow worker runs one task, and its
+peak RSS comes from the kernel (wait4). Target: the same order for both sizes, i.e. memory bounded
+by the batch sizes, not by the shard or the dataset.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import Row, distinct_photos, peak_rss_mib
+
+CLI = str(Path(sys.executable).parent / "emotion-pipeline")
+STAGES = (["discover"], ["resize", "--shard", "0"], ["annotate", "--shard", "0"], ["drift"], ["merge"],
+          ["embed", "--shard", "0"], ["assemble"], ["train"])
+
+
+def stage_peaks(photos: Path, work: Path, n: int, settings: list[str]) -> dict[str, float]:
+    source = work / f"photos-{n}"
+    distinct_photos(photos, source, n)
+    args = ["--source", str(source), "--root", str(work / f"root-{n}"), "--shard-size", str(n), *settings]
+    return {stage[0]: peak_rss_mib([CLI, "stage", *stage, *args])[0] for stage in STAGES}
+
+
+def bench_memory(photos: Path, work: Path, settings: list[str], sizes=(100, 1000)) -> list[Row]:
+    small, large = (stage_peaks(photos, work, n, settings) for n in sizes)
+    rows = []
+    for stage in small:
+        growth = large[stage] / small[stage]
+        rows.append(Row("memory", f"peak RSS of `stage {stage}`, shard of {sizes[0]} -> {sizes[1]}",
+                        f"{small[stage]:.0f} MiB", f"{large[stage]:.0f} MiB", growth, "same order (< 2x)",
+                        growth < 2))
+    return rows
