@@ -58,16 +58,16 @@ def main() -> None:
 
         rows.append(bench_resize(args.photos, work / "stages", args.chunk, args.repeats))
         print_table(rows[-1:])
-        annotate_rows, annotated = bench_annotate(args.photos, work / "stages", args.chunk, args.detector)
-        rows += annotate_rows
-        print_table(annotate_rows)
+        annotate_row, annotated = bench_annotate(args.photos, work / "stages", args.chunk, args.detector)
+        rows.append(annotate_row)
+        print_table([annotate_row])
         annotated = annotated.replace(embed_weights=args.embed_weights)
         embed_row = bench_embed(annotated, 32, mixed_precision=False, label="embed")
         rows.append(embed_row)
         print_table([embed_row])
         if gpu_present():
             rows.append(bench_embed(annotated, 256, mixed_precision=True, label="embed (GPU, mixed precision)"))
-        rates = {"resize": rows[0].notes["pipeline"]["per_s"], "annotate": annotate_rows[0].notes["per_s"],
+        rates = {"resize": rows[0].notes["pipeline"]["per_s"], "annotate": annotate_row.notes["per_s"],
                  "embed": embed_row.notes["pipeline"]["per_s"]}
     if "dag" in sections:
         from .dag import bench_dag

@@ -57,7 +57,7 @@ def bench_resize(source: Path, work: Path, chunk: int, repeats: int) -> Row:
         pipeline=lambda c: resize.resize_shard(c[0], c[1]),
     )
     mine = result["pipeline"]
-    return Row("resize", f"photos/s, {len(chunks)} chunks of <= {chunk}, {config.resize_workers} threads",
+    return Row("resize", f"photos/s, {len(chunks)} chunks of <= {chunk}, {config.threads} threads",
                f"Pillow loop {result['baseline_per_s']:.0f}/s", f"{mine['per_s']:.0f}/s",
                mine["ratio"], ">= 1.8x", mine["ratio"] >= 1.8, result)
 
@@ -76,37 +76,29 @@ def analyze_loop(source: Path, keys: list[str], detector: str, found: dict) -> N
             found[key] = []
 
 
-def bench_annotate(source: Path, work: Path, chunk: int, detector: str) -> tuple[list[Row], PipelineConfig]:
-    """Both detection modes (DeepFace's exact one, and ``detect_in_frame=False``) against the loop."""
-    exact, shards = discovered_root(source, work / "annotate", chunk, detector=detector)
+def bench_annotate(source: Path, work: Path, chunk: int, detector: str) -> tuple[Row, PipelineConfig]:
+    config, shards = discovered_root(source, work / "annotate", chunk, detector=detector)
     for shard in shards:
-        resize.resize_shard(exact, shard)
-    unframed = exact.replace(root=str(work / "annotate-unframed"), detect_in_frame=False)
-    shutil.copytree(work / "annotate", work / "annotate-unframed", dirs_exist_ok=True)
-    warm = {}  # every side builds its models before the clock starts (DeepFace caches them per process)
+        resize.resize_shard(config, shard)
+    warm = {}  # both sides build their models before the clock starts (DeepFace caches them per process)
     analyze_loop(source, shards[0][:1], detector, warm)
-    from emotion_pipeline.faces import build_models
-    build_models(exact.actions)
+    from emotion_pipeline.faces import build_models, face_detector
+    build_models(config.actions)
+    face_detector(detector)
 
     found: dict[str, list] = {}
     result = side_by_side(
         [(len(keys), (shard, keys)) for shard, keys in shards.items()],
         baseline=lambda c: analyze_loop(source, c[1], detector, found),
-        pipeline=lambda c: annotate.annotate_shard(exact, c[0]),
-        unframed=lambda c: annotate.annotate_shard(unframed, c[0]),
+        pipeline=lambda c: annotate.annotate_shard(config, c[0]),
     )
-    rows = []
-    for name, config, label in (("pipeline", exact, "DeepFace's detection"),
-                                ("unframed", unframed, "detect_in_frame=False")):
-        side = {**result[name], **agreement(config, shards, found)}
-        rows.append(Row(
-            "annotate", f"photos/s, {detector}, {label}, {result['chunks']} chunks of <= {chunk}",
-            f"DeepFace.analyze loop {result['baseline_per_s']:.2f}/s",
-            f"{side['per_s']:.2f}/s; same emotion on {100 * side['same_dominant']:.1f}% of "
-            f"{side['faces_matched']} faces, largest score gap {side['largest_score_gap']:.1f} pts",
-            side["ratio"], ">= 3x, >= 99.5% same emotion", side["ratio"] >= 3 and side["same_dominant"] >= 0.995,
-            {"baseline_per_s": result["baseline_per_s"], **side}))
-    return rows, exact
+    mine = {**result["pipeline"], **agreement(config, shards, found)}
+    return Row("annotate", f"photos/s, detector {detector}, {result['chunks']} chunks of <= {chunk}",
+               f"DeepFace.analyze loop {result['baseline_per_s']:.2f}/s",
+               f"{mine['per_s']:.2f}/s; same emotion on {100 * mine['same_dominant']:.1f}% of "
+               f"{mine['faces_matched']} faces, largest score gap {mine['largest_score_gap']:.2g} pts",
+               mine["ratio"], ">= 3x, >= 99.5% same emotion", mine["ratio"] >= 3 and mine["same_dominant"] >= 0.995,
+               {"baseline_per_s": result["baseline_per_s"], **mine}), config
 
 
 def agreement(config: PipelineConfig, shards: dict[int, list[str]], found: dict[str, list]) -> dict:

@@ -58,8 +58,6 @@ PARAMS = {
                      description="DeepFace actions; age/gender/race need their ~500 MB weight files."),
     "min_face_confidence": Param(0.9, type="number", minimum=0, maximum=1,
                                  description="Faces below this never label a photo."),
-    "detect_in_frame": Param(True, type="boolean",
-                             description="DeepFace's exact detection; off: ~4x faster, boxes within a pixel or two."),
     "drift_reference": Param("earlier_shards", enum=list(DRIFT_REFERENCES),
                              description="Compare each shard with all earlier shards or a pinned baseline."),
     "drift_threshold": Param(0.2, type="number", exclusiveMinimum=0, maximum=1,

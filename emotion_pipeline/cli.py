@@ -25,8 +25,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", choices=DETECTORS)
     parser.add_argument("--actions", help=f"comma-separated, from {','.join(ACTIONS)} (default: emotion)")
     parser.add_argument("--min-face-confidence", type=float)
-    parser.add_argument("--no-detect-in-frame", dest="detect_in_frame", action="store_false", default=None,
-                        help="run the face detector on the photo alone: ~4x faster, boxes differ by a pixel or two")
     parser.add_argument("--drift-reference", choices=DRIFT_REFERENCES)
     parser.add_argument("--drift-threshold", type=float)
     parser.add_argument("--alert-emails", help="comma-separated recipients of drift/failure e-mails")
@@ -44,8 +42,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     names = ["source", "root", "limit", "shard_size", "detector", "actions", "min_face_confidence",
-             "detect_in_frame", "drift_reference", "drift_threshold", "alert_emails", "embed_input", "embed_weights",
-             "tuner", "tuner_max_epochs", "tuner_max_trials", "shap_images", "shap_image_evals", "force_train",
+             "drift_reference", "drift_threshold", "alert_emails", "embed_input", "embed_weights", "tuner",
+             "tuner_max_epochs", "tuner_max_trials", "shap_images", "shap_image_evals", "force_train",
              "gold", "gold_detector"]
     values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     for name in ("actions", "alert_emails"):

@@ -36,19 +36,18 @@ class PipelineConfig:
     shard_size: int = 1000
     limit: int | None = None  # only the first N photos (sorted by name): trials and tests
 
+    # threads per task for decoding, resizing and face detection (one task per shard)
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
     # resize
     image_size: int = 224
     max_image_pixels: int = 60_000_000  # a larger declared size is "too_large", never decoded
-    resize_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     # annotate
     detector: str = "mtcnn"  # chosen from bench/detectors.py on Flickr30k, see README
     actions: tuple[str, ...] = ("emotion",)
     min_face_confidence: float = 0.9  # faces below it are kept in the table but never label a photo
     detect_max_side: int = 1600  # larger photos are downscaled for detection; boxes map back
-    # DeepFace's exact detection (the detector sees the photo inside a black frame 4x its area), or
-    # False: the photo alone, ~4x faster with mtcnn, boxes within a pixel or two (README, Performance)
-    detect_in_frame: bool = True
     emotion_batch_size: int = 64
 
     # drift

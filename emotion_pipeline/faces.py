@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -48,41 +49,32 @@ def weights_dir() -> Path:
     return Path(home) / ".deepface" / "weights"
 
 
-def detect_faces(rgb: np.ndarray, detector: str, in_frame: bool = True) -> list[DetectedFace]:
+def detect_faces(rgb: np.ndarray, detector: str) -> list[DetectedFace]:
     """Every face DeepFace's detector finds; ``[]`` when there is none (never the whole photo).
 
-    Exactly ``DeepFace.extract_faces(align=True)``: its detector, weights, alignment and crops. DeepFace
-    runs the detector on the photo framed by a black border half its size on every side (4x the
-    pixels), a frame only the eye alignment needs. ``in_frame=False`` runs the detector on the photo
-    itself and moves the boxes into the frame for the same alignment and crop: ~4x less detector work
-    (mtcnn), boxes within a pixel or two but not identical (the detector's image pyramid sits on a
-    different pixel grid). bench/run.py measures both against ``DeepFace.analyze``.
+    Exactly ``DeepFace.extract_faces(align=True)``: the detector runs on the photo framed by a black
+    border (as DeepFace frames it, so eye alignment never rotates a face out of the picture), then
+    DeepFace's own alignment and crop. Only the detector may be faster (see ``face_detector``).
+    Safe to call from several threads when ``detector_is_thread_safe(detector)``.
 
     With ``detector="skip"`` the whole photo is the face: for inputs that are already face crops.
     """
     import cv2
-    from deepface.modules import detection, modeling
+    from deepface.modules import detection
 
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     height, width = bgr.shape[:2]
     if detector == "skip":  # DeepFace's box for the whole photo is one pixel short of it
         return [DetectedFace(0, 0, width - 1, height - 1, 1.0, _scaled(rgb))] if height and width else []
-    model = modeling.build_model(task="face_detector", model_name=detector)
-    border_y, border_x = int(0.5 * height), int(0.5 * width)  # DeepFace's frame, as in detection.detect_faces
+    border_y, border_x = int(0.5 * height), int(0.5 * width)  # as in deepface.modules.detection.detect_faces
     framed = cv2.copyMakeBorder(bgr, border_y, border_y, border_x, border_x, cv2.BORDER_CONSTANT, value=[0, 0, 0])
-    if in_frame:
-        regions = model.detect_faces(framed)
-    else:
-        regions = [_moved(region, border_x, border_y) for region in model.detect_faces(bgr)]
     faces = []
-    for region in regions:
-        face = detection.extract_face(
-            facial_area=region, img=framed, align=True, expand_percentage=0,
-            width_border=border_x, height_border=border_y, detector_backend=detector,
-        )
+    for region in face_detector(detector).detect_faces(framed):
+        face = detection.extract_face(facial_area=region, img=framed, align=True, expand_percentage=0,
+                                      width_border=border_x, height_border=border_y, detector_backend=detector)
         if face.img.shape[0] == 0 or face.img.shape[1] == 0:
             continue  # DeepFace drops empty crops too
-        # The same final clipping and scaling as DeepFace.extract_faces.
+        # DeepFace.extract_faces' final clipping, rounding and scaling.
         area = face.facial_area
         x, y = max(0, int(area.x)), max(0, int(area.y))
         faces.append(DetectedFace(
@@ -96,16 +88,36 @@ def _scaled(rgb: np.ndarray) -> np.ndarray:
     return rgb / 255 if rgb.max() > 1 else rgb  # DeepFace's crops are RGB in [0, 1]
 
 
-def _moved(region, dx: int, dy: int):
-    """A detector's FacialAreaRegion shifted by (dx, dy): from the photo into the framed photo."""
-    from dataclasses import replace
+THREAD_SAFE_DETECTORS = {"mtcnn", "skip"}  # OpenCV's detectors keep per-call state in one shared object
 
-    def point(p):
-        return None if p is None else (p[0] + dx, p[1] + dy)
 
-    return replace(region, x=region.x + dx, y=region.y + dy, left_eye=point(region.left_eye),
-                   right_eye=point(region.right_eye), nose=point(region.nose),
-                   mouth_left=point(region.mouth_left), mouth_right=point(region.mouth_right))
+def detector_is_thread_safe(detector: str) -> bool:
+    return detector in THREAD_SAFE_DETECTORS
+
+
+@lru_cache(maxsize=None)
+def face_detector(name: str):
+    """DeepFace's detector client; MTCNN with its three networks compiled as TensorFlow graphs.
+
+    DeepFace's MTCNN calls its Keras networks eagerly, a dozen times per photo (one per pyramid
+    scale), and the Python around each eager call costs as much as the convolutions. Compiled, the
+    same weights give bit-identical boxes and scores (tests/test_faces.py) at about twice the speed,
+    and a graph call releases the GIL, so detection threads use every core. A separate client from
+    DeepFace's cached one: ``DeepFace.analyze`` elsewhere in the process stays as it is.
+    """
+    from deepface.modules import modeling
+
+    if name != "mtcnn":
+        return modeling.build_model(task="face_detector", model_name=name)
+    import tensorflow as tf
+    from deepface.models.face_detection.MtCnn import MtCnnClient
+
+    client = MtCnnClient()
+    for stage in client.model.stages:
+        network = stage._model  # noqa: SLF001 (mtcnn has no public hook for this)
+        # One trace for every input size: the pyramid's scales differ photo by photo.
+        stage._model = tf.function(lambda x, network=network: network(x, training=False), reduce_retracing=True)
+    return client
 
 
 def build_models(actions: tuple[str, ...]) -> dict[str, Any]:

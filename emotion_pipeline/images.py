@@ -10,6 +10,7 @@ Every failure becomes an ``ImageError`` with a status that ends up in the tables
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -60,12 +61,16 @@ def open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, SourceInfo]
 def decode_rgb(image: Image.Image, draft_size: int | None = None) -> Image.Image:
     """Decode pixels, apply EXIF orientation, convert any mode to 8-bit RGB.
 
-    ``draft_size`` lets libjpeg decode at a reduced scale (1/2, 1/4, 1/8) while staying at least
-    that large: several times faster when the output is a small thumbnail anyway.
+    ``draft_size`` lets libjpeg decode at a reduced scale (1/2, 1/4, 1/8) while the long side stays
+    at least that large: several times faster when the output is a small thumbnail anyway.
     """
     try:
         if draft_size and image.format in ("JPEG", "MPO"):
-            image.draft("RGB", (draft_size, draft_size))
+            # Pillow keeps both sides at or above the requested box, so ask for the photo's own
+            # shape fitted into draft_size (asking for a square would rule out any reduction for
+            # a 500x333 photo, whose short side halved is below draft_size).
+            fit = draft_size / max(image.size)
+            image.draft("RGB", (max(1, math.ceil(image.width * fit)), max(1, math.ceil(image.height * fit))))
         image.load()
         try:
             image = ImageOps.exif_transpose(image)

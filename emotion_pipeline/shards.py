@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
@@ -97,3 +99,15 @@ class Progress:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             log.info("%s: %d/%d (%.1f/s)", self.label, self.done, self.total, rate)
+
+
+def in_order_ahead(pool: Executor, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+    """``fn(item)`` for every item, in order, computed by ``pool`` at most ``ahead`` items in advance:
+    the workers stay busy while the caller consumes, and memory stays bounded whatever the shard size."""
+    running: deque = deque()
+    for item in items:
+        running.append(pool.submit(fn, item))
+        if len(running) > ahead:
+            yield running.popleft().result()
+    while running:
+        yield running.popleft().result()

@@ -9,7 +9,7 @@ from emotion_pipeline.faces import (
 )
 from emotion_pipeline.stages.annotate import attribute_columns
 
-from .conftest import FACES
+from .conftest import FACES, FLICKR, flickr_names
 
 
 def rgb(path):
@@ -49,6 +49,44 @@ def test_mtcnn_finds_the_faces_of_a_couple():
     assert len([f for f in faces if f.confidence >= 0.9]) >= 2
     for face in faces:
         assert face.w > 0 and face.h > 0 and face.crop.max() <= 1.0
+
+
+@pytest.mark.parametrize("detector", ["mtcnn", "opencv"])
+def test_detection_is_exactly_deepface_extract_faces(detector):
+    from deepface.modules import detection
+
+    for photo in (FACES / "couple.jpg", FLICKR / flickr_names(1)[0]):
+        image = rgb(photo)
+        try:
+            theirs = detection.extract_faces(image[:, :, ::-1].copy(), detector_backend=detector,
+                                             enforce_detection=True, align=True)
+        except ValueError:  # DeepFace's FaceNotDetected
+            theirs = []
+        mine = detect_faces(image, detector)
+        assert [(f.x, f.y, f.w, f.h, f.confidence) for f in mine] == [
+            (f["facial_area"]["x"], f["facial_area"]["y"], f["facial_area"]["w"], f["facial_area"]["h"],
+             f["confidence"]) for f in theirs]
+        for face, their in zip(mine, theirs):
+            np.testing.assert_array_equal(face.crop, their["face"])
+
+
+def test_compiled_mtcnn_gives_deepface_its_own_boxes_and_scores_from_threads():
+    """The graph-compiled MTCNN (faces.face_detector) against DeepFace's eager one, called from two
+    threads at once as annotate does: bit-identical regions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deepface.modules import modeling
+
+    from emotion_pipeline.faces import face_detector
+
+    framed = [np.pad(rgb(FLICKR / name)[:, :, ::-1], ((100, 100), (150, 150), (0, 0))) for name in flickr_names(6)]
+    eager = modeling.build_model(task="face_detector", model_name="mtcnn")
+    assert face_detector("mtcnn") is not eager  # DeepFace's own client stays eager
+    with ThreadPoolExecutor(2) as pool:
+        compiled = list(pool.map(face_detector("mtcnn").detect_faces, framed))
+    expected = [eager.detect_faces(image) for image in framed]
+    assert sum(len(found) for found in expected) >= 6
+    assert compiled == expected  # FacialAreaRegion dataclasses: boxes, eyes, confidences
 
 
 def test_skip_detector_treats_the_whole_photo_as_the_face():

@@ -226,9 +226,9 @@ def test_resize_killed_mid_shard_leaves_no_partial_file_and_the_retry_equals_an_
 
 def test_embed_killed_mid_shard_leaves_no_vectors_and_the_retry_equals_an_undisturbed_run(tmp_path):
     src = tmp_path / "photos"
-    copy_photos(FLICKR, src, flickr_names(100, offset=40))
+    copy_photos(FLICKR, src, flickr_names(48, offset=40))  # two batches of 32 and 16
     # yunet: the fastest detector, so the annotations this test needs cost little.
-    args = ["--source", str(src), "--shard-size", "100", "--detector", "yunet", "--embed-weights", "none"]
+    args = ["--source", str(src), "--shard-size", "48", "--detector", "yunet", "--embed-weights", "none"]
     killed = tmp_path / "killed"
     for stage in ("discover", "resize", "annotate"):
         subprocess.run([EMOTION_PIPELINE, "stage", stage, *args, "--root", str(killed),

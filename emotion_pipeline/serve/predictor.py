@@ -53,7 +53,6 @@ class Predictor:
             "embed_input": params.get("config.embed_input", "face"),
             "detector": params.get("config.detector", "mtcnn"),
             "min_face_confidence": float(params.get("config.min_face_confidence", 0.9)),
-            "detect_in_frame": params.get("config.detect_in_frame", "True") == "True",
         }
         weights = settings.embed_weights or params.get("config.embed_weights", "imagenet")
         self.head = mlflow.keras.load_model(f"models:/{config.registered_model}/{version.version}")
@@ -68,7 +67,7 @@ class Predictor:
         scale = min(1.0, self.settings.detect_max_side / max(rgb.size))
         small = rgb if scale == 1.0 else rgb.resize((round(rgb.width * scale), round(rgb.height * scale)))
         with self._lock:
-            found = [f for f in detect_faces(np.asarray(small), self.info["detector"], self.info["detect_in_frame"])
+            found = [f for f in detect_faces(np.asarray(small), self.info["detector"])
                      if f.confidence >= self.info["min_face_confidence"]]
             boxes = [tuple(round(v / scale) for v in (f.x, f.y, f.w, f.h)) for f in found]
             if not boxes:

@@ -14,15 +14,16 @@ Annotation reads the original photo, not the 224 px copy: faces in Flickr30k are
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
 
 from ..config import CLASSES, EMOTIONS, PipelineConfig
-from ..faces import RACES, analyze_crops, build_models, detect_faces, face_record
+from ..faces import RACES, analyze_crops, build_models, detect_faces, detector_is_thread_safe, face_detector, face_record
 from ..images import ImageError, load_rgb_array
 from ..manifest import shard_fingerprint
-from ..shards import Progress, mark_completed, shard_prefix, start_shard, upstream_table
+from ..shards import Progress, in_order_ahead, mark_completed, shard_prefix, start_shard, upstream_table
 from ..storage import Storage
 from ..tables import write_table
 from . import resize
@@ -56,7 +57,6 @@ def input_fingerprint(config: PipelineConfig, root: Storage, rows: pd.DataFrame,
     return shard_fingerprint(
         rows, detector=config.detector, actions=config.actions,
         min_face_confidence=config.min_face_confidence, detect_max_side=config.detect_max_side,
-        detect_in_frame=config.detect_in_frame,
     )
 
 
@@ -94,7 +94,8 @@ def annotate_shard(
 def _detect_and_analyze(
     config: PipelineConfig, source: Storage, metadata: pd.DataFrame, models: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Detect faces photo by photo; run the attribute models on batches of crops across photos."""
+    """Detect faces in worker threads, photo by photo; run the attribute models on batches of crops
+    across photos in this thread. Rows keep the shard's order whatever order the threads finish in."""
     photos: list[dict[str, Any]] = []
     faces: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], Any]] = []  # (face row, crop) waiting for the models
@@ -105,11 +106,9 @@ def _detect_and_analyze(
             face.update(face_record(scores, i))
         pending.clear()
 
-    progress = Progress(f"annotate shard {int(metadata['shard'].iloc[0])}", len(metadata))
-    for row in metadata.itertuples(index=False):
+    def detect(row) -> dict[str, Any]:
         photo = {"image_id": row.image_id, "source_key": row.source_key, "shard": row.shard,
                  "status": row.status, "error": row.error, "faces": []}
-        photos.append(photo)
         if row.status == "ok":
             try:
                 _detect(config, source, row.source_key, photo)
@@ -117,22 +116,31 @@ def _detect_and_analyze(
                 photo.update(status=err.status, error=str(err))
             except FileNotFoundError as err:
                 photo.update(status="missing", error=f"source file disappeared: {err}")
+        return photo
+
+    if config.detector != "skip":
+        face_detector(config.detector)  # built once, before the threads share it
+    workers = max(1, config.threads) if detector_is_thread_safe(config.detector) else 1
+    progress = Progress(f"annotate shard {int(metadata['shard'].iloc[0])}", len(metadata))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for photo in in_order_ahead(pool, detect, metadata.itertuples(index=False), ahead=2 * workers):
+            photos.append(photo)
             for face in photo["faces"]:
-                face_row = {"image_id": row.image_id, "source_key": row.source_key, **face["box"]}
+                face_row = {"image_id": photo["image_id"], "source_key": photo["source_key"], **face["box"]}
                 faces.append(face_row)
                 face["row"] = face_row
                 pending.append((face_row, face["crop"]))
                 del face["crop"]  # crops are only needed until their batch runs
             if len(pending) >= config.emotion_batch_size:
                 flush()
-        progress.step()
+            progress.step()
     flush()
     return photos, faces
 
 
 def _detect(config: PipelineConfig, source: Storage, key: str, photo: dict[str, Any]) -> None:
     rgb, scale = load_rgb_array(source.read_bytes(key), config.max_image_pixels, config.detect_max_side)
-    for index, face in enumerate(detect_faces(rgb, config.detector, config.detect_in_frame)):
+    for index, face in enumerate(detect_faces(rgb, config.detector)):
         photo["faces"].append({
             "crop": face.crop,
             "box": {

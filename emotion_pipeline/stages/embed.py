@@ -97,7 +97,7 @@ def embed_shard(
         return load_input(source, root, todo.iloc[i], index.at[i, "input"])
 
     # Decode the next batch in threads while the model runs on the current one.
-    with ThreadPoolExecutor(max_workers=max(1, config.resize_workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool:
         starts = list(range(0, len(todo), batch))
         pending = [pool.submit(load, i) for i in range(min(batch, len(todo)))]
         for n, start in enumerate(starts):

@@ -83,7 +83,7 @@ def annotate_gold(config: PipelineConfig, *, root: Storage | None = None) -> dic
             data = row.storage.read_bytes(row.key)
             record["image_id"] = content_id(data, row.key)
             rgb, scale = load_rgb_array(data, config.max_image_pixels, config.detect_max_side)
-            faces = [f for f in detect_faces(rgb, detector, config.detect_in_frame) if f.confidence >= config.min_face_confidence]
+            faces = [f for f in detect_faces(rgb, detector) if f.confidence >= config.min_face_confidence]
             if faces:
                 largest = max(faces, key=lambda f: f.w * f.h)
                 record["face_index"] = len(crops)

@@ -55,7 +55,7 @@ def resize_shard(
 
     # Pillow releases the GIL while decoding, resampling and encoding, so threads use every core
     # without pickling storage clients into worker processes.
-    with ThreadPoolExecutor(max_workers=max(1, config.resize_workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool:
         records = list(pool.map(one, (row for _, row in rows.iterrows())))
 
     metadata = pd.DataFrame(records, columns=COLUMNS)
