@@ -59,12 +59,16 @@ def test_letterbox_keeps_the_whole_photo_and_pads():
     assert pixels[0, 112].tolist() == [0, 0, 0] and pixels[223, 112].tolist() == [0, 0, 0]
 
 
-def test_draft_decoding_reduces_big_jpegs_but_never_below_the_target():
+@pytest.mark.parametrize("size", [(2000, 1000), (500, 333), (333, 500)])
+def test_draft_decoding_reduces_jpegs_but_never_below_the_letterboxed_size(size):
+    """The photo is fitted into 224x224: its long side must stay >= 224, its short side >= its fit."""
     buffer = io.BytesIO()
-    Image.new("RGB", (2000, 1000), (10, 20, 30)).save(buffer, format="JPEG")
+    Image.new("RGB", size, (10, 20, 30)).save(buffer, format="JPEG")
     image, _ = open_checked(buffer.getvalue(), max_pixels=10**8)
     decoded = decode_rgb(image, draft_size=224)
-    assert decoded.size[0] < 2000 and min(decoded.size) >= 224
+    assert decoded.size[0] <= -(-size[0] // 2) and decoded.size[1] <= -(-size[1] // 2)  # at 1/2 or less
+    fit = 224 / max(size)
+    assert decoded.size[0] >= size[0] * fit and decoded.size[1] >= size[1] * fit
 
 
 def test_large_photos_are_downscaled_for_detection_with_the_scale():

@@ -48,7 +48,7 @@ def resize_shard(
 
     progress = Progress(f"resize shard {shard}", len(rows))
 
-    def one(row: pd.Series) -> dict[str, Any]:
+    def one(row) -> dict[str, Any]:
         record = resize_one(config, source, root, row)
         progress.step()
         return record
@@ -56,7 +56,8 @@ def resize_shard(
     # Pillow releases the GIL while decoding, resampling and encoding, so threads use every core
     # without pickling storage clients into worker processes.
     with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool:
-        records = list(pool.map(one, (row for _, row in rows.iterrows())))
+        records = list(pool.map(one, rows.itertuples(index=False)))
+    root.make_durable()  # the photos, before the table and marker that say they exist
 
     metadata = pd.DataFrame(records, columns=COLUMNS)
     write_table(root, f"{shard_prefix(STAGE, shard)}/metadata", metadata)
@@ -71,7 +72,8 @@ def resize_shard(
     return mark_completed(root, STAGE, shard, job.fingerprint, summary)
 
 
-def resize_one(config: PipelineConfig, source: Storage, root: Storage, row: pd.Series) -> dict[str, Any]:
+def resize_one(config: PipelineConfig, source: Storage, root: Storage, row) -> dict[str, Any]:
+    """One manifest row (a namedtuple) -> its metadata record; the 224x224 photo written."""
     record: dict[str, Any] = {
         "image_id": row.image_id, "source_key": row.source_key, "source_uri": row.source_uri,
         "shard": int(row.shard), "orig_bytes": int(row.size_bytes), "processed_uri": None, "error": None,
@@ -85,7 +87,7 @@ def resize_one(config: PipelineConfig, source: Storage, root: Storage, row: pd.S
         record.update(orig_width=info.width, orig_height=info.height, orig_format=info.format, orig_mode=info.mode)
         thumbnail = letterbox(decode_rgb(image, draft_size=config.image_size), config.image_size)
         key = processed_key(row.image_id)
-        root.write_bytes(key, to_jpeg(thumbnail))
+        root.write_bytes(key, to_jpeg(thumbnail), durable=False)
         return {**record, "status": "ok", "processed_uri": root.uri_for(key)}
     except ImageError as err:
         return {**record, "status": err.status, "error": str(err)}
