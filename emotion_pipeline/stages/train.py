@@ -70,7 +70,8 @@ def _train(config: PipelineConfig, root: Storage, exclude_ids: set[str]) -> dict
         baseline_val = classification_metrics(y_val, classifier.predict_proba_5(baseline, x_val).argmax(1))
         mlflow.log_metrics({"baseline.val_macro_f1": baseline_val["macro_f1"],
                             "baseline.val_accuracy": baseline_val["accuracy"]})
-        mlflow.sklearn.log_model(baseline, name="baseline")
+        mlflow.sklearn.log_model(baseline, name="baseline",
+                                 pip_requirements=tracking.pinned_requirements("scikit-learn", "numpy"))
 
         tuner = classifier.search(config, data, state_home() / "tuner", project=fingerprint)
         _log_trials(mlflow, tuner)
@@ -86,6 +87,7 @@ def _train(config: PipelineConfig, root: Storage, exclude_ids: set[str]) -> dict
 
         signature = infer_signature(x_val[:5].astype(np.float32), best.predict(x_val[:5], verbose=0))
         info = mlflow.keras.log_model(best, name="model", signature=signature,
+                                      pip_requirements=tracking.pinned_requirements("tensorflow", "keras"),
                                       registered_model_name=config.registered_model)
         version = str(info.registered_model_version)
         champion = _promote_if_better(mlflow, config, version, test["macro_f1"], x_test, y_test)
