@@ -24,7 +24,11 @@ def run_dag(source: Path, work: Path, name: str, settings: list[str]) -> tuple[f
     done = subprocess.run(
         [CLI, "run", "--source", str(source), "--root", str(work / "root"), "--airflow-home", str(work / "airflow"),
          "--summary-json", str(summary), *settings],
-        capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        capture_output=True, text=True,
+        # Its own state home: tuner checkpoints of an earlier benchmark on the same photos would
+        # otherwise let the "cold" run resume a finished search.
+        env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+             "EMOTION_PIPELINE_HOME": str(work / "state-home")},
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
