@@ -61,14 +61,14 @@ def side_by_side(chunks: list, baseline: Callable, pipeline: Callable, **variant
     return result
 
 
-def distinct_photos(src: Path, dst: Path, n: int) -> list[Path]:
-    """``n`` photos with distinct content from the real ones in ``src``: beyond their number, each
-    extra photo is a mirrored / slightly cropped copy (the pipeline would skip a byte-identical copy
-    as a duplicate, which would make a larger set cost nothing)."""
+def distinct_photos(src: Path, dst: Path, n: int, first: int = 0) -> list[Path]:
+    """Photos ``first``..``n - 1`` of a set with distinct content made from the real ones in ``src``:
+    beyond their number, each extra photo is a mirrored / slightly cropped copy (the pipeline would
+    skip a byte-identical copy as a duplicate, which would make a larger set cost nothing)."""
     originals = sorted(src.glob("*.jpg"))
     dst.mkdir(parents=True, exist_ok=True)
     out = []
-    for i in range(n):
+    for i in range(first, n):
         original = originals[i % len(originals)]
         variant = i // len(originals)
         target = dst / (original.name if variant == 0 else f"{original.stem}_v{variant}.jpg")

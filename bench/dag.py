@@ -43,7 +43,7 @@ def bench_dag(photos: Path, work: Path, settings: list[str]) -> tuple[list[Row],
     cold_s, cold = run_dag(source, work, "cold", settings)
     again_s, _ = run_dag(source, work, "again", settings)
     # 10% more: distinct new photos (mirrored copies of the first ones) in a new folder, as a new batch lands.
-    extra = distinct_photos(photos, work / "extra", len(originals) + len(originals) // 10)[len(originals):]
+    extra = distinct_photos(photos, work / "extra", len(originals) + len(originals) // 10, first=len(originals))
     (source / "batch2").mkdir()
     for path in extra:
         path.rename(source / "batch2" / path.name)

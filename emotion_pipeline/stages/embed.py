@@ -29,7 +29,7 @@ from PIL import Image
 from ..config import PipelineConfig
 from ..images import decode_rgb, letterbox, open_checked
 from ..manifest import load_manifest, shard_fingerprint
-from ..shards import Progress, done_key, mark_completed, shard_prefix, start_shard, upstream_table
+from ..shards import Progress, done_key, in_order_ahead, mark_completed, shard_prefix, start_shard, upstream_table
 from ..storage import Storage, open_storage
 from ..tables import read_json, read_table, write_json, write_table
 from . import annotate, resize
@@ -98,12 +98,9 @@ def embed_shard(
 
     # Decode the next batch in threads while the model runs on the current one.
     with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool:
-        starts = list(range(0, len(todo), batch))
-        pending = [pool.submit(load, i) for i in range(min(batch, len(todo)))]
-        for n, start in enumerate(starts):
-            images = np.stack([f.result() for f in pending])
-            nxt = starts[n + 1] if n + 1 < len(starts) else len(todo)
-            pending = [pool.submit(load, i) for i in range(nxt, min(nxt + batch, len(todo)))]
+        loaded = in_order_ahead(pool, load, range(len(todo)), ahead=batch)
+        for start in range(0, len(todo), batch):
+            images = np.stack([next(loaded) for _ in range(min(batch, len(todo) - start))])
             vectors[start:start + len(images)] = embed_arrays(model, images)
             progress.step(len(images))
 
