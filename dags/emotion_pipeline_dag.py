@@ -25,9 +25,9 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, dag, task
 
-from emotion_pipeline.config import ACTIONS, DETECTORS, DRIFT_REFERENCES, EMBED_INPUTS, TUNERS, PipelineConfig
+from emotion_pipeline.config import PipelineConfig, form_params
+from emotion_pipeline.registry import stage
 
-GPU = {"queue": "gpu", "pool": "gpu"}
 # Whoever lands a new batch of photos in the source posts an event on this asset; that starts a run
 # with the default params, so it can only be the schedule where the default source and root are set.
 NEW_PHOTOS = Asset(name="emotion_photos", uri="emotion-pipeline://photos")
@@ -45,43 +45,8 @@ def deployment_default(name: str, default):
         return raw  # a nullable string param (gold, gold_detector)
 
 
-PARAMS = {
-    "source": Param("", type="string", minLength=1,
-                    description="Folder or gs://bucket/prefix with the input photos (read only)."),
-    "root": Param("", type="string", minLength=1,
-                  description="Folder or gs://bucket/prefix where every output is written."),
-    "shard_size": Param(1000, type="integer", minimum=1, description="Photos per shard (one task each)."),
-    "limit": Param(None, type=["null", "integer"], minimum=0,
-                   description="Only the first N photos, sorted by name (trials)."),
-    "detector": Param("mtcnn", enum=list(DETECTORS), description="DeepFace face detector."),
-    "actions": Param(["emotion"], type="array", items={"type": "string", "enum": list(ACTIONS)},
-                     description="DeepFace actions; age/gender/race need their ~500 MB weight files."),
-    "min_face_confidence": Param(0.9, type="number", minimum=0, maximum=1,
-                                 description="Faces below this never label a photo."),
-    "drift_reference": Param("earlier_shards", enum=list(DRIFT_REFERENCES),
-                             description="Compare each shard with all earlier shards or a pinned baseline."),
-    "drift_threshold": Param(0.2, type="number", exclusiveMinimum=0, maximum=1,
-                             description="Jensen-Shannon distance (base 2) above which a shard drifts."),
-    "no_face_drift_threshold": Param(0.15, type="number", minimum=0, maximum=1,
-                                     description="Absolute change of the no-face rate that counts as drift."),
-    "alert_emails": Param([], type="array", items={"type": "string"},
-                          description="Who gets drift and failure e-mails (SMTP connection smtp_default)."),
-    "embed_input": Param("face", enum=list(EMBED_INPUTS),
-                         description="Embed the label face's crop (default) or the whole 224x224 photo."),
-    "embed_weights": Param("imagenet", type="string",
-                           description="ResNet50 weights: imagenet, a local .h5 path, or none (random)."),
-    "tuner": Param("hyperband", enum=list(TUNERS), description="Keras Tuner search algorithm."),
-    "tuner_max_epochs": Param(30, type="integer", minimum=1, description="Epoch budget per model."),
-    "tuner_max_trials": Param(12, type="integer", minimum=1, description="Trials (bayesian tuner)."),
-    "force_train": Param(False, type="boolean", description="Retrain even if the training data is unchanged."),
-    "gold": Param(None, type=["null", "string"],
-                  description="Photos labelled by people (<label>/<photo> folder or CSV) to check labels against."),
-    "gold_detector": Param(None, type=["null", "string"], description="Detector for the gold photos ('skip' for face crops)."),
-    "shap_images": Param(3, type="integer", minimum=0, description="Test photos explained with a SHAP heat map."),
-    "shap_image_evals": Param(300, type="integer", minimum=10, description="Model calls per SHAP heat map."),
-}
-PARAMS = {name: Param(deployment_default(name, p.value), description=p.description, **p.schema)
-          for name, p in PARAMS.items()}
+# The trigger form, grouped in sections: every knob of emotion_pipeline.config with a section.
+PARAMS = {name: Param(deployment_default(name, default), **schema) for name, (default, schema) in form_params().items()}
 SCHEDULE = [NEW_PHOTOS] if PARAMS["source"].value and PARAMS["root"].value else None
 
 
@@ -89,15 +54,32 @@ def _config(params) -> PipelineConfig:
     return PipelineConfig.from_mapping(params)
 
 
-def _ran_on(ti, result: dict) -> dict:
-    """The task's output plus the worker that ran it: GPU routing can be audited from the outputs."""
-    return {**result, "worker": ti.hostname}
-
-
 def _on_failure(context) -> None:
     from emotion_pipeline.airflow_adapter import notify_failure
 
     notify_failure(context)
+
+
+def stage_task(name: str, **options):
+    """The task that runs registered stage ``name``: mapped over shards for a per-shard stage (its
+    argument is the shard, or the upstream shard task's result), once per run otherwise. GPU stages
+    go to the `gpu` queue and pool. Returns the stage's result plus the worker that ran it, so GPU
+    routing can be audited from the outputs."""
+    spec = stage(name)
+    if spec.gpu:
+        options = {"queue": "gpu", "pool": "gpu", **options}
+    if not spec.per_shard:
+        options = {"trigger_rule": "none_failed", **options}
+
+    @task(task_id=name, doc_md=f"Runs stage `{name}` (`{spec.function}`).", **options)
+    def run_stage_task(shard=None, params=None, run_id=None, ti=None) -> dict:
+        from emotion_pipeline.runner import run_stage
+
+        shard = shard["shard"] if isinstance(shard, dict) else shard
+        result = run_stage(name, _config(params), shard, run_id=run_id or "")
+        return {**result.to_dict(), "worker": ti.hostname}
+
+    return run_stage_task
 
 
 @dag(
@@ -121,29 +103,11 @@ def emotion_pipeline():
     def discover(params=None, ti=None) -> list[int]:
         """Returns the shards with work left (what the shard tasks map over); the full summary
         (photos found, new, hashed, all shards) goes to the XCom key ``summary``."""
-        from emotion_pipeline.stages.discover import discover_images
+        from emotion_pipeline.runner import run_stage
 
-        summary = discover_images(_config(params))
+        summary = run_stage("discover", _config(params)).to_dict()
         ti.xcom_push(key="summary", value=summary)
         return summary["pending"]
-
-    @task(max_active_tis_per_dagrun=4)
-    def resize(shard: int, params=None, ti=None) -> dict:
-        from emotion_pipeline.stages.resize import resize_shard
-
-        return _ran_on(ti, resize_shard(_config(params), shard))
-
-    @task(**GPU)
-    def annotate(resized: dict, params=None, ti=None) -> dict:
-        from emotion_pipeline.stages.annotate import annotate_shard
-
-        return _ran_on(ti, annotate_shard(_config(params), resized["shard"]))
-
-    @task(trigger_rule="none_failed")
-    def check_drift(params=None, run_id=None, ti=None) -> dict:
-        from emotion_pipeline.stages.drift import check_label_drift
-
-        return _ran_on(ti, check_label_drift(_config(params), run_id=run_id))
 
     @task
     def alert_on_drift(report: dict, **context) -> bool:
@@ -151,56 +115,19 @@ def emotion_pipeline():
 
         return send_drift_alert(_config(context["params"]), report, context)
 
-    @task(trigger_rule="none_failed")
-    def merge(params=None, ti=None) -> dict:
-        from emotion_pipeline.stages.merge import merge_dataset
-
-        return _ran_on(ti, merge_dataset(_config(params)))
-
-    @task(**GPU)
-    def embed(annotated: dict, params=None, ti=None) -> dict:
-        from emotion_pipeline.stages.embed import embed_shard
-
-        return _ran_on(ti, embed_shard(_config(params), annotated["shard"]))
-
-    @task(trigger_rule="none_failed")
-    def assemble_features(params=None, ti=None) -> dict:
-        from emotion_pipeline.stages.embed import assemble_features
-
-        return _ran_on(ti, assemble_features(_config(params)))
-
-    @task(trigger_rule="none_failed", **GPU)
-    def check_gold(params=None, ti=None) -> dict:
-        config = _config(params)
-        if not config.gold:
-            return _ran_on(ti, {"stage": "gold", "skipped": True})
-        from emotion_pipeline.stages.gold import annotate_gold
-
-        return _ran_on(ti, annotate_gold(config))
-
-    @task(trigger_rule="none_failed")
-    def train(params=None, ti=None) -> dict:
-        from emotion_pipeline.stages.train import train_classifier
-
-        return _ran_on(ti, train_classifier(_config(params)))
-
-    @task(trigger_rule="none_failed", **GPU)
-    def evaluate(trained: dict, params=None, ti=None) -> dict:
-        from emotion_pipeline.stages.evaluate import evaluate_model
-
-        return _ran_on(ti, evaluate_model(_config(params), trained))
-
-    annotated = annotate.expand(resized=resize.expand(shard=discover()))
-    drift = check_drift()
-    annotated >> drift
+    resized = stage_task("resize", max_active_tis_per_dagrun=4).expand(shard=discover())
+    annotated = stage_task("annotate").expand(shard=resized)
+    embedded = stage_task("embed").expand(shard=annotated)
+    deduped = stage_task("dedupe")()
+    drift = stage_task("check_drift")()
+    merged = stage_task("merge")()
+    features = stage_task("assemble_features")()
+    trained = stage_task("train")()
+    resized >> deduped >> merged
+    annotated >> drift >> merged
     alert_on_drift(drift)
-    merged = merge()
-    drift >> merged
-    features = assemble_features()
-    embed.expand(annotated=annotated) >> features
-    trained = train()
-    [merged, features, check_gold()] >> trained
-    evaluate(trained)
+    embedded >> features
+    [merged, features, stage_task("check_gold")()] >> trained >> stage_task("evaluate")()
 
 
 emotion_pipeline()

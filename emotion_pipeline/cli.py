@@ -14,42 +14,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ACTIONS, DETECTORS, DRIFT_REFERENCES, EMBED_INPUTS, TUNERS, PipelineConfig
+from .config import PipelineConfig, knobs
+from .registry import ALIASES, STAGES, stage
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", required=True, help="folder or gs://bucket/prefix of input photos")
-    parser.add_argument("--root", required=True, help="folder or gs://bucket/prefix for all outputs")
-    parser.add_argument("--limit", type=int, help="only the first N photos (sorted by name)")
-    parser.add_argument("--shard-size", type=int)
-    parser.add_argument("--detector", choices=DETECTORS)
-    parser.add_argument("--actions", help=f"comma-separated, from {','.join(ACTIONS)} (default: emotion)")
-    parser.add_argument("--min-face-confidence", type=float)
-    parser.add_argument("--drift-reference", choices=DRIFT_REFERENCES)
-    parser.add_argument("--drift-threshold", type=float)
-    parser.add_argument("--alert-emails", help="comma-separated recipients of drift/failure e-mails")
-    parser.add_argument("--embed-input", choices=EMBED_INPUTS)
-    parser.add_argument("--embed-weights", help="imagenet (default), a local .h5 path, or none")
-    parser.add_argument("--tuner", choices=TUNERS)
-    parser.add_argument("--tuner-max-epochs", type=int)
-    parser.add_argument("--tuner-max-trials", type=int)
-    parser.add_argument("--shap-images", type=int)
-    parser.add_argument("--shap-image-evals", type=int)
-    parser.add_argument("--force-train", action="store_true", default=None)
-    parser.add_argument("--gold", help="photos labelled by people: a <label>/<photo> folder or a CSV")
-    parser.add_argument("--gold-detector", choices=DETECTORS, help="'skip' when gold photos are face crops")
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per knob with a section (``config.knobs``): ``--shard-size``, ``--force-train``, ..."""
+    for k in knobs():
+        if not k.section:
+            continue
+        flag = "--" + k.name.replace("_", "-")
+        help_text = k.help if k.required else f"{k.help} (default: {_shown(k.default)})"
+        if k.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif k.type is tuple:
+            parser.add_argument(flag, help=f"comma-separated. {help_text}")
+        else:
+            parser.add_argument(flag, type=k.type, choices=k.choices, required=k.required, help=help_text)
 
 
-def _config_values(args: argparse.Namespace) -> dict[str, Any]:
-    names = ["source", "root", "limit", "shard_size", "detector", "actions", "min_face_confidence",
-             "drift_reference", "drift_threshold", "alert_emails", "embed_input", "embed_weights", "tuner",
-             "tuner_max_epochs", "tuner_max_trials", "shap_images", "shap_image_evals", "force_train",
-             "gold", "gold_detector"]
-    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    for name in ("actions", "alert_emails"):
-        if name in values:
-            values[name] = [v.strip() for v in values[name].split(",") if v.strip()]
-    return values
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The knobs given on the command line (``PipelineConfig.from_mapping`` fills in the rest)."""
+    return {k.name: getattr(args, k.name) for k in knobs() if getattr(args, k.name, None) is not None}
+
+
+def _shown(default: Any) -> str:
+    return ",".join(default) if isinstance(default, tuple) else str(default)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the whole DAG on this machine (Airflow dag.test, SQLite)")
-    _add_config_options(run)
+    add_config_options(run)
     run.add_argument("--airflow-home", type=Path, help="default: ~/.emotion-pipeline/airflow")
     run.add_argument("--summary-json", type=Path, help="also write the run summary here (automation)")
 
@@ -83,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="0.0.0.0")
 
     stage = commands.add_parser("stage", help="run one stage function without Airflow")
-    stage.add_argument("name", choices=["discover", "resize", "annotate", "drift", "merge", "embed",
-                                        "assemble", "train"])
-    _add_config_options(stage)
-    stage.add_argument("--shard", type=int, help="for resize and annotate")
+    stage.add_argument("name", choices=[*STAGES, *ALIASES], help="a stage of the registry")
+    add_config_options(stage)
+    stage.add_argument("--shard", type=int, help="for the per-shard stages: " +
+                       ", ".join(s.name for s in STAGES.values() if s.per_shard))
     return parser
 
 
@@ -97,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from .local_run import run_locally
 
-        summary = run_locally(_config_values(args), airflow_home=args.airflow_home)
+        summary = run_locally(config_values(args), airflow_home=args.airflow_home)
         if args.summary_json:
             args.summary_json.write_text(json.dumps(summary, indent=2, default=str))
         return 0 if summary["state"] == "success" else 1
@@ -139,31 +129,14 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _run_stage(args: argparse.Namespace) -> int:
-    config = PipelineConfig.from_mapping(_config_values(args))
-    if args.name == "discover":
-        from .stages.discover import discover_images as run
-        result = run(config)
-    elif args.name in ("resize", "annotate", "embed"):
-        if args.shard is None:
-            raise SystemExit(f"{args.name} needs --shard")
-        from .stages import annotate, embed, resize
-        run = {"resize": resize.resize_shard, "annotate": annotate.annotate_shard, "embed": embed.embed_shard}
-        result = run[args.name](config, args.shard)
-    elif args.name == "assemble":
-        from .stages.embed import assemble_features
-        result = assemble_features(config)
-    elif args.name == "train":
-        from .stages.train import train_classifier
-        result = train_classifier(config)
-    elif args.name == "drift":
-        from .stages.drift import check_label_drift
-        result = check_label_drift(config)
-    else:
-        from .stages.merge import merge_dataset
-        result = merge_dataset(config)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    from .runner import run_stage
 
+    config = PipelineConfig.from_mapping(config_values(args))
+    if stage(args.name).per_shard and args.shard is None:
+        raise SystemExit(f"{args.name} needs --shard")
+    shard = args.shard if stage(args.name).per_shard else None
+    print(json.dumps(run_stage(args.name, config, shard).to_dict(), indent=2, default=str))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

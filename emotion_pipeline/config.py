@@ -1,13 +1,17 @@
-"""The one typed configuration object: every knob of the pipeline lives here.
+"""The one typed configuration object: every knob of the pipeline is declared here, once.
 
-The same object is built from the DAG's trigger-form params, from the CLI and from tests, so a stage
-function behaves identically wherever it is called from.
+Each field of ``PipelineConfig`` is declared with ``knob(...)``: its type (the annotation), default,
+bounds or choices, a title, a description and a section. Validation, the DAG's trigger form
+(``form_params``) and the CLI options (``cli.add_config_options``) are all derived from these
+declarations, so a new knob is one field here and nothing else.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,94 +27,135 @@ EMBED_INPUTS = ("face", "photo")
 TUNERS = ("hyperband", "bayesian")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
+# The trigger form's sections, in the order the form shows them.
+SECTIONS = ("Input", "Annotation", "Drift and alerts", "Embedding", "Training", "Gold check", "Report")
+
 
 def state_home() -> Path:
     """Where local state lives (Airflow home, tuner checkpoints, MLflow for gs:// roots)."""
     return Path(os.environ.get("EMOTION_PIPELINE_HOME") or Path.home() / ".emotion-pipeline")
 
 
+def knob(default: Any = dataclasses.MISSING, *, title: str, help: str, section: str | None,
+         minimum: float | None = None, maximum: float | None = None, exclusive_minimum: float | None = None,
+         choices: tuple[str, ...] | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+    """Declare one knob. ``section=None`` keeps it off the trigger form and the CLI (a per-worker or
+    internal setting: set it from code or tests)."""
+    assert section is None or section in SECTIONS, section
+    metadata = {"title": title, "help": help, "section": section, "minimum": minimum, "maximum": maximum,
+                "exclusive_minimum": exclusive_minimum, "choices": choices}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
-    source: str  # folder or gs:// URI of the input photos (read only)
-    root: str  # folder or gs:// URI where every output goes
-    shard_size: int = 1000
-    limit: int | None = None  # only the first N photos (sorted by name): trials and tests
+    # Input
+    source: str = knob(title="Source", section="Input",
+                       help="Folder or gs://bucket/prefix with the input photos (read only).")
+    root: str = knob(title="Output root", section="Input",
+                     help="Folder or gs://bucket/prefix where every output is written.")
+    shard_size: int = knob(1000, title="Shard size", section="Input", minimum=1,
+                           help="Photos per shard (one task per shard and stage).")
+    limit: int | None = knob(None, title="Limit", section="Input", minimum=0,
+                             help="Only the first N photos, sorted by name (trials).")
+    image_size: int = knob(224, title="Processed size", section="Input", minimum=16,
+                           help="Side in pixels of the letterboxed copies in processed/.")
+    max_image_pixels: int = knob(60_000_000, title="Pixel limit", section="Input", minimum=1,
+                                 help="A photo declaring more pixels is 'too_large' and never decoded "
+                                      "(pipeline and API alike).")
+    dedupe_max_distance: int = knob(10, title="Near-duplicate distance", section="Input", minimum=0,
+                                    maximum=64, help="Photos whose 64-bit perceptual hashes differ in at most "
+                                                     "this many bits are near duplicates (see README).")
+    threads: int = knob(title="Threads", section=None, minimum=1,
+                        default_factory=lambda: os.cpu_count() or 1,
+                        help="Threads per task for decoding, resizing and face detection (the worker's cores).")
 
-    # threads per task for decoding, resizing and face detection (one task per shard)
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Annotation
+    detector: str = knob("mtcnn", title="Face detector", section="Annotation", choices=DETECTORS,
+                         help="DeepFace face detector (mtcnn: chosen on Flickr30k, see README).")
+    actions: tuple[str, ...] = knob(("emotion",), title="DeepFace actions", section="Annotation", choices=ACTIONS,
+                                    help="age/gender/race need their ~500 MB weight files; emotion is required.")
+    min_face_confidence: float = knob(0.9, title="Minimum face confidence", section="Annotation",
+                                      minimum=0, maximum=1, help="Faces below this never label a photo.")
+    detect_max_side: int = knob(1600, title="Detection size", section="Annotation", minimum=32,
+                                help="Longer photos are downscaled to this side for detection; boxes map back.")
+    emotion_batch_size: int = knob(64, title="Emotion batch size", section=None, minimum=1,
+                                   help="Face crops per batch of DeepFace's attribute models.")
 
-    # resize
-    image_size: int = 224
-    max_image_pixels: int = 60_000_000  # a larger declared size is "too_large", never decoded
+    # Drift and alerts
+    drift_reference: str = knob("earlier_shards", title="Drift reference", section="Drift and alerts",
+                                choices=DRIFT_REFERENCES,
+                                help="Compare each shard with all earlier shards or a pinned baseline.")
+    drift_threshold: float = knob(0.2, title="Drift threshold", section="Drift and alerts",
+                                  exclusive_minimum=0, maximum=1,
+                                  help="Jensen-Shannon distance (base 2) above which a shard drifts.")
+    no_face_drift_threshold: float = knob(0.15, title="No-face drift threshold", section="Drift and alerts",
+                                          minimum=0, maximum=1,
+                                          help="Absolute change of the no-face rate that counts as drift.")
+    min_reference_images: int = knob(20, title="Minimum reference photos", section="Drift and alerts", minimum=0,
+                                     help="A smaller reference is too small to judge drift.")
+    alert_emails: tuple[str, ...] = knob((), title="Alert e-mails", section="Drift and alerts",
+                                         help="Who gets drift and failure e-mails.")
+    smtp_conn_id: str = knob("smtp_default", title="SMTP connection", section="Drift and alerts",
+                             help="Airflow connection of the SMTP server for alerts.")
 
-    # annotate
-    detector: str = "mtcnn"  # chosen from bench/detectors.py on Flickr30k, see README
-    actions: tuple[str, ...] = ("emotion",)
-    min_face_confidence: float = 0.9  # faces below it are kept in the table but never label a photo
-    detect_max_side: int = 1600  # larger photos are downscaled for detection; boxes map back
-    emotion_batch_size: int = 64
+    # Embedding
+    embed_input: str = knob("face", title="Embedding input", section="Embedding", choices=EMBED_INPUTS,
+                            help="Embed the label face's crop (default) or the whole photo.")
+    embed_weights: str = knob("imagenet", title="ResNet50 weights", section="Embedding",
+                              help="imagenet (Keras downloads them), a local .h5 path, or none (random: tests).")
+    embed_batch_size: int = knob(32, title="Embedding batch size", section="Embedding", minimum=1,
+                                 help="Photos per ResNet50 batch.")
+    mixed_precision: bool = knob(True, title="Mixed precision", section="Embedding",
+                                 help="float16 ResNet50 on GPU workers (no effect on a CPU).")
 
-    # drift
-    drift_reference: str = "earlier_shards"
-    drift_threshold: float = 0.2  # Jensen-Shannon distance (base 2, 0..1) of the label distributions
-    no_face_drift_threshold: float = 0.15  # absolute change of the no-face rate
-    min_reference_images: int = 20  # below this the reference is too small to judge drift
-    alert_emails: tuple[str, ...] = ()
-    smtp_conn_id: str = "smtp_default"
+    # Training
+    tuner: str = knob("hyperband", title="Tuner", section="Training", choices=TUNERS,
+                      help="Keras Tuner search algorithm.")
+    tuner_max_epochs: int = knob(30, title="Epoch budget", section="Training", minimum=1,
+                                 help="Hyperband's budget per model; Bayesian uses it as epochs per trial.")
+    tuner_max_trials: int = knob(12, title="Trials", section="Training", minimum=1,
+                                 help="Trials of the Bayesian tuner.")
+    seed: int = knob(42, title="Seed", section="Training", help="Seed of the tuner, the head and the plots.")
+    force_train: bool = knob(False, title="Force training", section="Training",
+                             help="Retrain even when the training data did not change.")
+    min_rows_per_class: int = knob(10, title="Minimum rows per class", section="Training", minimum=3,
+                                   help="Classes with fewer labelled photos are left out of training.")
+    mlflow_tracking_uri: str | None = knob(None, title="MLflow tracking URI", section=None,
+                                           help="Default: $MLFLOW_TRACKING_URI, else SQLite under the root.")
+    registered_model: str = knob("emotion-classifier", title="Registered model", section="Training",
+                                 help="Name of the model in MLflow's registry.")
 
-    # embed
-    embed_input: str = "face"  # the label face's crop (photos without one: the whole photo), or "photo"
-    embed_weights: str = "imagenet"  # "imagenet" (Keras downloads and caches it), a local .h5 path, or "none"
-    embed_batch_size: int = 32
-    mixed_precision: bool = True  # only takes effect on a GPU
+    # Gold check: photos labelled by people (a <label>/<photo> folder or a CSV), never trained on
+    gold: str | None = knob(None, title="Gold set", section="Gold check",
+                            help="Photos labelled by people (<label>/<photo> folder or CSV) to check labels "
+                                 "against.")
+    gold_detector: str | None = knob(None, title="Gold detector", section="Gold check", choices=DETECTORS,
+                                     help="Detector for the gold photos (default: the detector; 'skip' for "
+                                          "face crops).")
 
-    # train
-    tuner: str = "hyperband"
-    tuner_max_epochs: int = 30  # Hyperband's budget per model; Bayesian uses it as epochs per trial
-    tuner_max_trials: int = 12  # Bayesian only
-    seed: int = 42
-    force_train: bool = False  # retrain even when the training data did not change
-    min_rows_per_class: int = 10  # classes with fewer labelled rows are left out of training
-    mlflow_tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else SQLite under the root
-    registered_model: str = "emotion-classifier"
-
-    # gold check: photos labelled by people (a <label>/<photo> folder or a CSV), never trained on
-    gold: str | None = None
-    gold_detector: str | None = None  # default: `detector`; "skip" for photos that are face crops
-
-    # explain
-    shap_samples: int = 50  # embedding rows explained for the summary plot
-    shap_images: int = 3  # test photos explained with an image heat map
-    shap_image_evals: int = 300  # model evaluations per heat map (more = finer, slower)
+    # Report
+    shap_samples: int = knob(50, title="SHAP rows", section="Report", minimum=1,
+                             help="Embedding rows explained for the summary plot.")
+    shap_images: int = knob(3, title="SHAP heat maps", section="Report", minimum=0,
+                            help="Test photos explained with an image heat map.")
+    shap_image_evals: int = knob(300, title="Model calls per heat map", section="Report", minimum=10,
+                                 help="More is finer and slower.")
 
     def __post_init__(self) -> None:
-        _check(self.shard_size >= 1, f"shard_size must be >= 1, got {self.shard_size}")
-        _check(self.limit is None or self.limit >= 0, f"limit must be >= 0, got {self.limit}")
-        _check(self.detector in DETECTORS, f"detector {self.detector!r} is not one of {DETECTORS}")
-        unknown = set(self.actions) - set(ACTIONS)
-        _check(not unknown, f"unknown actions {sorted(unknown)}: choose from {ACTIONS}")
+        for spec in knobs():
+            _validate(spec, getattr(self, spec.name))
         _check("emotion" in self.actions, "the 'emotion' action is required: labels come from it")
-        _check(
-            self.drift_reference in DRIFT_REFERENCES,
-            f"drift_reference {self.drift_reference!r} is not one of {DRIFT_REFERENCES}",
-        )
-        _check(0 < self.drift_threshold <= 1, "drift_threshold is a JS distance in (0, 1]")
-        _check(self.max_image_pixels > 0, "max_image_pixels must be positive")
-        _check(self.embed_input in EMBED_INPUTS, f"embed_input {self.embed_input!r} is not one of {EMBED_INPUTS}")
-        _check(self.tuner in TUNERS, f"tuner {self.tuner!r} is not one of {TUNERS}")
-        _check(self.gold_detector in (None, *DETECTORS), f"gold_detector {self.gold_detector!r} is not one of {DETECTORS}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
-        """Build from DAG params / CLI options, ignoring unknown keys and ``None`` values."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        """Build from DAG params / CLI options, ignoring unknown keys and ``None`` or empty values."""
+        types_of = {spec.name: spec.type for spec in knobs()}
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
-            if name not in known or value is None or value == "":
+            if name not in types_of or value is None or value == "":
                 continue
-            if name in ("actions", "alert_emails"):
-                value = _as_tuple(value)
-            kwargs[name] = value
+            kwargs[name] = _as_tuple(value) if types_of[name] is tuple else value
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +163,99 @@ class PipelineConfig:
 
     def replace(self, **changes: Any) -> "PipelineConfig":
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob's declaration, as read back from ``PipelineConfig``'s fields."""
+    name: str
+    type: type  # int, float, str, bool or tuple (of strings)
+    nullable: bool
+    default: Any
+    title: str
+    help: str
+    section: str | None
+    minimum: float | None
+    maximum: float | None
+    exclusive_minimum: float | None
+    choices: tuple[str, ...] | None
+
+    @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING
+
+
+def knobs() -> list[Knob]:
+    """Every knob in declaration order."""
+    hints = typing.get_type_hints(PipelineConfig)
+    found = []
+    for f in dataclasses.fields(PipelineConfig):
+        kind, nullable = _base_type(hints[f.name])
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        found.append(Knob(name=f.name, type=kind, nullable=nullable, default=default, **f.metadata))
+    return found
+
+
+def form_params() -> dict[str, tuple[Any, dict[str, Any]]]:
+    """The trigger form: ``{name: (default, JSON-schema keywords)}`` for every knob with a section,
+    grouped by section. The DAG wraps each in ``airflow.sdk.Param``."""
+    ordered = sorted((k for k in knobs() if k.section), key=lambda k: SECTIONS.index(k.section))
+    return {k.name: (_form_default(k), _schema(k)) for k in ordered}
+
+
+def _schema(k: Knob) -> dict[str, Any]:
+    json_type = {int: "integer", float: "number", str: "string", bool: "boolean", tuple: "array"}[k.type]
+    schema: dict[str, Any] = {"title": k.title, "description": k.help, "section": k.section}
+    if k.type is tuple:
+        schema["type"] = "array"
+        schema["items"] = {"type": "string", **({"enum": list(k.choices)} if k.choices else {})}
+    else:
+        schema["type"] = ["null", json_type] if k.nullable else json_type
+        if k.choices:
+            schema["enum"] = ([None] if k.nullable else []) + list(k.choices)
+    if k.required and k.type is str:
+        schema["minLength"] = 1
+    for bound, keyword in ((k.minimum, "minimum"), (k.maximum, "maximum"), (k.exclusive_minimum, "exclusiveMinimum")):
+        if bound is not None:
+            schema[keyword] = bound
+    return schema
+
+
+def _form_default(k: Knob) -> Any:
+    if k.required:
+        return ""  # source and root: filled in the form, or set per deployment
+    return list(k.default) if isinstance(k.default, tuple) else k.default
+
+
+def _validate(k: Knob, value: Any) -> None:
+    if value is None:
+        _check(k.nullable, f"{k.name} must be set")
+        return
+    values = value if k.type is tuple else (value,)
+    if k.choices:
+        bad = sorted(str(v) for v in values if v not in k.choices)
+        if k.type is tuple:
+            _check(not bad, f"unknown {k.name} {bad}: choose from {k.choices}")
+        else:
+            _check(not bad, f"{k.name} {value!r} is not one of {k.choices}")
+    if k.type in (int, float):
+        _check(not isinstance(value, bool) and isinstance(value, (int, float)),
+               f"{k.name} must be a number, got {value!r}")
+        if k.minimum is not None:
+            _check(value >= k.minimum, f"{k.name} must be >= {k.minimum}, got {value}")
+        if k.maximum is not None:
+            _check(value <= k.maximum, f"{k.name} must be <= {k.maximum}, got {value}")
+        if k.exclusive_minimum is not None:
+            _check(value > k.exclusive_minimum, f"{k.name} must be > {k.exclusive_minimum}, got {value}")
+
+
+def _base_type(hint: Any) -> tuple[type, bool]:
+    """(int | None) -> (int, True); tuple[str, ...] -> (tuple, False)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return _base_type(inner[0])[0], True
+    return (typing.get_origin(hint) or hint), False
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:

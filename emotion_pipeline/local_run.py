@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import local_airflow
+from . import catalog, local_airflow
 from .config import PipelineConfig
 from .storage import open_storage
 
@@ -32,10 +32,6 @@ def run_locally(values: dict[str, Any], airflow_home: Path | None = None) -> dic
 
 
 def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]:
-    from .stages.drift import read_log
-    from .stages.merge import DATASET_KEY
-    from .tables import read_table
-
     root = open_storage(config.root)
     xcoms = _xcoms(dag_run)
     tasks = [
@@ -43,10 +39,10 @@ def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]
          "seconds": round(ti.duration or 0.0, 1), "result": xcoms.get((ti.task_id, ti.map_index, "return_value"))}
         for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.start_date or dag_run.start_date, t.map_index))
     ]
-    dataset = read_table(root, DATASET_KEY)
+    dataset = catalog.read_dataset(root)
     evaluation = xcoms.get(("evaluate", -1, "return_value")) or {}
     training = xcoms.get(("train", -1, "return_value")) or {}
-    monitor_log = read_log(root)
+    monitor_log = catalog.read_monitor_log(root)
     return {
         "run_id": dag_run.run_id,
         "state": str(dag_run.state),
@@ -58,11 +54,11 @@ def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]
         "labels": {} if dataset is None else dataset["label"].value_counts().to_dict(),
         "drifted_shards": _drifted_shards(monitor_log),
         "outputs": {
-            "dataset": root.uri_for(f"{DATASET_KEY}.parquet"),
-            "processed": root.uri_for("processed"),
-            "monitoring_log": root.uri_for("monitoring/label_monitor_log.csv"),
-            "charts": root.uri_for("monitoring/charts"),
-            "vectors": root.uri_for("features/image_vectors.npy"),
+            "dataset": root.uri_for(f"{catalog.DATASET}.parquet"),
+            "processed": root.uri_for(catalog.PROCESSED),
+            "monitoring_log": root.uri_for(catalog.MONITOR_LOG),
+            "charts": root.uri_for(catalog.CHARTS),
+            "vectors": root.uri_for(catalog.IMAGE_VECTORS),
             "report": evaluation.get("report_uri"),
             "mlflow": training.get("tracking_uri"),
         },

@@ -21,11 +21,11 @@ import pandas as pd
 
 from .config import IMAGE_EXTENSIONS, PipelineConfig
 from .storage import ObjectInfo, Storage
+from . import catalog
 from .tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 
-MANIFEST_KEY = "manifest/images"
 COLUMNS = ["source_key", "source_uri", "image_id", "size_bytes", "version", "shard", "duplicate_of", "present"]
 
 
@@ -57,7 +57,7 @@ def list_images(source: Storage, limit: int | None = None) -> list[ObjectInfo]:
 
 
 def load_manifest(root: Storage) -> pd.DataFrame:
-    manifest = read_table(root, MANIFEST_KEY)
+    manifest = read_table(root, catalog.MANIFEST)
     if manifest is None:
         manifest = pd.DataFrame(columns=COLUMNS)
     return manifest.astype({c: _dtype(c) for c in COLUMNS})
@@ -85,7 +85,7 @@ def discover(config: PipelineConfig, source: Storage, root: Storage) -> Discover
 
     manifest, new_files = _assign_shards(previous, current, source, config.shard_size)
     if not manifest.equals(previous):
-        write_table(root, MANIFEST_KEY, manifest)
+        write_table(root, catalog.MANIFEST, manifest)
     log.info(
         "discover: %d images found, %d new, %d hashed, %d shards",
         len(current), new_files, rehashed, manifest["shard"].nunique(),

@@ -6,11 +6,9 @@ import html
 from datetime import datetime, timezone
 from typing import Any
 
+from . import catalog
 from .config import CLASSES
-from .stages.drift import read_log
-from .stages.merge import DATASET_KEY
 from .storage import Storage
-from .tables import read_table
 
 FIGURE_CAPTIONS = {
     "confusion_matrix": "Confusion matrix on the test split (colour: share of the true class).",
@@ -32,8 +30,8 @@ figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}.note{background:#f
 
 
 def dataset_summary(root: Storage) -> dict[str, Any]:
-    dataset = read_table(root, DATASET_KEY)
-    monitor_log = read_log(root)
+    dataset = catalog.read_dataset(root)
+    monitor_log = catalog.read_monitor_log(root)
     annotated = dataset[dataset["status"].isin(["ok", "no_face"])]
     drifted = []
     if "drift" in monitor_log:
@@ -51,7 +49,7 @@ def dataset_summary(root: Storage) -> dict[str, Any]:
 def write_report(root: Storage, version: str, *, dataset: dict[str, Any], evaluation: dict | None = None,
                  training: dict | None = None, figures: dict[str, bytes] | None = None,
                  note: str | None = None) -> str:
-    key = f"reports/{version}/report.html"
+    key = catalog.report_file(version, "report.html")
     root.write_bytes(key, render(version, dataset, evaluation, training, figures or {}, note).encode())
     return root.uri_for(key)
 

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .. import catalog
 from ..config import CLASSES
-from ..stages.embed import load_features
-from ..stages.merge import DATASET_KEY
 from ..storage import Storage
-from ..tables import read_table
 
 SPLITS = {"test": (0.0, 0.15), "val": (0.15, 0.30), "train": (0.30, 1.0)}
 
@@ -66,8 +64,8 @@ def assign_splits(frame: pd.DataFrame, min_rows: int) -> pd.Series:
 
 
 def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = frozenset()) -> TrainingData:
-    dataset = read_table(root, DATASET_KEY)
-    vectors, index = load_features(root)
+    dataset = catalog.read_dataset(root)
+    vectors, index = catalog.read_features(root)
     labelled = dataset[dataset["label"].isin(CLASSES) & (dataset["status"] == "ok")]
     labelled = labelled[~labelled["image_id"].isin(exclude_ids)].drop_duplicates("image_id")
     frame = labelled[["image_id", "source_key", "label"]].merge(

@@ -5,6 +5,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from .. import catalog
 from ..config import PipelineConfig, state_home
 from ..storage import GCS_SCHEME
 
@@ -20,19 +21,19 @@ def tracking_uri(config: PipelineConfig) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     folder = _local_mlflow_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    return f"sqlite:///{folder / catalog.MLFLOW_DB}"
 
 
 def artifact_location(config: PipelineConfig) -> str:
     if config.root.startswith(GCS_SCHEME):
-        return f"{config.root.rstrip('/')}/mlflow/artifacts"
-    return (_local_mlflow_folder(config) / "artifacts").as_uri()
+        return f"{config.root.rstrip('/')}/{catalog.MLFLOW_ARTIFACTS}"
+    return (Path(config.root).expanduser().resolve() / catalog.MLFLOW_ARTIFACTS).as_uri()
 
 
 def _local_mlflow_folder(config: PipelineConfig) -> Path:
     if config.root.startswith(GCS_SCHEME):  # a database cannot live in a bucket: keep it local
-        return state_home() / "mlflow"
-    return Path(config.root).expanduser().resolve() / "mlflow"
+        return state_home() / catalog.MLFLOW
+    return Path(config.root).expanduser().resolve() / catalog.MLFLOW
 
 
 def use_experiment(config: PipelineConfig):

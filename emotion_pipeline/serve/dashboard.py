@@ -14,9 +14,9 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from emotion_pipeline.config import CLASSES
+from emotion_pipeline import catalog
+from emotion_pipeline.config import CLASSES, PipelineConfig
 from emotion_pipeline.storage import open_storage
-from emotion_pipeline.tables import read_table
 
 PAGES = ("Dataset", "Monitoring", "Model", "Try it")
 
@@ -35,14 +35,12 @@ def storage(uri: str):
 
 @st.cache_data(ttl=60)
 def dataset(uri: str) -> pd.DataFrame | None:
-    return read_table(storage(uri), "datasets/final_emotion_dataset")
+    return catalog.read_dataset(storage(uri))
 
 
 @st.cache_data(ttl=60)
 def monitor_log(uri: str) -> pd.DataFrame:
-    from emotion_pipeline.stages.drift import read_log
-
-    return read_log(storage(uri))
+    return catalog.read_monitor_log(storage(uri))
 
 
 def read_png(uri: str, key: str) -> bytes | None:
@@ -53,21 +51,21 @@ def read_png(uri: str, key: str) -> bytes | None:
 
 
 def latest_report(uri: str) -> tuple[str, dict] | None:
-    train = storage(uri)
+    root = storage(uri)
     try:
-        done = json.loads(train.read_bytes("models/_done.json"))["summary"]
-        version = done["model_version"]
-        return version, json.loads(train.read_bytes(f"reports/{version}/metrics.json"))
-    except (FileNotFoundError, KeyError):
+        version = catalog.read_done(root, catalog.TRAIN)["summary"]["model_version"]
+        return version, json.loads(root.read_bytes(catalog.report_file(version, "metrics.json")))
+    except (FileNotFoundError, KeyError, TypeError):
         return None
 
 
 def boxed_thumbnail(uri: str, row: pd.Series) -> Image.Image:
-    """The 224x224 letterboxed copy with the label face's box mapped onto it."""
-    image = Image.open(io.BytesIO(storage(uri).read_bytes(f"processed/{row['image_id']}.jpg"))).convert("RGB")
+    """The letterboxed copy with the label face's box mapped onto it."""
+    image = Image.open(io.BytesIO(storage(uri).read_bytes(catalog.processed_photo(row["image_id"])))).convert("RGB")
     width, height = float(row["orig_width"]), float(row["orig_height"])
-    scale = 224 / max(width, height)
-    dx, dy = (224 - width * scale) / 2, (224 - height * scale) / 2
+    side = image.width  # the processed copies are square (image_size)
+    scale = side / max(width, height)
+    dx, dy = (side - width * scale) / 2, (side - height * scale) / 2
     x, y, w, h = (float(row[f"face_{k}"]) for k in ("x", "y", "w", "h"))
     ImageDraw.Draw(image).rectangle([dx + x * scale, dy + y * scale, dx + (x + w) * scale, dy + (y + h) * scale],
                                     outline=(255, 40, 40), width=2)
@@ -111,7 +109,7 @@ def page_monitoring(uri: str) -> None:
     drifted = sorted({int(s) for s in log.loc[log["drift"].astype(bool), "shard"]})
     st.metric("shards that alerted", len(drifted), help=", ".join(map(str, drifted)) or "none")
     st.write("Alerted shards: " + (", ".join(map(str, drifted)) or "none"))
-    timeline = read_png(uri, "monitoring/charts/drift_timeline.png")
+    timeline = read_png(uri, catalog.DRIFT_TIMELINE)
     if timeline:
         st.image(timeline, caption="Drift timeline")
     st.line_chart(log.set_index("shard")[["js_distance", "no_face_change"]])
@@ -119,7 +117,7 @@ def page_monitoring(uri: str) -> None:
                       "no_face_change", "drift"]], hide_index=True)
     st.subheader("Pie charts")
     for shard in (drifted or sorted(log["shard"].unique())[-3:]):
-        chart = read_png(uri, f"monitoring/charts/shard={int(shard):05d}.png")
+        chart = read_png(uri, catalog.shard_chart(int(shard)))
         if chart:
             st.image(chart, caption=f"shard {shard}")
 
@@ -149,7 +147,7 @@ def page_model(uri: str) -> None:
                           ("tsne", "t-SNE of the vectors"),
                           ("gold_confusion_deepface", "Gold set: DeepFace vs people"),
                           ("gold_confusion_model", "Gold set: model vs people")):
-        png = read_png(uri, f"reports/{version}/{name}.png")
+        png = read_png(uri, catalog.report_file(version, f"{name}.png"))
         if png:
             st.image(png, caption=caption)
     st.subheader("Training runs (MLflow)")
@@ -158,7 +156,6 @@ def page_model(uri: str) -> None:
 
 @st.cache_data(ttl=60)
 def mlflow_runs(uri: str) -> pd.DataFrame:
-    from emotion_pipeline.config import PipelineConfig
     from emotion_pipeline.modeling import tracking
 
     mlflow = tracking.use_experiment(PipelineConfig(source=uri, root=uri))
@@ -190,7 +187,7 @@ def page_try_it(uri: str) -> None:
     except ImageError as err:
         st.error(f"{err.status}: {err}")
         return
-    image = decode_rgb(open_checked(data, 40_000_000)[0])
+    image = decode_rgb(open_checked(data, predictor(uri).settings.max_image_pixels)[0])
     draw = ImageDraw.Draw(image)
     for face in result["faces"]:
         b = face["box"]

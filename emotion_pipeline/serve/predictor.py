@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..config import CLASSES, PipelineConfig
 from ..faces import build_models, detect_faces
-from ..images import decode_rgb, letterbox, open_checked
 from ..modeling import tracking
-from ..stages import embed
+from ..modeling.embedding import decode_photo, image_vectors, model_input, resnet50
+
+_PIPELINE = PipelineConfig(source="", root="")  # the pipeline's defaults, shared with the API
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,8 @@ class ServeSettings:
     model_uri: str | None = None  # default: models:/emotion-classifier@champion
     embed_weights: str | None = None  # default: what the model was trained with
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    detect_max_side: int = 1600
+    max_image_pixels: int = _PIPELINE.max_image_pixels  # one pixel limit: a photo the pipeline takes, the API takes
+    detect_max_side: int = _PIPELINE.detect_max_side
 
 
 class Predictor:
@@ -55,30 +57,35 @@ class Predictor:
             "min_face_confidence": float(params.get("config.min_face_confidence", 0.9)),
         }
         weights = settings.embed_weights or params.get("config.embed_weights", "imagenet")
+        self.batch_size = int(params.get("config.embed_batch_size", _PIPELINE.embed_batch_size))
         self.head = mlflow.keras.load_model(f"models:/{config.registered_model}/{version.version}")
-        self.resnet = embed.resnet50(weights, False)
+        # The precision the training vectors were made with (it only differs from float32 on a GPU).
+        self.resnet = resnet50(weights, params.get("config.mixed_precision", "True") == "True")
         build_models(("emotion",))  # fail now, not on the first request, if DeepFace weights are missing
         log.info("model %s (version %s) loaded", uri, self.info["model_version"])
 
     def predict(self, data: bytes) -> dict[str, Any]:
         """Faces with boxes (original pixels) and the five probabilities. Raises ImageError on bad input."""
-        image, _ = open_checked(data, self.settings.max_image_pixels)
-        rgb = decode_rgb(image)
-        scale = min(1.0, self.settings.detect_max_side / max(rgb.size))
-        small = rgb if scale == 1.0 else rgb.resize((round(rgb.width * scale), round(rgb.height * scale)))
         with self._lock:
-            found = [f for f in detect_faces(np.asarray(small), self.info["detector"])
-                     if f.confidence >= self.info["min_face_confidence"]]
-            boxes = [tuple(round(v / scale) for v in (f.x, f.y, f.w, f.h)) for f in found]
-            if not boxes:
-                return self._response([], [], [])
-            if self.info["embed_input"] == "photo":
-                inputs = [np.asarray(letterbox(rgb, 224))] * len(boxes)
-            else:
-                inputs = [np.asarray(letterbox(rgb.crop((x, y, x + w, y + h)), 224)) for x, y, w, h in boxes]
-            vectors = embed.embed_arrays(self.resnet, np.stack(inputs))
-            probabilities = np.asarray(self.head.predict(vectors, verbose=0))
-        return self._response(boxes, [f.confidence for f in found], probabilities)
+            boxes, confidences, vectors = self.face_vectors(data)
+            probabilities = np.asarray(self.head.predict(vectors, verbose=0)) if boxes else []
+        return self._response(boxes, confidences, probabilities)
+
+    def face_vectors(self, data: bytes) -> tuple[list[tuple[int, int, int, int]], list[float], np.ndarray]:
+        """The confident faces of a photo, as the pipeline finds them, and the vector of each: the same
+        model-input path as embed (``modeling.embedding``), so the head sees what it was trained on."""
+        photo = decode_photo(data, self.settings.max_image_pixels)
+        scale = min(1.0, self.settings.detect_max_side / max(photo.size))
+        small = photo if scale == 1.0 else photo.resize(
+            (round(photo.width * scale), round(photo.height * scale)), Image.Resampling.BICUBIC)  # as annotate
+        found = [f for f in detect_faces(np.asarray(small), self.info["detector"])
+                 if f.confidence >= self.info["min_face_confidence"]]
+        boxes = [tuple(round(v / scale) for v in (f.x, f.y, f.w, f.h)) for f in found]
+        if not boxes:
+            return [], [], np.zeros((0, 2048), dtype=np.float32)
+        whole = self.info["embed_input"] == "photo"
+        inputs = [model_input(photo, None if whole else box) for box in boxes]
+        return boxes, [f.confidence for f in found], image_vectors(self.resnet, inputs, self.batch_size)
 
     def _response(self, boxes, confidences, probabilities) -> dict[str, Any]:
         faces = [

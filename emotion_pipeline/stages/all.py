@@ -1,32 +1,42 @@
 """Every stage in order, in this process, without Airflow: for notebooks, scripts and tests.
 
-The DAG is the way to run the pipeline (retries, parallel shards, alerts); this is the same calls
-one after the other.
+The DAG is the way to run the pipeline (retries, parallel shards, alerts); this is the same calls,
+read from the registry, one after the other.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from ..config import PipelineConfig
-from . import annotate, discover, drift, embed, evaluate, gold, merge, resize, train
+from ..registry import STAGES
+from ..results import StageResult
+from ..runner import run_stage
+
+# The stages that build the dataset and the vectors: everything the registry lists before the gold check.
+BEFORE_TRAINING = tuple(list(STAGES)[:list(STAGES).index("check_gold")])
 
 
-def run_all_stages(config: PipelineConfig) -> dict[str, Any]:
-    results = build_dataset_and_features(config)
-    gold_check = gold.annotate_gold(config) if config.gold else None
-    trained = train.train_classifier(config)
-    evaluated = evaluate.evaluate_model(config, trained)
-    return {**results, "gold": gold_check, "train": trained, "evaluate": evaluated}
+def run_all_stages(config: PipelineConfig) -> dict[str, StageResult]:
+    """Every registered stage; returns each one's result by stage name (per-shard stages: the last shard's)."""
+    return run_stages(config, list(STAGES))
 
 
-def build_dataset_and_features(config: PipelineConfig) -> dict[str, Any]:
+def build_dataset_and_features(config: PipelineConfig) -> dict[str, StageResult]:
     """Everything before training: the final dataset and the assembled vectors."""
-    found = discover.discover_images(config)
-    for shard in found["pending"]:
-        resize.resize_shard(config, shard)
-        annotate.annotate_shard(config, shard)
-        embed.embed_shard(config, shard)
-    report = drift.check_label_drift(config, run_id="in-process")
-    merged = merge.merge_dataset(config)
-    features = embed.assemble_features(config)
-    return {"discover": found, "drift": report, "merge": merged, "features": features}
+    return run_stages(config, list(BEFORE_TRAINING))
+
+
+def run_stages(config: PipelineConfig, names: list[str]) -> dict[str, StageResult]:
+    """The named stages in registry order; per-shard stages run shard by shard over the pending shards."""
+    results: dict[str, StageResult] = {}
+    pending: list[int] = []
+    for name, stage in STAGES.items():
+        if name not in names:
+            continue
+        if name == "discover":
+            results[name] = run_stage(name, config, run_id="in-process")
+            pending = results[name].pending
+        elif stage.per_shard:
+            for shard in pending:
+                results[name] = run_stage(name, config, shard)
+        else:
+            results[name] = run_stage(name, config, run_id="in-process")
+    return results

@@ -19,18 +19,18 @@ from typing import Any
 
 import pandas as pd
 
+from .. import catalog
 from ..config import CLASSES, EMOTIONS, PipelineConfig
 from ..faces import RACES, analyze_crops, build_models, detect_faces, detector_is_thread_safe, face_detector, face_record
 from ..images import ImageError, load_rgb_array
-from ..manifest import shard_fingerprint
-from ..shards import Progress, in_order_ahead, mark_completed, shard_prefix, start_shard, upstream_table
+from ..progress import Progress, in_order_ahead
+from ..results import AnnotateResult
+from ..runner import StageRun, run_stage
 from ..storage import Storage
 from ..tables import write_table
-from . import resize
 
 log = logging.getLogger(__name__)
 
-STAGE = "annotations"
 FACE_COLUMNS = ["image_id", "source_key", "face_index", "x", "y", "w", "h", "confidence", "confident"]
 PHOTO_COLUMNS = [
     "image_id", "source_key", "shard", "status", "error", "detector", "n_faces", "n_confident_faces",
@@ -52,22 +52,30 @@ def attribute_columns(actions: tuple[str, ...]) -> list[str]:
     return columns
 
 
-def input_fingerprint(config: PipelineConfig, root: Storage, rows: pd.DataFrame, shard: int) -> str:
-    """What this stage's output for the shard depends on: its members and the stage's parameters."""
-    return shard_fingerprint(
-        rows, detector=config.detector, actions=config.actions,
-        min_face_confidence=config.min_face_confidence, detect_max_side=config.detect_max_side,
-    )
-
-
 def annotate_shard(
     config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
-) -> dict[str, Any]:
-    job = start_shard(STAGE, input_fingerprint, config, shard, source, root)
-    if job.done is not None:
-        return job.done
-    source, root = job.source, job.root
-    metadata = upstream_table(root, resize.STAGE, "metadata", shard)
+) -> AnnotateResult:
+    """Annotate one resized shard unless it is done with the same input.
+
+    Args:
+        config: the pipeline's settings (``detector``, ``actions``, ``min_face_confidence``, ...).
+        shard: the shard's number in the manifest.
+        source, root: open storages to reuse (default: opened from ``config``).
+
+    Returns:
+        Counts per status and label, and the number of faces; ``skipped`` when the marker matched.
+
+    Raises:
+        RuntimeError: the shard is not resized yet.
+        faces.MissingWeightsError: a DeepFace weight file is missing (names the file and the folder).
+    """
+    return run_stage("annotate", config, shard, source=source, root=root)
+
+
+def annotate(run: StageRun) -> AnnotateResult:
+    """The stage function: faces and their scores for every resized photo of the shard."""
+    config, source, root, shard = run.config, run.source, run.root, run.shard
+    metadata = run.table("resize")
 
     models = build_models(config.actions)
     photos, faces = _detect_and_analyze(config, source, metadata, models)
@@ -75,20 +83,15 @@ def annotate_shard(
     faces_table = pd.DataFrame(faces, columns=FACE_COLUMNS + attributes)
     annotations = pd.DataFrame([_photo_row(p, config) for p in photos], columns=PHOTO_COLUMNS + attributes)
 
-    prefix = shard_prefix(STAGE, shard)
-    write_table(root, f"{prefix}/faces", faces_table)
-    write_table(root, f"{prefix}/annotations", annotations)
-    summary = {
-        "stage": "annotate",
-        "shard": shard,
-        "images": len(annotations),
-        "annotated": int(annotations["status"].isin(["ok", "no_face"]).sum()),
-        "faces": len(faces_table),
-        "statuses": annotations["status"].value_counts().to_dict(),
-        "labels": annotations["label"].value_counts().to_dict(),
-    }
-    log.info("annotate shard %d: %s, labels %s", shard, summary["statuses"], summary["labels"])
-    return mark_completed(root, STAGE, shard, job.fingerprint, summary)
+    write_table(root, catalog.faces(shard), faces_table)
+    write_table(root, catalog.annotations(shard), annotations)
+    result = AnnotateResult(
+        stage="annotate", shard=shard, images=len(annotations),
+        annotated=int(annotations["status"].isin(["ok", "no_face"]).sum()), faces=len(faces_table),
+        statuses=annotations["status"].value_counts().to_dict(), labels=annotations["label"].value_counts().to_dict(),
+    )
+    log.info("annotate shard %d: %s, labels %s", shard, result.statuses, result.labels)
+    return result
 
 
 def _detect_and_analyze(

@@ -15,7 +15,6 @@ fingerprint), so re-running a run or the DAG on unchanged data appends nothing.
 """
 from __future__ import annotations
 
-import io
 import logging
 from datetime import datetime, timezone
 from typing import Any
@@ -23,31 +22,43 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import catalog
 from ..charts import drift_timeline_chart, label_pie_chart
 from ..config import CLASSES, PipelineConfig
-from ..manifest import load_manifest
-from ..shards import done_key, shard_prefix
-from ..storage import Storage, open_storage
+from ..results import DriftReport
+from ..runner import StageRun, run_stage
+from ..storage import Storage
 from ..tables import read_json, read_table, write_json
-from . import annotate
 
 log = logging.getLogger(__name__)
 
-LOG_KEY = "monitoring/label_monitor_log.csv"
-BASELINE_KEY = "monitoring/baseline.json"
 DIST_COLUMNS = [f"share_{c}" for c in CLASSES]
 
 
 def check_label_drift(
     config: PipelineConfig, *, root: Storage | None = None, run_id: str = ""
-) -> dict[str, Any]:
-    """Check every annotated shard not yet logged at its current annotations; alert-ready report."""
-    root = root or open_storage(config.root)
-    manifest = load_manifest(root)
-    shards = [s for s in sorted(manifest.loc[manifest["present"], "shard"].unique()) if _is_annotated(root, s)]
-    monitor_log = read_log(root)
+) -> DriftReport:
+    """Check every annotated shard not yet logged at its current annotations.
+
+    Args:
+        config: the pipeline's settings (``drift_reference``, thresholds, ``min_reference_images``).
+        root: an open storage root to reuse.
+        run_id: recorded in the log beside each row (the Airflow run that checked it).
+
+    Returns:
+        The shards checked by this call and, ready for the alert, the ones that drifted.
+    """
+    return run_stage("check_drift", config, root=root, run_id=run_id)
+
+
+def check_drift(run: StageRun) -> DriftReport:
+    """The stage function (no done marker: the log's (shard, annotations fingerprint) key makes a
+    re-run append nothing)."""
+    config, root = run.config, run.root
+    shards = [s for s in run.present_shards() if root.exists(catalog.done_marker(catalog.ANNOTATE, s))]
+    monitor_log = catalog.read_monitor_log(root)
     logged = set(zip(monitor_log["shard"].astype(int), monitor_log["annotations_fingerprint"]))
-    shard_tables = {int(s): _labels(root, int(s)) for s in shards}
+    shard_tables = {s: _labels(root, s) for s in shards}
 
     new_rows = []
     for shard, (labels, fingerprint) in shard_tables.items():
@@ -56,36 +67,24 @@ def check_label_drift(
         reference = _reference(config, root, shard, shard_tables, labels)
         row = _compare(config, shard, labels, reference)
         row.update(
-            checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_id=run_id,
+            checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_id=run.run_id,
             annotations_fingerprint=fingerprint, reference=config.drift_reference,
-            chart=root.uri_for(_chart_key(shard)),
+            chart=root.uri_for(catalog.shard_chart(shard)),
         )
-        root.write_bytes(_chart_key(shard), label_pie_chart(shard, row))
+        root.write_bytes(catalog.shard_chart(shard), label_pie_chart(shard, row))
         new_rows.append(row)
 
     if new_rows:
         monitor_log = pd.concat([monitor_log, pd.DataFrame(new_rows)], ignore_index=True)
-        root.write_bytes(LOG_KEY, monitor_log.to_csv(index=False).encode())
-        root.write_bytes("monitoring/charts/drift_timeline.png", drift_timeline_chart(monitor_log, config))
+        root.write_bytes(catalog.MONITOR_LOG, monitor_log.to_csv(index=False).encode())
+        root.write_bytes(catalog.DRIFT_TIMELINE, drift_timeline_chart(monitor_log, config))
     drifted = [r for r in new_rows if r["drift"]]
     for r in drifted:
         log.warning("label drift in shard %d: JS distance %.3f, no-face change %+.3f",
                     r["shard"], r["js_distance"], r["no_face_change"])
-    return {
-        "stage": "drift",
-        "checked": [int(r["shard"]) for r in new_rows],
-        "drifted": [_alert_fields(r) for r in drifted],
-        "log_uri": root.uri_for(LOG_KEY),
-        "threshold": config.drift_threshold,
-        "no_face_threshold": config.no_face_drift_threshold,
-    }
-
-
-def read_log(root: Storage) -> pd.DataFrame:
-    try:
-        return pd.read_csv(io.BytesIO(root.read_bytes(LOG_KEY)))
-    except FileNotFoundError:
-        return pd.DataFrame(columns=["shard", "annotations_fingerprint"])
+    return DriftReport(stage="drift", checked=[int(r["shard"]) for r in new_rows],
+                       drifted=[_alert_fields(r) for r in drifted], log_uri=root.uri_for(catalog.MONITOR_LOG),
+                       threshold=config.drift_threshold, no_face_threshold=config.no_face_drift_threshold)
 
 
 def distribution(labels: pd.DataFrame) -> dict[str, Any]:
@@ -111,8 +110,8 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def _labels(root: Storage, shard: int) -> tuple[pd.DataFrame, str]:
-    table = read_table(root, f"{shard_prefix(annotate.STAGE, shard)}/annotations")
-    marker = read_json(root, done_key(annotate.STAGE, shard))
+    table = read_table(root, catalog.annotations(shard))
+    marker = catalog.read_done(root, catalog.ANNOTATE, shard)
     if table is None or marker is None:
         raise RuntimeError(f"shard {shard} is not annotated yet: run the annotate stage first")
     return table[["status", "label"]], marker["fingerprint"]
@@ -123,20 +122,16 @@ def _reference(
     shard_tables: dict[int, tuple[pd.DataFrame, str]], labels: pd.DataFrame,
 ) -> dict[str, Any]:
     if config.drift_reference == "baseline":
-        baseline = read_json(root, BASELINE_KEY)
+        baseline = read_json(root, catalog.DRIFT_BASELINE)
         if baseline is None:
             baseline = distribution(labels)
-            write_json(root, BASELINE_KEY, baseline)
+            write_json(root, catalog.DRIFT_BASELINE, baseline)
             log.info("pinned drift baseline from shard %d", shard)
         return baseline
     earlier = [table for s, (table, _) in shard_tables.items() if s < shard]
     if not earlier:
         return distribution(labels.iloc[0:0])
     return distribution(pd.concat(earlier, ignore_index=True))
-
-
-def _is_annotated(root: Storage, shard: int) -> bool:
-    return root.exists(done_key(annotate.STAGE, shard))
 
 
 def _compare(config: PipelineConfig, shard: int, labels: pd.DataFrame, reference: dict[str, Any]) -> dict[str, Any]:
@@ -154,10 +149,6 @@ def _compare(config: PipelineConfig, shard: int, labels: pd.DataFrame, reference
         "threshold": config.drift_threshold, "no_face_threshold": config.no_face_drift_threshold,
         "judged": judged, "drift": bool(drift),
     }
-
-
-def _chart_key(shard: int) -> str:
-    return f"monitoring/charts/shard={shard:05d}.png"
 
 
 def _alert_fields(row: dict[str, Any]) -> dict[str, Any]:

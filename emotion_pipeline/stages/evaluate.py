@@ -1,79 +1,92 @@
-"""Stage 8: evaluate the trained model against the baseline and a majority-class predictor on the
+"""Stage: evaluate the trained model against the baseline and a majority-class predictor on the
 test split, explain it with SHAP, and write ``reports/<model version>/`` with ``report.html``.
 
-Everything is also logged to the training's MLflow run.
+The computation is ``modeling.evaluation`` and ``modeling.explain``; this module is its shell: the
+models from MLflow, the data from storage, the results to the report, storage and MLflow.
 """
 from __future__ import annotations
 
+import io
 import logging
-from typing import Any
 
 import numpy as np
 
+from .. import catalog
 from ..charts import confusion_matrix_chart
 from ..config import CLASSES, PipelineConfig
 from ..modeling import explain, tracking
 from ..modeling.classifier import predict_proba_5
 from ..modeling.data import TrainingData, load_training_data
-from ..modeling.metrics import classification_metrics
+from ..modeling.embedding import decode_photo, image_vectors, model_input, resnet50
+from ..modeling.evaluation import compare_on_test, gold_agreement, predict_in_batches
 from ..report import dataset_summary, write_report
-from ..storage import Storage, open_storage
-from ..tables import read_json, read_table, write_json
-from . import embed, gold
-from .merge import DATASET_KEY
+from ..results import EvaluateResult, TrainResult
+from ..runner import StageRun, run_stage
+from ..storage import Storage, read_uri
+from ..tables import write_json
+from .embed import input_of
+from .gold import gold_ids
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_model(
-    config: PipelineConfig, trained: dict[str, Any], *, source: Storage | None = None,
-    root: Storage | None = None, exclude_ids: set[str] = frozenset(),
-) -> dict[str, Any]:
-    source = source or open_storage(config.source)
-    root = root or open_storage(config.root)
-    if not trained.get("trained"):
-        uri = write_report(root, "no-model", dataset=dataset_summary(root), note=trained.get("reason"))
-        return {"stage": "evaluate", "evaluated": False, "report_uri": uri, "skipped": False}
-    folder = f"reports/{trained['model_version']}"
-    done = read_json(root, f"{folder}/metrics.json")
-    if done and trained.get("skipped") and not config.force_train:
-        return {"stage": "evaluate", "evaluated": True, "report_uri": root.uri_for(f"{folder}/report.html"),
-                "model_version": trained["model_version"], "skipped": True}
+def evaluate_model(config: PipelineConfig, *, source: Storage | None = None,
+                   root: Storage | None = None) -> EvaluateResult:
+    """Evaluate the last trained model (the train stage's recorded result) unless already evaluated.
+
+    Returns:
+        The report's URI and the model's test macro-F1; ``evaluated`` is False (with a report that
+        says why) when no model was trained.
+    """
+    return run_stage("evaluate", config, source=source, root=root)
+
+
+def evaluate(run: StageRun) -> EvaluateResult:
+    """The stage function."""
+    config, source, root = run.config, run.source, run.root
+    trained = run.upstream_result("train")
+    if trained is None or not trained.trained:
+        uri = write_report(root, "no-model", dataset=dataset_summary(root), note=trained and trained.reason)
+        return EvaluateResult(stage="evaluate", evaluated=False, report_uri=uri)
+    version = trained.model_version
 
     mlflow = tracking.use_experiment(config)
-    model = mlflow.keras.load_model(trained["model_uri"])
-    baseline = mlflow.sklearn.load_model(f"runs:/{trained['run_id']}/baseline")
-    exclude_ids = set(exclude_ids) | gold.gold_ids(root)  # the same rows train saw
-    data = load_training_data(root, config.min_rows_per_class, exclude_ids)
+    model = mlflow.keras.load_model(trained.model_uri)
+    baseline = mlflow.sklearn.load_model(f"runs:/{trained.run_id}/baseline")
+    data = load_training_data(root, config.min_rows_per_class, gold_ids(root))  # the rows train saw
     x_test, y_test = data.part("test")
     _, y_train = data.part("train")
-    majority = int(np.bincount(y_train, minlength=len(CLASSES)).argmax())
+    metrics, majority = compare_on_test(y_train, y_test, model.predict(x_test, verbose=0),
+                                        predict_proba_5(baseline, x_test))
 
-    metrics = {
-        "model": classification_metrics(y_test, model.predict(x_test, verbose=0).argmax(1)),
-        "baseline": classification_metrics(y_test, predict_proba_5(baseline, x_test).argmax(1)),
-        "majority": classification_metrics(y_test, np.full(len(y_test), majority)),
-    }
     figures = {"confusion_matrix": confusion_matrix_chart(
-        metrics["model"]["confusion_matrix"], f"Model v{trained['model_version']} on the test split")}
+        metrics["model"]["confusion_matrix"], f"Model v{version} on the test split")}
     figures.update(_explanations(config, source, root, model, data))
     gold_check = _gold_check(config, root, model)
     if gold_check:
         figures["gold_confusion_deepface"] = confusion_matrix_chart(
             gold_check["deepface"]["confusion_matrix"], "Gold set: DeepFace vs people")
         figures["gold_confusion_model"] = confusion_matrix_chart(
-            gold_check["model"]["confusion_matrix"], f"Gold set: model v{trained['model_version']} vs people")
+            gold_check["model"]["confusion_matrix"], f"Gold set: model v{version} vs people")
 
     for name, png in figures.items():
-        root.write_bytes(f"{folder}/{name}.png", png)
-    document = {"model_version": trained["model_version"], "run_id": trained["run_id"],
-                "majority_class": CLASSES[majority], "counts": data.counts(), "metrics": metrics,
-                "gold": gold_check}
-    write_json(root, f"{folder}/metrics.json", document)
-    report_uri = write_report(root, trained["model_version"], dataset=dataset_summary(root), evaluation=document,
-                              training=trained, figures=figures)
+        root.write_bytes(catalog.report_file(version, f"{name}.png"), png)
+    document = {"model_version": version, "run_id": trained.run_id, "majority_class": CLASSES[majority],
+                "counts": data.counts(), "metrics": metrics, "gold": gold_check}
+    write_json(root, catalog.report_file(version, "metrics.json"), document)
+    report_uri = write_report(root, version, dataset=dataset_summary(root), evaluation=document,
+                              training=trained.to_dict(), figures=figures)
+    _log_to_mlflow(mlflow, trained, metrics, gold_check, document, figures, root.read_bytes(
+        catalog.report_file(version, "report.html")).decode())
+    log.info("evaluate: model macro-F1 %.3f, baseline %.3f, majority %.3f -> %s", metrics["model"]["macro_f1"],
+             metrics["baseline"]["macro_f1"], metrics["majority"]["macro_f1"], report_uri)
+    return EvaluateResult(stage="evaluate", evaluated=True, model_version=version, report_uri=report_uri,
+                          macro_f1=metrics["model"]["macro_f1"])
 
-    with mlflow.start_run(run_id=trained["run_id"]):
+
+def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, document, figures, page: str) -> None:
+    """Everything the report shows, into the training's MLflow run."""
+    with mlflow.start_run(run_id=trained.run_id):
         for who, m in metrics.items():
             mlflow.log_metrics({f"{who}.test_accuracy": m["accuracy"], f"{who}.test_macro_f1": m["macro_f1"]})
             mlflow.log_metrics({f"{who}.test_f1.{c}": v["f1"] for c, v in m["per_class"].items()})
@@ -86,11 +99,7 @@ def evaluate_model(
         mlflow.log_dict(document, "evaluation/metrics.json")
         for name, png in figures.items():
             mlflow.log_image(_image(png), f"evaluation/{name}.png")
-        mlflow.log_text(root.read_bytes(f"{folder}/report.html").decode(), "evaluation/report.html")
-    log.info("evaluate: model macro-F1 %.3f, baseline %.3f, majority %.3f -> %s", metrics["model"]["macro_f1"],
-             metrics["baseline"]["macro_f1"], metrics["majority"]["macro_f1"], report_uri)
-    return {"stage": "evaluate", "evaluated": True, "model_version": trained["model_version"],
-            "report_uri": report_uri, "macro_f1": metrics["model"]["macro_f1"], "skipped": False}
+        mlflow.log_text(page, "evaluation/report.html")
 
 
 def _explanations(config, source, root, head, data: TrainingData) -> dict[str, bytes]:
@@ -108,16 +117,16 @@ def _explanations(config, source, root, head, data: TrainingData) -> dict[str, b
         explain.embedding_importance(head_predict, background, samples, config.seed))}
 
     # Heat maps over a few test photos, through ResNet50 + head, on the input the model saw.
-    resnet = embed.resnet50(config.embed_weights, config.mixed_precision)
+    resnet = resnet50(config.embed_weights, config.mixed_precision)
     test = data.frame[data.frame["split"] == "test"].head(config.shap_images)
     if len(test):
-        _, index = embed.load_features(root)
+        _, index = catalog.read_features(root)
         kinds = index.drop_duplicates("image_id").set_index("image_id")["input"]
-        dataset = read_table(root, DATASET_KEY).drop_duplicates("image_id").set_index("image_id", drop=False)
-        images = np.stack([embed.load_input(source, root, dataset.loc[i], kinds[i]) for i in test["image_id"]])
+        dataset = catalog.read_dataset(root).drop_duplicates("image_id").set_index("image_id", drop=False)
+        images = np.stack([input_of(config, source, dataset.loc[i], kinds[i]) for i in test["image_id"]])
 
         def full_model(batch: np.ndarray) -> np.ndarray:
-            return head_predict(embed.embed_arrays(resnet, batch))
+            return head_predict(image_vectors(resnet, batch, config.embed_batch_size))
 
         predicted = full_model(images).argmax(1)
         titles = [f"{CLASSES[p]} (label {label})" for p, label in zip(predicted, test["label"])]
@@ -127,34 +136,29 @@ def _explanations(config, source, root, head, data: TrainingData) -> dict[str, b
     return figures
 
 
-def _gold_check(config: PipelineConfig, root: Storage, head) -> dict[str, Any] | None:
+def _gold_check(config: PipelineConfig, root: Storage, head) -> dict | None:
     """People's labels vs DeepFace and vs the trained model, on the gold photos with a face."""
-    from ..images import decode_rgb, letterbox, open_checked
-    from ..storage import read_uri
-
-    table = read_table(root, gold.TABLE_KEY)
+    table = catalog.read_gold_annotations(root)
     if table is None:
         return None
     with_face = table[table["deepface_label"].notna()].reset_index(drop=True)
-    resnet = embed.resnet50(config.embed_weights, config.mixed_precision)
-    predicted = []
-    for start in range(0, len(with_face), 64):
-        batch = []
-        for row in with_face.iloc[start:start + 64].itertuples(index=False):
-            rgb = decode_rgb(open_checked(read_uri(row.uri), config.max_image_pixels)[0])
-            if config.embed_input == "face":
-                rgb = rgb.crop((row.face_x, row.face_y, row.face_x + row.face_w, row.face_y + row.face_h))
-            batch.append(np.asarray(letterbox(rgb, 224)))
-        vectors = embed.embed_arrays(resnet, np.stack(batch))
-        predicted += list(np.asarray(head.predict(vectors, verbose=0)).argmax(1))
-    truth = with_face["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=int)
-    return {"photos": len(table), **gold.deepface_figures(table),
-            "model": classification_metrics(truth, np.array(predicted, dtype=int))}
+    inputs = [gold_input(config, row) for row in with_face.itertuples(index=False)]
+    resnet = resnet50(config.embed_weights, config.mixed_precision)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return head.predict(image_vectors(resnet, batch, config.embed_batch_size), verbose=0)
+
+    return gold_agreement(table, predict_in_batches(predict, inputs, config.embed_batch_size))
+
+
+def gold_input(config: PipelineConfig, row) -> np.ndarray:
+    """The model input of one gold photo (a row of the gold check's table), as embed makes it."""
+    photo = decode_photo(read_uri(row.uri), config.max_image_pixels)
+    box = (row.face_x, row.face_y, row.face_w, row.face_h) if config.embed_input == "face" else None
+    return model_input(photo, box)
 
 
 def _image(png: bytes):
-    import io
-
     from PIL import Image
 
     return Image.open(io.BytesIO(png))

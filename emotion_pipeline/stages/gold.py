@@ -14,6 +14,7 @@ never train the model: training excludes their image_ids (content hashes), where
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from pathlib import PurePosixPath
@@ -22,17 +23,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import catalog
 from ..config import CLASSES, EMOTIONS, PipelineConfig
 from ..faces import analyze_crops, build_models, detect_faces
 from ..images import ImageError, load_rgb_array
-from ..manifest import content_id, is_image_name
-from ..modeling.metrics import classification_metrics
+from ..manifest import content_id, is_image_name, load_manifest
+from ..modeling.evaluation import deepface_agreement
+from ..results import GoldResult
+from ..runner import StageRun, run_stage
 from ..storage import Storage, open_storage
-from ..tables import read_table, write_table
+from ..tables import write_table
 
 log = logging.getLogger(__name__)
 
-TABLE_KEY = "gold/annotations"
 FIVE = [EMOTIONS.index(c) for c in CLASSES]  # columns of the five classes in DeepFace's 7 scores
 
 
@@ -45,7 +48,7 @@ def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
         if "label" not in table or not ({"path", "image_id"} & set(table)):
             raise ValueError(f"{gold_uri}: a gold CSV needs a 'label' column and a 'path' or 'image_id' column")
         rows = []
-        manifest = read_table(root, "manifest/images")
+        manifest = load_manifest(root) if root.exists(f"{catalog.MANIFEST}.parquet") else None
         for record in table.to_dict("records"):
             if isinstance(record.get("path"), str) and record["path"]:
                 rows.append({"storage": folder, "key": record["path"], "label": record["label"]})
@@ -69,9 +72,34 @@ def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
     return gold
 
 
-def annotate_gold(config: PipelineConfig, *, root: Storage | None = None) -> dict[str, Any]:
-    """DeepFace on every gold photo; writes ``gold/annotations`` and returns DeepFace's figures."""
-    root = root or open_storage(config.root)
+def annotate_gold(config: PipelineConfig, *, root: Storage | None = None) -> GoldResult:
+    """DeepFace on every gold photo (unless done with the same gold set and settings).
+
+    Returns:
+        DeepFace's figures against people's labels; ``checked`` is False when no gold set is configured.
+
+    Raises:
+        ValueError: the gold set is malformed (unknown labels, a CSV without the columns, empty).
+    """
+    return run_stage("check_gold", config, root=root)
+
+
+def gold_listing(config: PipelineConfig) -> str:
+    """What the gold check reads from outside the root: the listing of the gold folder, or the CSV."""
+    if not config.gold:
+        return ""
+    if config.gold.lower().endswith(".csv"):
+        parent, _, name = config.gold.rstrip("/").rpartition("/")
+        return hashlib.sha256(open_storage(parent or ".").read_bytes(name)).hexdigest()
+    listing = sorted((o.key, o.size, o.version) for o in open_storage(config.gold).list())
+    return hashlib.sha256(repr(listing).encode()).hexdigest()
+
+
+def check_gold(run: StageRun) -> GoldResult:
+    """The stage function: writes ``gold/annotations`` (one row per gold photo)."""
+    config, root = run.config, run.root
+    if not config.gold:
+        return GoldResult(stage="gold", checked=False)
     gold = list_gold(config.gold, root)
     detector = config.gold_detector or config.detector
     models = build_models(("emotion",))
@@ -104,26 +132,14 @@ def annotate_gold(config: PipelineConfig, *, root: Storage | None = None) -> dic
         table[f"deepface_{name}"] = [float(five[int(i), k] / five[int(i)].sum()) if pd.notna(i) else None
                                      for i in position]
     table = table.drop(columns=["face_index"])
-    write_table(root, TABLE_KEY, table)
-    summary = {"stage": "gold", "photos": len(table), "detector": detector, **deepface_figures(table)}
+    write_table(root, catalog.GOLD_ANNOTATIONS, table)
+    result = GoldResult(stage="gold", checked=True, photos=len(table), detector=detector, **deepface_agreement(table))
     log.info("gold: %d photos, DeepFace accuracy %.3f, macro-F1 %.3f, no face %.1f%%", len(table),
-             summary["deepface"]["accuracy"], summary["deepface"]["macro_f1"], 100 * summary["no_face_share"])
-    return summary
-
-
-def deepface_figures(table: pd.DataFrame) -> dict[str, Any]:
-    with_face = table[table["deepface_label"].notna()]
-    return {
-        "no_face_share": float((table["status"] == "no_face").mean()),
-        "deepface": classification_metrics(_ids(with_face["label"]), _ids(with_face["deepface_label"])),
-    }
+             result.deepface["accuracy"], result.deepface["macro_f1"], 100 * result.no_face_share)
+    return result
 
 
 def gold_ids(root: Storage) -> set[str]:
     """Content ids of the gold photos (excluded from training), empty when there is no gold set."""
-    table = read_table(root, TABLE_KEY)
+    table = catalog.read_gold_annotations(root)
     return set() if table is None else set(table["image_id"].dropna())
-
-
-def _ids(labels: pd.Series) -> np.ndarray:
-    return labels.map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=int)

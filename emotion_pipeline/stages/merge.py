@@ -1,90 +1,79 @@
-"""Stage 5: ``datasets/final_emotion_dataset.parquet`` (+ CSV twin), one row per discovered photo.
+"""Stage: ``datasets/final_emotion_dataset.parquet`` (+ CSV twin), one row per discovered photo.
 
-The manifest's present rows, joined with the resize metadata and the annotations of their shard.
-Every photo is accounted for: its ``status`` is the furthest stage's verdict (``ok``, ``no_face``,
-``duplicate``, ``corrupt``, ``unsupported``, ``empty``, ``too_large``, ``missing``), or ``pending``
-when a stage has not run on its shard yet.
+The manifest's present rows, joined with the per-photo table of every stage that declares one in the
+registry (resize's metadata, annotate's annotations, dedupe's verdicts), in pipeline order. Every
+photo is accounted for: its ``status`` (and ``error``) is the latest stage's verdict where that stage
+has one (``ok``, ``no_face``, ``duplicate``, ``near_duplicate``, ``corrupt``, ``unsupported``,
+``empty``, ``too_large``, ``missing``), or ``pending`` when no stage has reached its shard yet. A
+column several tables share (e.g. ``duplicate_of``) takes the latest non-empty value the same way.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-from typing import Any
 
 import pandas as pd
 
+from .. import catalog
 from ..config import PipelineConfig
-from ..manifest import load_manifest
-from ..shards import done_key, shard_prefix
-from ..storage import Storage, open_storage
-from ..tables import read_json, read_table, write_json, write_table
-from . import annotate, resize
+from ..registry import Stage, photo_tables
+from ..results import MergeResult
+from ..runner import StageRun, run_stage
+from ..storage import Storage
+from ..tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 
-DATASET_KEY = "datasets/final_emotion_dataset"
-DONE_KEY = "datasets/_done.json"
+BASE_COLUMNS = ["image_id", "source_key", "source_uri", "shard", "duplicate_of", "size_bytes"]
 
 
-def merge_dataset(config: PipelineConfig, *, root: Storage | None = None) -> dict[str, Any]:
-    root = root or open_storage(config.root)
-    manifest = load_manifest(root)
-    present = manifest[manifest["present"]]
-    shards = sorted(int(s) for s in present["shard"].unique())
-    fingerprint = _inputs_fingerprint(root, present, shards)
-    marker = read_json(root, DONE_KEY)
-    if marker and marker["fingerprint"] == fingerprint:
-        return {**marker["summary"], "skipped": True}
+def merge_dataset(config: PipelineConfig, *, root: Storage | None = None) -> MergeResult:
+    """Write the final dataset unless it is up to date with the manifest and the stages' outputs.
 
-    metadata = _concat(root, resize.STAGE, "metadata", shards, resize.COLUMNS)
-    annotations = _concat(root, annotate.STAGE, "annotations", shards, annotate.PHOTO_COLUMNS)
-    dataset = build_dataset(present, metadata, annotations)
-    write_table(root, DATASET_KEY, dataset)
+    Returns:
+        Photos per status and label, and the dataset's URI.
 
-    summary = {
-        "stage": "merge",
-        "images": len(dataset),
-        "statuses": dataset["status"].value_counts().to_dict(),
-        "labels": dataset["label"].value_counts().to_dict(),
-        "dataset_uri": root.uri_for(f"{DATASET_KEY}.parquet"),
-    }
-    write_json(root, DONE_KEY, {"fingerprint": fingerprint, "summary": summary})
-    log.info("merge: %d photos, %s", len(dataset), summary["statuses"])
-    return {**summary, "skipped": False}
+    Raises:
+        AssertionError: a row was lost or duplicated (never expected: every photo has one row).
+    """
+    return run_stage("merge", config, root=root)
 
 
-def build_dataset(present: pd.DataFrame, metadata: pd.DataFrame, annotations: pd.DataFrame) -> pd.DataFrame:
-    base = present[["image_id", "source_key", "source_uri", "shard", "duplicate_of", "size_bytes"]]
-    meta = metadata.drop(columns=["image_id", "source_uri", "shard"], errors="ignore").rename(
-        columns={"status": "resize_status", "error": "resize_error"})
-    notes = annotations.drop(columns=["image_id", "shard"], errors="ignore").rename(
-        columns={"status": "annotate_status", "error": "annotate_error"})
-    dataset = base.merge(meta, on="source_key", how="left", validate="one_to_one")
-    dataset = dataset.merge(notes, on="source_key", how="left", validate="one_to_one")
+def merge(run: StageRun) -> MergeResult:
+    """The stage function: join the per-photo tables onto the present photos."""
+    root = run.root
+    tables = [_photo_table(root, stage, run.present_shards()) for stage in photo_tables()]
+    dataset = build_dataset(run.photos, tables)
+    write_table(root, catalog.DATASET, dataset)
+    result = MergeResult(stage="merge", images=len(dataset), statuses=dataset["status"].value_counts().to_dict(),
+                         labels=dataset["label"].value_counts().to_dict(),
+                         dataset_uri=root.uri_for(f"{catalog.DATASET}.parquet"))
+    log.info("merge: %d photos, %s", len(dataset), result.statuses)
+    return result
 
-    status = dataset["annotate_status"].fillna(dataset["resize_status"]).fillna("pending")
-    error = dataset["annotate_error"].where(dataset["annotate_status"].notna(), dataset["resize_error"])
-    dataset.insert(4, "status", status)
-    dataset.insert(5, "error", error)
-    dataset = dataset.drop(columns=["resize_status", "resize_error", "annotate_status", "annotate_error"])
+
+def build_dataset(present: pd.DataFrame, tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per present photo: the manifest's columns, then each table's, later verdicts winning."""
+    dataset = present[BASE_COLUMNS].assign(status=None, error=None)
+    for table in tables:
+        table = table.drop(columns=["image_id", "shard", "source_uri"], errors="ignore")
+        shared = [c for c in table.columns if c in dataset.columns and c != "source_key"]
+        joined = dataset.merge(table, on="source_key", how="left", validate="one_to_one", suffixes=("", "__new"))
+        for column in shared:
+            new = joined.pop(f"{column}__new")
+            has_value = new.notna() & (new != "")
+            joined[column] = new.where(has_value, joined[column])
+        dataset = joined
+    dataset["status"] = dataset["status"].fillna("pending")
     if len(dataset) != len(present):
         raise AssertionError(f"merge lost or duplicated rows: {len(present)} photos -> {len(dataset)} rows")
     return dataset.sort_values(["shard", "source_key"]).reset_index(drop=True)
 
 
-def _concat(root: Storage, stage_folder: str, table: str, shards: list[int], columns: list[str]) -> pd.DataFrame:
-    """The shards' tables stacked; at least ``columns`` even when no shard has the table yet."""
-    tables = [t for s in shards if (t := read_table(root, f"{shard_prefix(stage_folder, s)}/{table}")) is not None]
-    tables = [t for t in tables if not t.empty]
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
-
-
-def _inputs_fingerprint(root: Storage, present: pd.DataFrame, shards: list[int]) -> str:
-    digest = hashlib.sha256()
-    for key, image_id in sorted(zip(present["source_key"], present["image_id"])):
-        digest.update(f"{key}\0{image_id}\n".encode())
-    for stage_folder in (resize.STAGE, annotate.STAGE):
-        for shard in shards:
-            marker = read_json(root, done_key(stage_folder, shard)) or {}
-            digest.update(f"{stage_folder}/{shard}={marker.get('fingerprint')}\n".encode())
-    return digest.hexdigest()[:20]
+def _photo_table(root: Storage, stage: Stage, shards: list[int]) -> pd.DataFrame:
+    """A stage's per-photo table: its shards' tables stacked, or its one table (at least a key column)."""
+    if stage.per_shard:
+        found = [read_table(root, catalog.shard_table(stage.folder, s, stage.photo_table)) for s in shards]
+    else:
+        found = [read_table(root, stage.photo_table)]
+    found = [t for t in found if t is not None and not t.empty]
+    return pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=["source_key"])

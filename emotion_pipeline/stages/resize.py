@@ -11,42 +11,47 @@ from typing import Any
 
 import pandas as pd
 
+from .. import catalog
 from ..config import PipelineConfig
 from ..images import ImageError, decode_rgb, letterbox, open_checked, to_jpeg
-from ..manifest import shard_fingerprint
-from ..shards import Progress, mark_completed, shard_prefix, start_shard
+from ..progress import Progress
+from ..results import ResizeResult
+from ..runner import StageRun, run_stage
 from ..storage import Storage
 from ..tables import write_table
 
 log = logging.getLogger(__name__)
 
-STAGE = "metadata"
 COLUMNS = [
     "image_id", "source_key", "source_uri", "shard", "orig_width", "orig_height", "orig_format",
     "orig_mode", "orig_bytes", "processed_uri", "status", "error",
 ]
 
 
-def processed_key(image_id: str) -> str:
-    return f"processed/{image_id}.jpg"
-
-
-def input_fingerprint(config: PipelineConfig, root: Storage, rows: pd.DataFrame, shard: int) -> str:
-    """What this stage's output for the shard depends on: its members and the stage's parameters."""
-    return shard_fingerprint(rows, image_size=config.image_size, max_pixels=config.max_image_pixels)
-
-
 def resize_shard(
     config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
-) -> dict[str, Any]:
-    """Resize one shard; returns a small summary (counts per status) for XCom and the CLI."""
-    job = start_shard(STAGE, input_fingerprint, config, shard, source, root)
-    if job.done is not None:
-        return job.done
-    source, root, rows = job.source, job.root, job.rows
-    root.sweep_temp_files("processed")  # photos a killed attempt was writing when it died
+) -> ResizeResult:
+    """Resize one shard unless it is done with the same input (``runner.run_stage("resize", ...)``).
 
-    progress = Progress(f"resize shard {shard}", len(rows))
+    Args:
+        config: the pipeline's settings (``image_size``, ``max_image_pixels``, ``threads``).
+        shard: the shard's number in the manifest.
+        source, root: open storages to reuse (default: opened from ``config``).
+
+    Returns:
+        Counts per status; ``skipped`` when the done marker matched.
+
+    Raises:
+        KeyError: the shard is not in the manifest (run discover first).
+    """
+    return run_stage("resize", config, shard, source=source, root=root)
+
+
+def resize(run: StageRun) -> ResizeResult:
+    """The stage function: every photo of the shard -> ``processed/<image_id>.jpg`` + a metadata row."""
+    config, source, root, shard = run.config, run.source, run.root, run.shard
+    root.sweep_temp_files(catalog.PROCESSED)  # photos a killed attempt was writing when it died
+    progress = Progress(f"resize shard {shard}", len(run.photos))
 
     def one(row) -> dict[str, Any]:
         record = resize_one(config, source, root, row)
@@ -56,20 +61,16 @@ def resize_shard(
     # Pillow releases the GIL while decoding, resampling and encoding, so threads use every core
     # without pickling storage clients into worker processes.
     with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool:
-        records = list(pool.map(one, rows.itertuples(index=False)))
+        records = list(pool.map(one, run.photos.itertuples(index=False)))
     root.make_durable()  # the photos, before the table and marker that say they exist
 
     metadata = pd.DataFrame(records, columns=COLUMNS)
-    write_table(root, f"{shard_prefix(STAGE, shard)}/metadata", metadata)
-    summary = {
-        "stage": "resize",
-        "shard": shard,
-        "images": len(metadata),
-        "resized": int((metadata["status"] == "ok").sum()),
-        "statuses": metadata["status"].value_counts().to_dict(),
-    }
-    log.info("resize shard %d: %s", shard, summary["statuses"])
-    return mark_completed(root, STAGE, shard, job.fingerprint, summary)
+    write_table(root, catalog.metadata(shard), metadata)
+    result = ResizeResult(stage="resize", shard=shard, images=len(metadata),
+                          resized=int((metadata["status"] == "ok").sum()),
+                          statuses=metadata["status"].value_counts().to_dict())
+    log.info("resize shard %d: %s", shard, result.statuses)
+    return result
 
 
 def resize_one(config: PipelineConfig, source: Storage, root: Storage, row) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def resize_one(config: PipelineConfig, source: Storage, root: Storage, row) -> d
         image, info = open_checked(data, config.max_image_pixels)
         record.update(orig_width=info.width, orig_height=info.height, orig_format=info.format, orig_mode=info.mode)
         thumbnail = letterbox(decode_rgb(image, draft_size=config.image_size), config.image_size)
-        key = processed_key(row.image_id)
+        key = catalog.processed_photo(row.image_id)
         root.write_bytes(key, to_jpeg(thumbnail), durable=False)
         return {**record, "status": "ok", "processed_uri": root.uri_for(key)}
     except ImageError as err:

@@ -1,55 +1,57 @@
-"""Stage 7: train the five-emotion classifier on the vectors, tracked in MLflow.
+"""Stage: train the five-emotion classifier on the vectors, tracked in MLflow.
 
-One parent run per training: config, data version (rows per split and class, a hash of the training
-set), git revision, the sklearn baseline, and one nested run per Keras Tuner trial with its
-hyperparameters and validation metrics. The best head is logged with its signature and registered;
-it becomes the ``champion`` alias only if it beats the current champion's macro-F1 on the same test
-split. Unchanged training data retrains nothing unless ``force_train``.
+The computation is ``modeling.training.fit_models``; this module is its shell: data in from storage,
+everything out to MLflow. One parent run per training: config, data version (rows per split and
+class, a hash of the training set), git revision, the sklearn baseline, and one nested run per Keras
+Tuner trial with its hyperparameters and validation metrics. The best head is logged with its
+signature and registered; it becomes the ``champion`` alias only if it beats the current champion's
+macro-F1 on the same test split. Unchanged inputs retrain nothing unless ``force_train``; the
+registry holds the root's ``train`` lease around it, so one training runs per root at a time.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
+from .. import catalog
 from ..config import CLASSES, PipelineConfig, state_home
-from ..modeling import classifier, tracking
+from ..modeling import tracking
 from ..modeling.data import load_training_data
 from ..modeling.metrics import classification_metrics
-from ..storage import Storage, open_storage
-from ..tables import read_json, write_json, write_table
+from ..modeling.training import FittedModels, fit_models, not_trainable_reason
+from ..results import TrainResult
+from ..runner import StageRun, run_stage
+from ..storage import Storage
+from ..tables import write_table
 from .gold import gold_ids
 
 log = logging.getLogger(__name__)
 
-DONE_KEY = "models/_done.json"
+
+def train_classifier(config: PipelineConfig, *, root: Storage | None = None) -> TrainResult:
+    """Train, register and maybe promote a model unless its inputs did not change.
+
+    Returns:
+        The model version, its metrics and whether it became the champion; ``trained`` is False
+        (with ``reason``) when there are too few labelled photos.
+
+    Raises:
+        storage.LeaseTimeout: another training on this root held the lease for too long.
+    """
+    return run_stage("train", config, root=root)
 
 
-def train_classifier(
-    config: PipelineConfig, *, root: Storage | None = None, exclude_ids: set[str] = frozenset()
-) -> dict[str, Any]:
-    root = root or open_storage(config.root)
-    # One training per root at a time: a second run waits, then finds the data already trained on.
-    with root.lease("train"):
-        return _train(config, root, exclude_ids)
-
-
-def _train(config: PipelineConfig, root: Storage, exclude_ids: set[str]) -> dict[str, Any]:
-    exclude_ids = set(exclude_ids) | gold_ids(root)  # people's labels are for checking, never training
-    data = load_training_data(root, config.min_rows_per_class, exclude_ids)
-    fingerprint = f"{data.fingerprint()}-{config.tuner}-{config.tuner_max_epochs}-{config.tuner_max_trials}-{config.seed}"
-    done = read_json(root, DONE_KEY)
-    if done and done["fingerprint"] == fingerprint and not config.force_train:
-        return {**done["summary"], "skipped": True}
-
+def train(run: StageRun) -> TrainResult:
+    """The stage function."""
+    config, root = run.config, run.root
+    excluded = gold_ids(root)  # people's labels are for checking, never training
+    data = load_training_data(root, config.min_rows_per_class, excluded)
     counts = data.counts()
-    trainable = {s: sum(c.values()) for s, c in counts.items()}
-    if min(trainable.values()) == 0 or len({l for l, n in counts["train"].items() if n}) < 2:
-        summary = {"stage": "train", "trained": False, "counts": counts,
-                   "reason": "not enough labelled photos: every split needs rows of at least 2 classes"}
-        log.warning("train: %s (%s)", summary["reason"], trainable)
-        return {**summary, "skipped": False}
+    reason = not_trainable_reason(data)
+    if reason:
+        log.warning("train: %s (%s)", reason, {s: sum(c.values()) for s, c in counts.items()})
+        return TrainResult(stage="train", trained=False, counts=counts, reason=reason)
 
     mlflow = tracking.use_experiment(config)
     for run_id in tracking.fail_abandoned_training_runs(mlflow):
@@ -59,52 +61,49 @@ def _train(config: PipelineConfig, root: Storage, exclude_ids: set[str]) -> dict
         mlflow.log_params({f"config.{k}": v for k, v in config.to_dict().items()
                            if k not in ("alert_emails", "mlflow_tracking_uri")})
         mlflow.log_params({"data.fingerprint": data.fingerprint(), "data.rows": len(data.frame),
-                           "data.gold_excluded": len(exclude_ids),
+                           "data.gold_excluded": len(excluded),
                            "git_revision": tracking.git_revision(), "classes": ",".join(CLASSES)})
         mlflow.log_dict({"counts": counts}, "data_version.json")
 
-        x_train, y_train = data.part("train")
-        x_val, y_val = data.part("val")
+        fitted = fit_models(config, data, state_home() / "tuner", project=run.fingerprint)
+        version = _log_and_register(mlflow, config, fitted, data)
         x_test, y_test = data.part("test")
-        baseline = classifier.fit_baseline(config, x_train, y_train)
-        baseline_val = classification_metrics(y_val, classifier.predict_proba_5(baseline, x_val).argmax(1))
-        mlflow.log_metrics({"baseline.val_macro_f1": baseline_val["macro_f1"],
-                            "baseline.val_accuracy": baseline_val["accuracy"]})
-        mlflow.sklearn.log_model(baseline, name="baseline",
-                                 pip_requirements=tracking.pinned_requirements("scikit-learn", "numpy"))
-
-        tuner = classifier.search(config, data, state_home() / "tuner", project=fingerprint)
-        _log_trials(mlflow, tuner)
-        best = tuner.get_best_models(1)[0]
-        best_hp = tuner.get_best_hyperparameters(1)[0].values
-        val = classification_metrics(y_val, best.predict(x_val, verbose=0).argmax(1))
-        test = classification_metrics(y_test, best.predict(x_test, verbose=0).argmax(1))
-        mlflow.log_params({f"best.{k}": v for k, v in best_hp.items()})
-        mlflow.log_metrics({"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"],
-                            "test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"]})
-
-        from mlflow.models import infer_signature
-
-        signature = infer_signature(x_val[:5].astype(np.float32), best.predict(x_val[:5], verbose=0))
-        info = mlflow.keras.log_model(best, name="model", signature=signature,
-                                      pip_requirements=tracking.pinned_requirements("tensorflow", "keras"),
-                                      registered_model_name=config.registered_model)
-        version = str(info.registered_model_version)
-        champion = _promote_if_better(mlflow, config, version, test["macro_f1"], x_test, y_test)
+        champion = _promote_if_better(mlflow, config, version, fitted.metrics["test"]["macro_f1"], x_test, y_test)
         mlflow.set_tags({"model_version": version, "champion": str(champion)})
 
-    summary = {
-        "stage": "train", "trained": True, "run_id": parent.info.run_id, "model_version": version,
-        "model_uri": f"models:/{config.registered_model}/{version}", "champion": champion,
-        "val_macro_f1": val["macro_f1"], "test_macro_f1": test["macro_f1"], "trials": len(tuner.oracle.trials),
-        "best_hyperparameters": best_hp, "counts": counts, "data_fingerprint": data.fingerprint(),
-        "tracking_uri": tracking.tracking_uri(config), "gold_excluded": len(exclude_ids),
-    }
     # Exactly which photos trained, validated and tested this version: auditable, and the gold test's proof.
-    write_table(root, f"models/{version}/training_rows", data.frame[["image_id", "source_key", "label", "split"]])
-    write_json(root, DONE_KEY, {"fingerprint": fingerprint, "summary": summary})
-    log.info("train: model version %s, test macro-F1 %.3f, champion=%s", version, test["macro_f1"], champion)
-    return {**summary, "skipped": False}
+    write_table(root, catalog.training_rows(version), data.frame[["image_id", "source_key", "label", "split"]])
+    result = TrainResult(
+        stage="train", trained=True, run_id=parent.info.run_id, model_version=version,
+        model_uri=f"models:/{config.registered_model}/{version}", champion=champion,
+        val_macro_f1=fitted.metrics["val"]["macro_f1"], test_macro_f1=fitted.metrics["test"]["macro_f1"],
+        trials=len(fitted.tuner.oracle.trials), best_hyperparameters=fitted.best_hyperparameters, counts=counts,
+        data_fingerprint=data.fingerprint(), tracking_uri=tracking.tracking_uri(config), gold_excluded=len(excluded),
+    )
+    log.info("train: model version %s, test macro-F1 %.3f, champion=%s", version, result.test_macro_f1, champion)
+    return result
+
+
+def _log_and_register(mlflow, config: PipelineConfig, fitted: FittedModels, data) -> str:
+    """Metrics, trials, the baseline and the head into the active MLflow run; returns the new version."""
+    baseline_val, val, test = fitted.metrics["baseline_val"], fitted.metrics["val"], fitted.metrics["test"]
+    mlflow.log_metrics({"baseline.val_macro_f1": baseline_val["macro_f1"],
+                        "baseline.val_accuracy": baseline_val["accuracy"]})
+    mlflow.sklearn.log_model(fitted.baseline, name="baseline",
+                             pip_requirements=tracking.pinned_requirements("scikit-learn", "numpy"))
+    _log_trials(mlflow, fitted.tuner)
+    mlflow.log_params({f"best.{k}": v for k, v in fitted.best_hyperparameters.items()})
+    mlflow.log_metrics({"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"],
+                        "test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"]})
+
+    from mlflow.models import infer_signature
+
+    x_val, _ = data.part("val")
+    signature = infer_signature(x_val[:5].astype(np.float32), fitted.head.predict(x_val[:5], verbose=0))
+    info = mlflow.keras.log_model(fitted.head, name="model", signature=signature,
+                                  pip_requirements=tracking.pinned_requirements("tensorflow", "keras"),
+                                  registered_model_name=config.registered_model)
+    return str(info.registered_model_version)
 
 
 def _log_trials(mlflow, tuner) -> None:

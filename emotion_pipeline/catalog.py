@@ -1,0 +1,154 @@
+"""The storage catalog: every key and folder under the storage root is spelled here and nowhere else.
+
+A key is relative to the root (a local folder or ``gs://bucket/prefix``). Tables are written as
+``<key>.parquet`` with a ``<key>.csv`` twin (``tables.write_table``), so table keys have no suffix.
+Stages, consumers (report, dashboard, API) and tests ask this module where a thing lives; a test fails
+if a key literal appears anywhere else in the package.
+
+    manifest/images                           every source file, its content id and shard
+    processed/<image_id>.jpg                  the letterboxed copies (stage resize)
+    <stage folder>/shard=<k>/<table>          per-shard outputs of a per-shard stage
+    <stage folder>/shard=<k>/_done.json       its done marker
+    <stage folder>/_done.json                 the done marker of a whole-dataset stage
+    dedupe/near_duplicates                    perceptual hashes and near-duplicate verdicts
+    monitoring/label_monitor_log.csv          drift log; monitoring/charts/*.png its plots
+    datasets/final_emotion_dataset            one row per photo
+    features/image_vectors.npy + image_index  all vectors, row i of the index = vector i
+    models/<version>/training_rows            which photos trained, validated and tested a version
+    reports/<version>/...                     metrics.json, report.html, figures
+    gold/annotations                          the gold set through DeepFace
+    mlflow/                                   the default MLflow store of a local root
+"""
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # keeps this module free of heavy imports: the DAG file reads the registry
+    import numpy as np
+    import pandas as pd
+
+    from .storage import Storage
+
+# Output folders, one per stage (two stages may share one: embed's shards and assemble's matrix).
+RESIZE = "metadata"
+ANNOTATE = "annotations"
+DEDUPE = "dedupe"
+EMBED = "features"
+ASSEMBLE = "features"
+MERGE = "datasets"
+DRIFT = "monitoring"
+GOLD = "gold"
+TRAIN = "models"
+EVALUATE = "reports"
+MLFLOW = "mlflow"
+PROCESSED = "processed"
+
+MANIFEST_FOLDER = "manifest"
+MANIFEST = f"{MANIFEST_FOLDER}/images"
+
+# Per-shard tables (under shard_folder(<stage folder>, k)).
+METADATA = "metadata"  # resize: one row per photo
+ANNOTATIONS = "annotations"  # annotate: one row per photo
+FACES = "faces"  # annotate: one row per face
+VECTOR_INDEX = "index"  # embed: row i describes the shard's vector i
+DATASET = f"{MERGE}/final_emotion_dataset"
+NEAR_DUPLICATES = f"{DEDUPE}/near_duplicates"
+IMAGE_VECTORS = f"{ASSEMBLE}/image_vectors.npy"
+IMAGE_INDEX = f"{ASSEMBLE}/image_index"
+GOLD_ANNOTATIONS = f"{GOLD}/annotations"
+MONITOR_LOG = f"{DRIFT}/label_monitor_log.csv"
+DRIFT_BASELINE = f"{DRIFT}/baseline.json"
+CHARTS = f"{DRIFT}/charts"
+DRIFT_TIMELINE = f"{CHARTS}/drift_timeline.png"
+MLFLOW_ARTIFACTS = f"{MLFLOW}/artifacts"
+MLFLOW_DB = "mlflow.db"  # inside MLFLOW of a local root
+
+
+def processed_photo(image_id: str) -> str:
+    return f"{PROCESSED}/{image_id}.jpg"
+
+
+def shard_folder(folder: str, shard: int) -> str:
+    return f"{folder}/shard={shard:05d}"
+
+
+def shard_table(folder: str, shard: int, table: str) -> str:
+    return f"{shard_folder(folder, shard)}/{table}"
+
+
+def shard_vectors(shard: int) -> str:
+    return shard_table(EMBED, shard, "vectors.npy")
+
+
+def metadata(shard: int) -> str:
+    return shard_table(RESIZE, shard, METADATA)
+
+
+def annotations(shard: int) -> str:
+    return shard_table(ANNOTATE, shard, ANNOTATIONS)
+
+
+def faces(shard: int) -> str:
+    return shard_table(ANNOTATE, shard, FACES)
+
+
+def vector_index(shard: int) -> str:
+    return shard_table(EMBED, shard, VECTOR_INDEX)
+
+
+def done_marker(folder: str, shard: int | None = None) -> str:
+    """The done marker of a stage: per shard, or for the whole dataset when ``shard`` is None."""
+    return f"{folder if shard is None else shard_folder(folder, shard)}/_done.json"
+
+
+def shard_chart(shard: int) -> str:
+    return f"{CHARTS}/shard={shard:05d}.png"
+
+
+def training_rows(version: str) -> str:
+    return f"{TRAIN}/{version}/training_rows"
+
+
+def report_file(version: str, name: str) -> str:
+    """``metrics.json``, ``report.html`` or a figure's PNG of one model version's report."""
+    return f"{EVALUATE}/{version}/{name}"
+
+
+# Readers of outputs that later stages and the consumers (report, dashboard, API) share.
+
+def read_dataset(root: "Storage") -> "pd.DataFrame | None":
+    from .tables import read_table
+
+    return read_table(root, DATASET)
+
+
+def read_monitor_log(root: "Storage") -> "pd.DataFrame":
+    import pandas as pd
+
+    try:
+        return pd.read_csv(io.BytesIO(root.read_bytes(MONITOR_LOG)))
+    except FileNotFoundError:
+        return pd.DataFrame(columns=["shard", "annotations_fingerprint"])
+
+
+def read_features(root: "Storage") -> "tuple[np.ndarray, pd.DataFrame]":
+    """All vectors and their index (row i of the index describes vector i)."""
+    import numpy as np
+
+    from .tables import read_table
+
+    return np.load(io.BytesIO(root.read_bytes(IMAGE_VECTORS))), read_table(root, IMAGE_INDEX)
+
+
+def read_gold_annotations(root: "Storage") -> "pd.DataFrame | None":
+    from .tables import read_table
+
+    return read_table(root, GOLD_ANNOTATIONS)
+
+
+def read_done(root: "Storage", folder: str, shard: int | None = None) -> dict | None:
+    """A stage's done marker ({fingerprint, summary}), or None when it has not completed."""
+    from .tables import read_json
+
+    return read_json(root, done_marker(folder, shard))

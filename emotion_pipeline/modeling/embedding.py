@@ -1,0 +1,80 @@
+"""The one path from a photo to a model input to a vector, shared by embed, evaluate and the API.
+
+    photo = decode_photo(data, max_pixels)        # original bytes -> upright 8-bit RGB
+    x = model_input(photo, box)                   # label face crop (or whole photo) -> 224x224x3
+    vectors = image_vectors(resnet50(...), [x, ...], batch_size)
+
+Training, evaluation (SHAP heat maps, the gold check) and serving go through these three functions
+only, so a vector the head was trained on and one the API computes for the same photo are the same
+bits (tests/test_model_input.py checks it through the three callers).
+"""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..images import decode_rgb, letterbox, open_checked
+
+log = logging.getLogger(__name__)
+
+INPUT_SIZE = 224  # ResNet50's input side
+DIM = 2048  # ResNet50's pooled output
+
+
+def decode_photo(data: bytes, max_pixels: int) -> Image.Image:
+    """Original photo bytes -> upright 8-bit RGB (raises ``images.ImageError`` on bad input)."""
+    image, _ = open_checked(data, max_pixels)
+    return decode_rgb(image)
+
+
+def model_input(photo: Image.Image, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """The 224x224 RGB array ResNet50 sees: the face ``box`` (x, y, w, h in the photo's pixels) cropped
+    and letterboxed, or the whole photo letterboxed when ``box`` is None."""
+    if box is not None:
+        x, y, w, h = (int(v) for v in box)
+        photo = photo.crop((x, y, x + w, y + h))
+    return np.asarray(letterbox(photo, INPUT_SIZE))
+
+
+def image_vectors(model, inputs: Sequence[np.ndarray] | np.ndarray, batch_size: int) -> np.ndarray:
+    """(n, 224, 224, 3) inputs -> (n, 2048) float32 vectors, ``batch_size`` at a time.
+
+    A batch of one is padded to two: on CPU, TensorFlow runs a single image through other kernels
+    whose results differ in the 6th digit, so the API (often one face) would not match embed.
+    """
+    from keras.applications.resnet50 import preprocess_input
+
+    inputs = np.asarray(inputs)
+    out = np.zeros((len(inputs), DIM), dtype=np.float32)
+    for start in range(0, len(inputs), max(1, batch_size)):
+        batch = inputs[start:start + max(1, batch_size)].astype(np.float32)
+        padded = np.concatenate([batch, batch]) if len(batch) == 1 else batch
+        vectors = np.asarray(model.predict_on_batch(preprocess_input(padded)), dtype=np.float32)
+        out[start:start + len(batch)] = vectors[:len(batch)]
+    return out
+
+
+@lru_cache(maxsize=2)
+def resnet50(weights: str, mixed_precision: bool = False):
+    """ResNet50 without its classifier, global average pooled: (n, 224, 224, 3) -> (n, 2048).
+
+    Built once per process and weights setting. ``weights``: ``imagenet`` (Keras downloads and caches
+    them), a local ``.h5`` path, or ``none`` (random values, same graph and cost: tests and CI).
+    Mixed precision only where a GPU can use it.
+    """
+    import keras
+    import tensorflow as tf
+
+    if mixed_precision and tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    chosen = None if weights.lower() == "none" else weights
+    if chosen is None:
+        log.warning("ResNet50 with weights=None: random weights, same graph and cost (tests/CI only)")
+        # The same random weights in every process (embed workers, API workers), so vectors agree.
+        keras.utils.set_random_seed(0)
+    return keras.applications.ResNet50(include_top=False, pooling="avg", weights=chosen,
+                                       input_shape=(INPUT_SIZE, INPUT_SIZE, 3))

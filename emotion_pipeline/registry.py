@@ -1,0 +1,96 @@
+"""The stage registry: one declaration per stage, read by everything that runs or reasons about stages.
+
+Discovery (which shards still have work), the DAG (which tasks map over shards, which run on the
+GPU pool), ``emotion-pipeline stage NAME``, the in-process runner (``stages.all``) and merge (which
+per-photo tables make the dataset, in which order) all read ``STAGES``. ``runner.run_stage`` gives
+every stage the same done-marker contract:
+
+    fingerprint = its photos (the shard's members, or every present photo for a whole-dataset stage)
+                + the knobs it declares + the done markers of its upstream stages
+                + ``inputs`` (what it reads from outside the root, e.g. the gold folder)
+
+A stage whose fingerprint matches its marker returns the recorded result and does no work; a crash
+before the marker means the stage simply runs again.
+
+Adding a stage = its module under ``stages/`` (a function ``(StageRun) -> a StageResult``), one line
+here, one line in ``dags/emotion_pipeline_dag.py``.
+
+This module is imported when the DAG file is parsed: it imports nothing heavy (stage functions are
+named, and imported only when they run).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import catalog
+from .results import (
+    AnnotateResult, DedupeResult, DiscoverResult, DriftReport, EmbedResult, EvaluateResult, FeaturesResult,
+    GoldResult, MergeResult, ResizeResult, StageResult, TrainResult,
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the DAG's task id and `emotion-pipeline stage NAME`
+    function: str  # "module:function" of the stage body, (StageRun) -> result
+    result: type[StageResult]
+    folder: str  # catalog folder of its outputs and done markers
+    per_shard: bool = False  # one task per shard (mapped), or one for the whole dataset
+    upstream: tuple[str, ...] = ()  # stages whose outputs it reads: they run first, their markers are input
+    knobs: tuple[str, ...] = ()  # config fields its output depends on
+    inputs: str | None = None  # "module:function", (config) -> str: input from outside the root
+    photo_table: str | None = None  # its per-photo table with a status (per-shard: the table name)
+    gpu: bool = False  # runs on the `gpu` queue and pool
+    marker: bool = True  # False: the stage keeps its own idempotence (discover lists, drift logs)
+    force: str | None = None  # a boolean knob that makes it run even when its marker matches
+    lease: str | None = None  # a root-wide lease held around it: one at a time per root
+    photos: bool = True  # False: its output does not depend on which photos are in the dataset
+
+
+S = "emotion_pipeline.stages."
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("discover", S + "discover:discover", DiscoverResult, catalog.MANIFEST_FOLDER, marker=False),
+    Stage("resize", S + "resize:resize", ResizeResult, catalog.RESIZE, per_shard=True,
+          knobs=("image_size", "max_image_pixels"), photo_table=catalog.METADATA),
+    Stage("annotate", S + "annotate:annotate", AnnotateResult, catalog.ANNOTATE, per_shard=True,
+          upstream=("resize",), knobs=("detector", "actions", "min_face_confidence", "detect_max_side"),
+          photo_table=catalog.ANNOTATIONS, gpu=True),
+    Stage("embed", S + "embed:embed", EmbedResult, catalog.EMBED, per_shard=True, upstream=("annotate",),
+          knobs=("embed_input", "embed_weights"), gpu=True),
+    Stage("dedupe", S + "dedupe:dedupe", DedupeResult, catalog.DEDUPE, upstream=("resize",),
+          knobs=("dedupe_max_distance",), photo_table=catalog.NEAR_DUPLICATES),
+    Stage("check_drift", S + "drift:check_drift", DriftReport, catalog.DRIFT, upstream=("annotate",),
+          marker=False),
+    Stage("merge", S + "merge:merge", MergeResult, catalog.MERGE, upstream=("resize", "annotate", "dedupe")),
+    Stage("assemble_features", S + "assemble:assemble", FeaturesResult, catalog.ASSEMBLE,
+          upstream=("embed",)),
+    Stage("check_gold", S + "gold:check_gold", GoldResult, catalog.GOLD, inputs=S + "gold:gold_listing",
+          knobs=("gold", "gold_detector", "detector", "min_face_confidence", "detect_max_side",
+                 "max_image_pixels"), photos=False, gpu=True),
+    Stage("train", S + "train:train", TrainResult, catalog.TRAIN,
+          upstream=("merge", "assemble_features", "check_gold"),
+          knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class",
+                 "registered_model"), force="force_train", lease="train"),
+    Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE, upstream=("train",),
+          knobs=("shap_samples", "shap_images", "shap_image_evals", "seed"), gpu=True),
+)}
+ALIASES = {"drift": "check_drift", "assemble": "assemble_features", "gold": "check_gold"}  # CLI shorthands
+
+
+def stage(name: str) -> Stage:
+    """The declaration of ``name`` (or one of its CLI shorthands); a clear error for unknown names."""
+    found = STAGES.get(ALIASES.get(name, name))
+    if found is None:
+        raise KeyError(f"no stage {name!r}: choose from {', '.join(STAGES)}")
+    return found
+
+
+def shard_stages() -> list[Stage]:
+    """The per-shard stages with a done marker, in pipeline order: what makes a shard pending."""
+    return [s for s in STAGES.values() if s.per_shard and s.marker]
+
+
+def photo_tables() -> list[Stage]:
+    """Stages whose per-photo tables (with a status) make up the dataset, in pipeline order: a later
+    stage's status overrides an earlier one's where it has one."""
+    return [s for s in STAGES.values() if s.photo_table]
