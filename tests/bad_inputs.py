@@ -44,23 +44,27 @@ def write_bad_inputs(folder: Path, real_photo: Path) -> dict[str, str]:
     return {name: status for name, (_, status) in files.items()}
 
 
-def write_odd_modes(folder: Path, real_photo: Path) -> list[str]:
-    """Valid photos in every mode a resize must convert (all must come out ``ok``)."""
+def write_odd_modes(folder: Path, real_photos: Path | list[Path]) -> list[str]:
+    """Valid photos in every mode a resize must convert (all must come out ``ok``).
+
+    Given several photos, each mode gets the next one: copies of one photo in seven modes are near
+    duplicates of each other, which the dedupe stage (rightly) reports as such."""
     folder.mkdir(parents=True, exist_ok=True)
-    rgb = Image.open(real_photo).convert("RGB")
+    photos = real_photos if isinstance(real_photos, list) else [real_photos]
     written = []
 
-    def save(name: str, image: Image.Image, **kwargs) -> None:
-        image.save(folder / name, **kwargs)
+    def save(name: str, convert, **kwargs) -> None:
+        rgb = Image.open(photos[len(written) % len(photos)]).convert("RGB")
+        convert(rgb).save(folder / name, **kwargs)
         written.append(name)
 
-    save("mode_gray.jpg", rgb.convert("L"))
-    save("mode_cmyk.jpg", rgb.convert("CMYK"))
-    save("mode_palette.png", rgb.convert("P"))
-    save("mode_rgba.png", rgb.convert("RGBA"))
-    save("mode_16bit.png", Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
-    save("mode_photo.WEBP", rgb)
+    save("mode_gray.jpg", lambda rgb: rgb.convert("L"))
+    save("mode_cmyk.jpg", lambda rgb: rgb.convert("CMYK"))
+    save("mode_palette.png", lambda rgb: rgb.convert("P"))
+    save("mode_rgba.png", lambda rgb: rgb.convert("RGBA"))
+    save("mode_16bit.png", lambda rgb: Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+    save("mode_photo.WEBP", lambda rgb: rgb)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
-    save("mode_exif_rotated.jpg", rgb, exif=exif)
+    save("mode_exif_rotated.jpg", lambda rgb: rgb, exif=exif)
     return written

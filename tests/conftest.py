@@ -127,7 +127,7 @@ def trained_root(tmp_path_factory):
     config = PipelineConfig(source=str(src), root=str(base / "out"), shard_size=40, embed_weights="none",
                             tuner_max_epochs=2, shap_images=1, shap_image_evals=40, min_rows_per_class=3)
     results = run_all_stages(config)
-    assert results["train"]["trained"], results["train"]
+    assert results["train"].trained, results["train"]
     return config, results
 
 

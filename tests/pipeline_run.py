@@ -59,7 +59,8 @@ def check_outputs(root: Storage, expected_status: dict[str, str], all_files: lis
     for name, status in expected_status.items():
         assert by_name.loc[name, "status"] == status, (name, by_name.loc[name, "error"])
         assert by_name.loc[name, "error"], name
-    assert set(dataset["status"]) <= {"ok", "no_face", "duplicate", "corrupt", "unsupported", "empty", "too_large"}
+    assert set(dataset["status"]) <= {"ok", "no_face", "duplicate", "near_duplicate", "corrupt", "unsupported", "empty",
+                                      "too_large"}
 
     processed = dataset[dataset["status"].isin(["ok", "no_face"])]
     assert len(processed) > 0

@@ -19,7 +19,7 @@ def test_annotate_labels_the_largest_confident_face_and_never_labels_no_face(tmp
     discover_images(config)
     resize_shard(config, 0)
     summary = annotate_shard(config, 0)
-    assert summary["skipped"] is False and summary["images"] == 3
+    assert summary.skipped is False and summary.images == 3
 
     root = open_storage(config.root)
     photos = pd.read_parquet(root.uri_for("annotations/shard=00000/annotations.parquet")).set_index("source_key")
@@ -36,7 +36,7 @@ def test_annotate_labels_the_largest_confident_face_and_never_labels_no_face(tmp
     assert (row["face_w"], row["face_h"]) == (largest["w"], largest["h"])
     assert row["dominant_emotion"] == largest["dominant_emotion"]
     assert row["label"] == (row["dominant_emotion"] if row["dominant_emotion"] not in ("fear", "disgust") else None)
-    assert annotate_shard(config, 0)["skipped"] is True
+    assert annotate_shard(config, 0).skipped is True
 
 
 def test_skip_detector_annotates_face_crops(tmp_path):

@@ -76,7 +76,7 @@ def test_health_and_model(api, trained_root):
     assert status == 200 and health["status"] == "ready"
     status, model = call(api, "GET", "/model")
     assert status == 200 and model["classes"] == list(CLASSES)
-    assert model["model_version"] == results["train"]["model_version"]
+    assert model["model_version"] == results["train"].model_version
     assert "model.test_macro_f1" in model["metrics"]
 
 

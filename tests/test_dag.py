@@ -42,8 +42,8 @@ def test_dag_parses_with_the_expected_wiring(tmp_path):
     parsed = parse_dag(tmp_path)
     assert parsed["errors"] == {}
     tasks = parsed["tasks"]
-    assert set(tasks) == {"discover", "resize", "annotate", "check_drift", "alert_on_drift", "merge", "embed", "check_gold",
-                          "assemble_features", "train", "evaluate"}
+    assert set(tasks) == {"discover", "resize", "annotate", "dedupe", "check_drift", "alert_on_drift", "merge", "embed",
+                          "check_gold", "assemble_features", "train", "evaluate"}
     assert tasks["embed"]["queue"] == "gpu" and tasks["embed"]["pool"] == "gpu"
     assert tasks["annotate"]["queue"] == "gpu" and tasks["annotate"]["pool"] == "gpu"
     assert tasks["resize"]["queue"] != "gpu"

@@ -22,7 +22,7 @@ def test_every_page_renders_with_apptest(trained_root, monkeypatch):
     assert not app.exception
     assert app.header[0].value == "Dataset"
     metrics = {m.label: m.value for m in app.metric}
-    assert metrics["photos"] == str(results["merge"]["images"])
+    assert metrics["photos"] == str(results["merge"].images)
     assert len(app.get("image")) >= 6  # the gallery of labelled faces
 
     app.sidebar.radio[0].set_value("Monitoring").run()
@@ -31,7 +31,7 @@ def test_every_page_renders_with_apptest(trained_root, monkeypatch):
 
     app.sidebar.radio[0].set_value("Model").run()
     assert not app.exception and app.header[0].value == "Model"
-    version = results["train"]["model_version"]
+    version = results["train"].model_version
     assert any(f"Model version {version}" in s.value for s in app.subheader)
     assert len(app.dataframe) == 3  # metrics, per-class, MLflow runs
 
@@ -54,7 +54,7 @@ def test_pages_in_a_real_browser(trained_root, tmp_path):
         expected = {
             "Dataset": ["Photos by status", "Examples per emotion", "no-face rate"],
             "Monitoring": ["Alerted shards", "Drift timeline"],
-            "Model": [f"Model version {results['train']['model_version']}", "Training runs (MLflow)"],
+            "Model": [f"Model version {results['train'].model_version}", "Training runs (MLflow)"],
             "Try it": ["A photo with people"],
         }
         for page, texts in expected.items():

@@ -6,11 +6,13 @@ from PIL import Image
 
 from emotion_pipeline.airflow_adapter import drift_alert_message
 from emotion_pipeline.config import PipelineConfig
-from emotion_pipeline.manifest import MANIFEST_KEY
-from emotion_pipeline.shards import mark_completed, shard_prefix
-from emotion_pipeline.stages.drift import LOG_KEY, check_label_drift, js_distance, read_log
+from emotion_pipeline import catalog
+from emotion_pipeline.stages.drift import check_label_drift, js_distance
 from emotion_pipeline.storage import LocalStorage
-from emotion_pipeline.tables import write_table
+from emotion_pipeline.tables import write_json, write_table
+
+LOG_KEY = catalog.MONITOR_LOG
+read_log = catalog.read_monitor_log
 
 HAPPY_WORLD = ["happy"] * 12 + ["neutral"] * 6 + ["sad"] * 2 + ["no_face"] * 10
 SAD_WORLD = ["sad"] * 12 + ["angry"] * 6 + ["happy"] * 2 + ["no_face"] * 10
@@ -30,9 +32,9 @@ def write_shards(root, shards: dict[int, list[str]], version: str = "v1") -> Non
             rows.append({"image_id": f"{shard}-{i}", "source_key": key, "shard": shard,
                          "status": "no_face" if no_face else "ok",
                          "label": None if no_face or label == "fear" else label})
-        write_table(root, f"{shard_prefix('annotations', shard)}/annotations", pd.DataFrame(rows))
-        mark_completed(root, "annotations", shard, f"{version}-{shard}", {})
-    write_table(root, MANIFEST_KEY, pd.DataFrame(manifest))
+        write_table(root, catalog.annotations(shard), pd.DataFrame(rows))
+        write_json(root, catalog.done_marker(catalog.ANNOTATE, shard), {"fingerprint": f"{version}-{shard}", "summary": {}})
+    write_table(root, catalog.MANIFEST, pd.DataFrame(manifest))
 
 
 @pytest.fixture
@@ -47,8 +49,8 @@ def config(**kw):
 def test_a_shard_like_the_earlier_ones_does_not_drift_and_a_different_one_does(root):
     write_shards(root, {0: HAPPY_WORLD, 1: HAPPY_WORLD, 2: SAD_WORLD})
     report = check_label_drift(config(), root=root, run_id="r1")
-    assert report["checked"] == [0, 1, 2]
-    assert [d["shard"] for d in report["drifted"]] == [2]
+    assert report.checked == [0, 1, 2]
+    assert [d["shard"] for d in report.drifted] == [2]
     monitor_log = read_log(root).set_index("shard")
     assert monitor_log.loc[1, "js_distance"] == pytest.approx(0.0, abs=1e-9)
     assert monitor_log.loc[2, "js_distance"] > 0.2 and bool(monitor_log.loc[2, "drift"])
@@ -64,7 +66,7 @@ def test_a_shard_like_the_earlier_ones_does_not_drift_and_a_different_one_does(r
 
 def test_a_change_in_the_no_face_rate_alone_is_drift(root):
     write_shards(root, {0: HAPPY_WORLD, 1: FACE_CLOSEUPS})
-    (drifted,) = check_label_drift(config(), root=root)["drifted"]
+    (drifted,) = check_label_drift(config(), root=root).drifted
     assert drifted["shard"] == 1 and drifted["js_distance"] == pytest.approx(0.0, abs=1e-9)
     assert drifted["no_face_change"] == pytest.approx(-10 / 30)
 
@@ -73,23 +75,23 @@ def test_rerun_appends_nothing_and_new_annotations_are_checked_again(root):
     write_shards(root, {0: HAPPY_WORLD, 1: SAD_WORLD})
     check_label_drift(config(), root=root)
     before = root.read_bytes(LOG_KEY)
-    assert check_label_drift(config(), root=root)["checked"] == []
+    assert check_label_drift(config(), root=root).checked == []
     assert root.read_bytes(LOG_KEY) == before
     write_shards(root, {0: HAPPY_WORLD, 1: HAPPY_WORLD}, version="v2")  # re-annotated (e.g. new detector)
-    assert check_label_drift(config(), root=root)["checked"] == [0, 1]
+    assert check_label_drift(config(), root=root).checked == [0, 1]
     assert len(read_log(root)) == 4
 
 
 def test_pinned_baseline_is_written_once_and_used_for_every_later_shard(root):
     write_shards(root, {0: HAPPY_WORLD, 1: SAD_WORLD, 2: SAD_WORLD})
     report = check_label_drift(config(drift_reference="baseline"), root=root)
-    assert [d["shard"] for d in report["drifted"]] == [1, 2]  # both far from the pinned shard 0
+    assert [d["shard"] for d in report.drifted] == [1, 2]  # both far from the pinned shard 0
     assert root.exists("monitoring/baseline.json")
 
 
 def test_small_reference_is_not_judged(root):
     write_shards(root, {0: HAPPY_WORLD[:5], 1: SAD_WORLD})
-    assert check_label_drift(config(min_reference_images=20), root=root)["drifted"] == []
+    assert check_label_drift(config(min_reference_images=20), root=root).drifted == []
 
 
 def test_js_distance_bounds():
@@ -101,8 +103,8 @@ def test_js_distance_bounds():
 def test_alert_message_names_the_numbers_and_the_chart(root):
     write_shards(root, {0: HAPPY_WORLD, 1: SAD_WORLD})
     report = check_label_drift(config(), root=root)
-    subject, body = drift_alert_message(report)
-    (drifted,) = report["drifted"]
+    subject, body = drift_alert_message(report.to_dict())  # what the alert task gets from XCom
+    (drifted,) = report.drifted
     assert "shard(s) 1" in subject
     assert f"{drifted['js_distance']:.3f}" in body and drifted["chart"] in body
     assert "sad 60% (ref 10%)" in body

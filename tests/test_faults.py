@@ -34,7 +34,7 @@ EMOTION_PIPELINE = str(Path(sys.executable).parent / "emotion-pipeline")
 def first_half(config, source=None, root=None) -> pd.DataFrame:
     """discover -> resize every pending shard -> merge; returns the dataset table."""
     found = discover_images(config, source=source, root=root)
-    for shard in found["pending"]:
+    for shard in found.pending:
         resize_shard(config, shard, source=source, root=root)
     merge_dataset(config, root=root)
     root = root or open_storage(config.root)
@@ -309,7 +309,7 @@ TRAIN = textwrap.dedent("""
     from emotion_pipeline.config import PipelineConfig
     from emotion_pipeline.stages.train import train_classifier
     config = PipelineConfig(source=sys.argv[1], root=sys.argv[1], tuner_max_epochs=4, min_rows_per_class=3)
-    print(json.dumps(train_classifier(config), default=str))
+    print(json.dumps(train_classifier(config).to_dict(), default=str))
 """)
 
 
@@ -318,8 +318,8 @@ def write_training_inputs(root: Path, rows: int = 150) -> None:
     import numpy as np
 
     from emotion_pipeline.config import CLASSES
-    from emotion_pipeline.stages.embed import INDEX_KEY, VECTORS_KEY, _npy
-    from emotion_pipeline.stages.merge import DATASET_KEY
+    from emotion_pipeline import catalog
+    from emotion_pipeline.stages.embed import npy_bytes
     from emotion_pipeline.tables import write_table
 
     rng = np.random.default_rng(0)
@@ -328,10 +328,10 @@ def write_training_inputs(root: Path, rows: int = 150) -> None:
     vectors = rng.normal(size=(rows, 2048)).astype(np.float32)
     vectors[np.arange(rows), [CLASSES.index(label) for label in labels]] += 3
     storage = LocalStorage(root)
-    write_table(storage, DATASET_KEY, pd.DataFrame(
+    write_table(storage, catalog.DATASET, pd.DataFrame(
         {"image_id": ids, "source_key": [f"{i}.jpg" for i in ids], "label": labels, "status": "ok"}))
-    storage.write_bytes(VECTORS_KEY, _npy(vectors))
-    write_table(storage, INDEX_KEY, pd.DataFrame({"image_id": ids, "row": range(rows)}))
+    storage.write_bytes(catalog.IMAGE_VECTORS, npy_bytes(vectors))
+    write_table(storage, catalog.IMAGE_INDEX, pd.DataFrame({"image_id": ids, "row": range(rows)}))
 
 
 def test_training_killed_mid_search_restarts_cleanly_and_its_mlflow_run_is_marked_failed(tmp_path):

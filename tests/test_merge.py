@@ -15,12 +15,12 @@ def test_every_photo_has_a_row_even_before_annotation(tmp_path):
     photos = copy_photos(FLICKR, src, flickr_names(4))
     expected = write_bad_inputs(src, photos[0])
     config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), shard_size=5)
-    shards = discover_images(config)["shards"]
+    shards = discover_images(config).shards
     resize_shard(config, shards[0])  # shard 1 is neither resized nor annotated
 
     summary = merge_dataset(config)
     dataset = pd.read_parquet(open_storage(config.root).uri_for("datasets/final_emotion_dataset.parquet"))
-    assert summary["images"] == len(dataset) == 4 + len(expected)
+    assert summary.images == len(dataset) == 4 + len(expected)
     assert dataset["source_key"].is_unique
     in_shard_1 = dataset[dataset["shard"] == 1]
     assert len(in_shard_1) > 0 and (in_shard_1["status"] == "pending").all()
@@ -29,6 +29,6 @@ def test_every_photo_has_a_row_even_before_annotation(tmp_path):
         if name in in_shard_0.index:
             assert in_shard_0.loc[name, "status"] == status
 
-    assert merge_dataset(config)["skipped"] is True  # same inputs: nothing rewritten
+    assert merge_dataset(config).skipped is True  # same inputs: nothing rewritten
     resize_shard(config, shards[1])
-    assert merge_dataset(config)["skipped"] is False  # a stage finished a shard: merged again
+    assert merge_dataset(config).skipped is False  # a stage finished a shard: merged again

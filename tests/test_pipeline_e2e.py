@@ -21,7 +21,7 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     src, root_dir = tmp_path / "photos", tmp_path / "out"
     photos = copy_photos(FLICKR, src, flickr_names(60))
     expected = write_bad_inputs(src, photos[0])
-    odd = write_odd_modes(src, photos[0])
+    odd = write_odd_modes(src, [FLICKR / name for name in flickr_names(7, offset=300)])  # not in src
     args = ("--shard-size", "25", "--alert-emails", "ops@example.com", *SECOND_HALF_ARGS)
 
     # 1. Cold run: 73 files -> shards 0..2, every output written.

@@ -18,9 +18,9 @@ def test_resize_accounts_for_every_file_and_skips_done_shards(tmp_path):
     odd = write_odd_modes(src, good[0])
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"), shard_size=100)
 
-    assert discover_images(config)["pending"] == [0]
+    assert discover_images(config).pending == [0]
     summary = resize_shard(config, 0)
-    assert summary["skipped"] is False and summary["images"] == 3 + len(expected) + len(odd)
+    assert summary.skipped is False and summary.images == 3 + len(expected) + len(odd)
 
     root = open_storage(config.root)
     metadata = pd.read_parquet(root.uri_for("metadata/shard=00000/metadata.parquet")).set_index("source_key")
@@ -48,5 +48,5 @@ def test_resize_accounts_for_every_file_and_skips_done_shards(tmp_path):
     assert len(processed) == 3 + len(odd)  # duplicates and bad files write nothing
 
     again = resize_shard(config, 0)
-    assert again["skipped"] is True and again["statuses"] == summary["statuses"]
-    assert discover_images(config)["pending"] == [0]  # annotate has not run yet
+    assert again.skipped is True and again.statuses == summary.statuses
+    assert discover_images(config).pending == [0]  # annotate has not run yet

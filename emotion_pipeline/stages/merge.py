@@ -53,7 +53,8 @@ def merge(run: StageRun) -> MergeResult:
 
 def build_dataset(present: pd.DataFrame, tables: list[pd.DataFrame]) -> pd.DataFrame:
     """One row per present photo: the manifest's columns, then each table's, later verdicts winning."""
-    dataset = present[BASE_COLUMNS].assign(status=None, error=None)
+    # status, error and label are in every dataset, whichever stages have run (label: the training target).
+    dataset = present[BASE_COLUMNS].assign(status=None, error=None, label=None)
     for table in tables:
         table = table.drop(columns=["image_id", "shard", "source_uri"], errors="ignore")
         shared = [c for c in table.columns if c in dataset.columns and c != "source_key"]
@@ -64,6 +65,8 @@ def build_dataset(present: pd.DataFrame, tables: list[pd.DataFrame]) -> pd.DataF
             joined[column] = new.where(has_value, joined[column])
         dataset = joined
     dataset["status"] = dataset["status"].fillna("pending")
+    first = ["image_id", "source_key", "source_uri", "shard", "status", "error"]
+    dataset = dataset[first + [c for c in dataset.columns if c not in first]]
     if len(dataset) != len(present):
         raise AssertionError(f"merge lost or duplicated rows: {len(present)} photos -> {len(dataset)} rows")
     return dataset.sort_values(["shard", "source_key"]).reset_index(drop=True)

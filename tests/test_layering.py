@@ -1,0 +1,78 @@
+"""The package's layers, as tests: consumers never import stages, and only the catalog spells keys."""
+import ast
+from pathlib import Path
+
+import pytest
+
+from emotion_pipeline import catalog
+
+PACKAGE = Path(__file__).resolve().parents[1] / "emotion_pipeline"
+# Modules that read stage outputs without being stages: they go through the catalog, never stages/.
+CONSUMERS = ["modeling", "serve", "report.py", "charts.py", "catalog.py", "registry.py", "results.py"]
+FOLDERS = {catalog.RESIZE, catalog.ANNOTATE, catalog.DEDUPE, catalog.EMBED, catalog.MERGE, catalog.DRIFT,
+           catalog.GOLD, catalog.TRAIN, catalog.EVALUATE, catalog.MLFLOW, catalog.PROCESSED, catalog.MANIFEST_FOLDER}
+FILE_NAMES = {v.rsplit("/", 1)[-1] for k, v in vars(catalog).items() if k.isupper() and isinstance(v, str) and "." in v}
+
+
+def python_files(*parts: str) -> list[Path]:
+    files = []
+    for part in parts:
+        path = PACKAGE / part
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return files
+
+
+def imports_of(path: Path) -> list[str]:
+    """Every module ``path`` imports, resolved to absolute names (relative imports included)."""
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found += [module] + [f"{module}.{alias.name}" for alias in node.names]
+    return found
+
+
+def key_literals(path: Path) -> list[str]:
+    """String literals (docstrings aside) that spell a storage key: ``<stage folder>/...``,
+    ``<folder>/shard=...`` or one of the catalog's file names."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            text = node.value
+            if any(text.startswith(f"{folder}/") for folder in FOLDERS) or text in FILE_NAMES:
+                found.append(text)
+    return found
+
+
+@pytest.mark.parametrize("path", python_files(*CONSUMERS), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_consumers_do_not_import_stages(path):
+    assert not [m for m in imports_of(path) if m.startswith("emotion_pipeline.stages")]
+
+
+@pytest.mark.parametrize("path", [p for p in python_files(".") if p.name != "catalog.py"],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_storage_key_is_spelled_outside_the_catalog(path):
+    assert key_literals(path) == []
+
+
+def test_the_checks_catch_what_they_are_for(tmp_path):
+    """The two checks above fail on the code this project had before the catalog."""
+    module = PACKAGE / "modeling" / "_planted.py"
+    module.write_text('"""doc: datasets/x is fine here."""\nfrom ..stages.merge import DATASET_KEY\n'
+                      'KEY = "datasets/final_emotion_dataset"\nDONE = f"features/_done.json"\n'
+                      'CHART = f"monitoring/charts/shard={1:05d}.png"\nDB = "mlflow.db"\n')
+    try:
+        assert "emotion_pipeline.stages.merge" in imports_of(module)
+        assert sorted(key_literals(module)) == ["datasets/final_emotion_dataset", "features/_done.json",
+                                                "mlflow.db", "monitoring/charts/shard="]
+    finally:
+        module.unlink()
