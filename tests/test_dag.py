@@ -20,6 +20,7 @@ PARSE = textwrap.dedent("""
         "tasks": {t.task_id: {"queue": t.queue, "pool": t.pool, "retries": t.retries,
                               "mapped": "Mapped" in type(t).__name__} for t in dag.tasks},
         "params": sorted(dag.params.keys()),
+        "form": {k: [dag.params.get_param(k).schema.get(f) for f in ("title", "section")] for k in dag.params},
         "defaults": {k: dag.params.get_param(k).value for k in ("source", "shard_size", "alert_emails", "gold")},
         "timetable": type(dag.timetable).__name__,
         "assets": [a.name for a in dag.timetable.asset_condition.objects]
@@ -52,6 +53,11 @@ def test_dag_parses_with_the_expected_wiring(tmp_path):
     assert {"source", "root", "shard_size", "detector", "actions", "drift_threshold", "alert_emails"} <= set(
         parsed["params"])
     assert parsed["heavy"] == []  # TensorFlow, DeepFace, pandas... load inside the tasks only
+    # The trigger form: every param titled and in one of the sections, in their order.
+    assert all(title and section for title, section in parsed["form"].values())
+    assert list(dict.fromkeys(section for _, section in parsed["form"].values())) == [
+        "Input", "Annotation", "Drift and alerts", "Embedding", "Training", "Gold check", "Report"]
+    assert parsed["form"]["source"] == ["Source", "Input"]
 
 
 def test_deployment_defaults_come_from_the_environment_and_enable_the_asset_schedule(tmp_path):

@@ -108,8 +108,8 @@ def _bars(line_max: np.ndarray, black: int = 24) -> tuple[int, int]:
 
 def near_duplicates(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
     """For photos in order: the index of the earlier original each is a near duplicate of (-1: none)
-    and the Hamming distance to it. An original is a photo that is not itself a copy, so copies of
-    copies point to the first photo."""
+    and the Hamming distance to it. Photos are compared with originals only (photos that are not
+    themselves copies), so a verdict always names a photo that stays in the dataset."""
     originals = np.full(len(hashes), -1)
     distances = np.zeros(len(hashes), dtype=int)
     kept = np.zeros(len(hashes), dtype=int)  # indices of the originals so far: kept[:n]

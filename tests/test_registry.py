@@ -1,0 +1,118 @@
+"""The stage contract: a new stage is a module and a registry line, and everything else follows;
+every knob is declared once and the trigger form and the CLI come from that declaration."""
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from emotion_pipeline import catalog, cli
+from emotion_pipeline.config import SECTIONS, PipelineConfig, form_params, knobs
+from emotion_pipeline.registry import STAGES, Stage, photo_tables, shard_stages
+from emotion_pipeline.results import StageResult
+from emotion_pipeline.runner import StageRun, run_stage
+from emotion_pipeline.storage import open_storage
+from emotion_pipeline.tables import read_table, write_table
+
+from .conftest import FLICKR, copy_photos, flickr_names
+
+
+@dataclasses.dataclass(kw_only=True)
+class BrightnessResult(StageResult):
+    shard: int
+    dark: int
+
+
+def brightness(run: StageRun) -> BrightnessResult:
+    """A toy per-shard stage, written as a user would: read resize's table, write a per-photo table."""
+    metadata = run.table("resize")
+    rows = []
+    for row in metadata[metadata["status"] == "ok"].itertuples(index=False):
+        with Image.open(io.BytesIO(run.root.read_bytes(catalog.processed_photo(row.image_id)))) as image:
+            level = float(np.asarray(image.convert("L")).mean())
+        rows.append({"source_key": row.source_key, "brightness": level, "status": "dark" if level < 20 else None})
+    write_table(run.root, catalog.shard_table("brightness", run.shard, "brightness"), pd.DataFrame(rows))
+    return BrightnessResult(stage="brightness", shard=run.shard, dark=sum(r["status"] == "dark" for r in rows))
+
+
+@pytest.fixture
+def pipeline_with_a_new_stage():
+    """The registry with the new stage's one line (and, to keep the test short, without DeepFace's stages)."""
+    saved = dict(STAGES)
+    new = Stage("brightness", f"{__name__}:brightness", BrightnessResult, "brightness", per_shard=True,
+                upstream=("resize",), knobs=("image_size",), photo_table="brightness")
+    kept = {name: saved[name] for name in ("discover", "resize")}
+    merge = dataclasses.replace(saved["merge"], upstream=("resize", "brightness"))
+    STAGES.clear()
+    STAGES.update({**kept, "brightness": new, "merge": merge})
+    yield
+    STAGES.clear()
+    STAGES.update(saved)
+
+
+def test_a_new_stage_is_a_module_and_a_registry_line(tmp_path, pipeline_with_a_new_stage, capsys):
+    src = tmp_path / "src"
+    copy_photos(FLICKR, src, flickr_names(4))
+    Image.new("RGB", (300, 200), (3, 3, 3)).save(src / "night.jpg")
+    config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), shard_size=10)
+    assert [s.name for s in shard_stages()] == ["resize", "brightness"]
+    assert [s.name for s in photo_tables()] == ["resize", "brightness"]
+
+    assert run_stage("discover", config).pending == [0]
+    run_stage("resize", config, 0)
+    assert run_stage("discover", config).pending == [0]  # discovery sees the new stage's work
+    cli.main(["stage", "brightness", "--source", config.source, "--root", config.root, "--shard", "0"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dark"] == 1 and printed["skipped"] is False
+    marker = catalog.read_done(open_storage(config.root), "brightness", 0)
+    assert marker["summary"]["dark"] == 1  # the same done marker as every stage
+    assert run_stage("discover", config).pending == []
+    assert run_stage("brightness", config, 0).skipped is True
+    assert run_stage("brightness", config.replace(image_size=128), 0).skipped is False  # its knob changed
+
+    merged = run_stage("merge", config)
+    dataset = read_table(open_storage(config.root), catalog.DATASET).set_index("source_key")
+    assert merged.statuses == {"ok": 4, "dark": 1}
+    assert dataset.loc["night.jpg", "status"] == "dark" and dataset["brightness"].notna().all()
+
+
+def test_every_stage_function_and_input_hook_is_importable():
+    from emotion_pipeline.runner import _function
+
+    for stage in STAGES.values():
+        assert callable(_function(stage)), stage.name
+        if stage.inputs:
+            assert callable(_function(stage, stage.inputs)), stage.name
+        assert set(stage.upstream) <= set(STAGES) and list(STAGES).index(stage.name) > max(
+            [list(STAGES).index(u) for u in stage.upstream], default=-1), stage.name  # upstream comes first
+        assert set(stage.knobs) <= {f.name for f in dataclasses.fields(PipelineConfig)}, stage.name
+
+
+def test_the_trigger_form_comes_from_the_knobs_grouped_in_sections():
+    form = form_params()
+    declared = [k for k in knobs() if k.section]
+    assert list(form) == [k.name for k in sorted(declared, key=lambda k: SECTIONS.index(k.section))]
+    assert {schema["section"] for _, schema in form.values()} == set(SECTIONS)
+    for name, (default, schema) in form.items():
+        assert schema["title"] and schema["description"], name
+    assert form["shard_size"] == (1000, {"title": "Shard size", "description": "Photos per shard (one task per "
+                                        "shard and stage).", "section": "Input", "type": "integer", "minimum": 1})
+    assert form["gold_detector"][1]["type"] == ["null", "string"] and None in form["gold_detector"][1]["enum"]
+    assert form["actions"][1]["items"]["enum"] == ["emotion", "age", "gender", "race"]
+
+
+def test_cli_options_come_from_the_knobs():
+    args = cli.build_parser().parse_args([
+        "stage", "resize", "--source", "in", "--root", "out", "--shard", "0", "--shard-size", "5",
+        "--actions", "emotion,age", "--force-train", "--no-mixed-precision", "--drift-threshold", "0.3"])
+    config = PipelineConfig.from_mapping(cli.config_values(args))
+    assert (config.shard_size, config.actions, config.force_train, config.mixed_precision, config.drift_threshold) == (
+        5, ("emotion", "age"), True, False, 0.3)
+    assert config.detector == "mtcnn"  # not given: the declared default
+    with pytest.raises(SystemExit):  # choices come from the declaration too
+        cli.build_parser().parse_args(["stage", "resize", "--source", "a", "--root", "b", "--detector", "nope"])
+    with pytest.raises(ValueError, match="min_rows_per_class must be >= 3"):  # and bounds
+        PipelineConfig(source="a", root="b", min_rows_per_class=2)
