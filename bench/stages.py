@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from emotion_pipeline import catalog
 from emotion_pipeline.config import EMOTIONS, PipelineConfig
 from emotion_pipeline.manifest import load_manifest
+from emotion_pipeline.modeling.embedding import image_vectors, resnet50
 from emotion_pipeline.stages import annotate, embed, resize
 from emotion_pipeline.stages.discover import discover_images
 from emotion_pipeline.storage import open_storage
@@ -104,7 +106,7 @@ def bench_annotate(source: Path, work: Path, chunk: int, detector: str) -> tuple
 def agreement(config: PipelineConfig, shards: dict[int, list[str]], found: dict[str, list]) -> dict:
     """Match each face of the analyze loop to the pipeline's face with the most overlap (IoU >= 0.5)."""
     root = open_storage(config.root)
-    faces = pd.concat([pd.read_parquet(root.uri_for(f"annotations/shard={s:05d}/faces.parquet")) for s in shards])
+    faces = pd.concat([pd.read_parquet(root.uri_for(f"{catalog.faces(s)}.parquet")) for s in shards])
     matched = same = 0
     largest_diff = 0.0
     unmatched = 0
@@ -141,23 +143,23 @@ def bench_embed(config: PipelineConfig, batch_size: int, mixed_precision: bool, 
     config = config.replace(embed_batch_size=batch_size, mixed_precision=mixed_precision)
     root = open_storage(config.root)
     shards = sorted(int(s) for s in load_manifest(root)["shard"].unique())
-    model = embed.resnet50(config.embed_weights, config.mixed_precision)
+    model = resnet50(config.embed_weights, config.mixed_precision)
     rng = np.random.default_rng(0)
     chunks = []
     for shard in shards:
-        notes = pd.read_parquet(root.uri_for(f"annotations/shard={shard:05d}/annotations.parquet"))
+        notes = pd.read_parquet(root.uri_for(f"{catalog.annotations(shard)}.parquet"))
         n = int(notes["status"].isin(["ok", "no_face"]).sum())
         tensors = rng.integers(0, 256, size=(n, 224, 224, 3), dtype=np.uint8)  # in memory before the clock
         chunks.append((n, (shard, tensors)))
-    embed.embed_arrays(model, chunks[0][1][1][:batch_size])  # warm up: graph traced, weights touched
+    image_vectors(model, chunks[0][1][1][:batch_size], batch_size)  # warm up: graph traced, weights touched
 
     def limit(c) -> None:
         tensors = c[1]
         for start in range(0, len(tensors), batch_size):
-            embed.embed_arrays(model, tensors[start:start + batch_size])
+            image_vectors(model, tensors[start:start + batch_size], batch_size)
 
     def stage(c) -> None:
-        root.delete(f"features/shard={c[0]:05d}/_done.json")  # embed again, whatever ran before
+        root.delete(catalog.done_marker(catalog.EMBED, c[0]))  # embed again, whatever ran before
         embed.embed_shard(config, c[0])
 
     result = side_by_side(chunks, baseline=limit, pipeline=stage)

@@ -55,25 +55,23 @@ def attribute_columns(actions: tuple[str, ...]) -> list[str]:
 def annotate_shard(
     config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
 ) -> AnnotateResult:
-    """Annotate one resized shard unless it is done with the same input.
+    """``run_stage("annotate", config, shard)``: annotate one resized shard unless it is done."""
+    return run_stage("annotate", config, shard, source=source, root=root)
+
+
+def annotate(run: StageRun) -> AnnotateResult:
+    """The stage function: faces and their scores for every resized photo of the shard.
 
     Args:
-        config: the pipeline's settings (``detector``, ``actions``, ``min_face_confidence``, ...).
-        shard: the shard's number in the manifest.
-        source, root: open storages to reuse (default: opened from ``config``).
+        run: the config, both storages and the shard's manifest rows (``runner.StageRun``).
 
     Returns:
-        Counts per status and label, and the number of faces; ``skipped`` when the marker matched.
+        Counts per status and label, and the number of faces found.
 
     Raises:
         RuntimeError: the shard is not resized yet.
         faces.MissingWeightsError: a DeepFace weight file is missing (names the file and the folder).
     """
-    return run_stage("annotate", config, shard, source=source, root=root)
-
-
-def annotate(run: StageRun) -> AnnotateResult:
-    """The stage function: faces and their scores for every resized photo of the shard."""
     config, source, root, shard = run.config, run.source, run.root, run.shard
     metadata = run.table("resize")
 

@@ -19,7 +19,15 @@ from .embed import npy_bytes
 
 
 def assemble_features(config: PipelineConfig, *, root: Storage | None = None) -> FeaturesResult:
-    """Assemble the vectors of every present shard unless they are assembled already.
+    """``run_stage("assemble_features", config)``: assemble the vectors unless they are up to date."""
+    return run_stage("assemble_features", config, root=root)
+
+
+def assemble(run: StageRun) -> FeaturesResult:
+    """The stage function: stack the shards' vectors in shard order.
+
+    Args:
+        run: the config, both storages and every present photo's manifest row (``runner.StageRun``).
 
     Returns:
         The number of vectors, their dimension and the matrix's URI.
@@ -27,11 +35,6 @@ def assemble_features(config: PipelineConfig, *, root: Storage | None = None) ->
     Raises:
         RuntimeError: a present shard is not embedded yet.
     """
-    return run_stage("assemble_features", config, root=root)
-
-
-def assemble(run: StageRun) -> FeaturesResult:
-    """The stage function: stack the shards' vectors in shard order."""
     root = run.root
     shards = run.present_shards()
     missing = [s for s in shards if catalog.read_done(root, catalog.EMBED, s) is None]

@@ -39,19 +39,22 @@ COLUMNS = ["image_id", "source_key", "shard", "phash", "hashed_size", "status", 
 
 
 def dedupe_photos(config: PipelineConfig, *, root: Storage | None = None) -> DedupeResult:
-    """Find near duplicates among every resized photo unless nothing changed since the last call.
-
-    Returns:
-        How many photos were hashed (in all, and by this call) and how many are near duplicates.
-
-    Raises:
-        RuntimeError: a present shard is not resized yet.
-    """
+    """``run_stage("dedupe", config)``: find near duplicates unless nothing changed since the last call."""
     return run_stage("dedupe", config, root=root)
 
 
 def dedupe(run: StageRun) -> DedupeResult:
-    """The stage function: hash the new resized photos, then judge every photo against earlier ones."""
+    """The stage function: hash the new resized photos, then judge every photo against earlier ones.
+
+    Args:
+        run: the config, both storages and every present photo's manifest row (``runner.StageRun``).
+
+    Returns:
+        How many photos have a hash, how many were hashed by this call, how many are near duplicates.
+
+    Raises:
+        RuntimeError: a present shard is not resized yet.
+    """
     root, config = run.root, run.config
     photos = _resized_photos(run)
     known = _known_hashes(root, config.image_size)

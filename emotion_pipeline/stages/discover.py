@@ -12,18 +12,24 @@ from ..storage import Storage
 def discover_images(
     config: PipelineConfig, *, source: Storage | None = None, root: Storage | None = None
 ) -> DiscoverResult:
-    """Update the manifest from the source; ``pending`` = the shards a per-shard stage must still run on.
-
-    Only pending shards are mapped to tasks, so a re-run with nothing new launches no shard task.
-
-    Raises:
-        storage.StorageError: the source cannot be listed (a missing bucket, a denied permission).
-    """
+    """``run_stage("discover", config)``: update the manifest and say which shards have work left."""
     return run_stage("discover", config, source=source, root=root)
 
 
 def discover(run: StageRun) -> DiscoverResult:
-    """The stage function (it has no done marker: listing the source is how it finds what is new)."""
+    """The stage function (no done marker: listing the source is how it finds what is new).
+
+    Args:
+        run: the config and both storages (``runner.StageRun``).
+
+    Returns:
+        Photos found, new and hashed, every shard, and ``pending``: the shards a per-shard stage of
+        the registry must still run on. Only those are mapped to tasks, so a re-run with nothing new
+        launches no shard task.
+
+    Raises:
+        storage.StorageError: the source cannot be listed (a missing bucket, a denied permission).
+    """
     found = manifest.discover(run.config, run.source, run.root)
     pending = [s for s in found.shards
                if not all(is_complete(stage, run.config, run.root, found.manifest, s) for stage in shard_stages())]

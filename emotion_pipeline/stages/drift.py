@@ -38,22 +38,23 @@ DIST_COLUMNS = [f"share_{c}" for c in CLASSES]
 def check_label_drift(
     config: PipelineConfig, *, root: Storage | None = None, run_id: str = ""
 ) -> DriftReport:
-    """Check every annotated shard not yet logged at its current annotations.
-
-    Args:
-        config: the pipeline's settings (``drift_reference``, thresholds, ``min_reference_images``).
-        root: an open storage root to reuse.
-        run_id: recorded in the log beside each row (the Airflow run that checked it).
-
-    Returns:
-        The shards checked by this call and, ready for the alert, the ones that drifted.
-    """
+    """``run_stage("check_drift", config, run_id=run_id)``: check the shards not yet logged."""
     return run_stage("check_drift", config, root=root, run_id=run_id)
 
 
 def check_drift(run: StageRun) -> DriftReport:
-    """The stage function (no done marker: the log's (shard, annotations fingerprint) key makes a
-    re-run append nothing)."""
+    """The stage function: every annotated shard not yet logged at its current annotations (no done
+    marker: the log's (shard, annotations fingerprint) key makes a re-run append nothing).
+
+    Args:
+        run: the config (thresholds, ``drift_reference``), the root, and ``run_id`` for the log.
+
+    Returns:
+        The shards checked by this call and, ready for the alert, the ones that drifted.
+
+    Raises:
+        RuntimeError: a shard's annotations table is missing although its marker exists.
+    """
     config, root = run.config, run.root
     shards = [s for s in run.present_shards() if root.exists(catalog.done_marker(catalog.ANNOTATE, s))]
     monitor_log = catalog.read_monitor_log(root)

@@ -35,24 +35,23 @@ log = logging.getLogger(__name__)
 def embed_shard(
     config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
 ) -> EmbedResult:
-    """Embed one annotated shard unless it is done with the same input.
-
-    Args:
-        config: the pipeline's settings (``embed_input``, ``embed_weights``, ``embed_batch_size``, ...).
-        shard: the shard's number in the manifest.
-        source, root: open storages to reuse (default: opened from ``config``).
-
-    Returns:
-        How many vectors, and how many came from a face crop or the whole photo.
-
-    Raises:
-        RuntimeError: the shard is not annotated yet.
-    """
+    """``run_stage("embed", config, shard)``: embed one annotated shard unless it is done."""
     return run_stage("embed", config, shard, source=source, root=root)
 
 
 def embed(run: StageRun) -> EmbedResult:
-    """The stage function: vectors for the shard's annotated photos (status ok or no_face)."""
+    """The stage function: vectors for the shard's annotated photos (status ok or no_face).
+
+    Args:
+        run: the config, both storages and the shard's manifest rows (``runner.StageRun``).
+
+    Returns:
+        How many vectors, and how many came from a face crop or from the whole photo.
+
+    Raises:
+        RuntimeError: the shard is not annotated yet.
+        ValueError, OSError: ResNet50's weights cannot be loaded (a wrong path, no download).
+    """
     config, source, root, shard = run.config, run.source, run.root, run.shard
     notes = run.table("annotate")
     todo = notes[notes["status"].isin(["ok", "no_face"])].reset_index(drop=True)

@@ -32,17 +32,23 @@ log = logging.getLogger(__name__)
 
 def evaluate_model(config: PipelineConfig, *, source: Storage | None = None,
                    root: Storage | None = None) -> EvaluateResult:
-    """Evaluate the last trained model (the train stage's recorded result) unless already evaluated.
-
-    Returns:
-        The report's URI and the model's test macro-F1; ``evaluated`` is False (with a report that
-        says why) when no model was trained.
-    """
+    """``run_stage("evaluate", config)``: evaluate the last trained model unless already evaluated."""
     return run_stage("evaluate", config, source=source, root=root)
 
 
 def evaluate(run: StageRun) -> EvaluateResult:
-    """The stage function."""
+    """The stage function: the model recorded by the train stage, on the test split and the gold set.
+
+    Args:
+        run: the config, both storages and every present photo's manifest row (``runner.StageRun``).
+
+    Returns:
+        The report's URI and the model's test macro-F1; ``evaluated`` is False (with a report that
+        says why) when no model was trained.
+
+    Raises:
+        mlflow.exceptions.MlflowException: the model or its run is not in the tracking store.
+    """
     config, source, root = run.config, run.source, run.root
     trained = run.upstream_result("train")
     if trained is None or not trained.trained:

@@ -73,14 +73,7 @@ def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
 
 
 def annotate_gold(config: PipelineConfig, *, root: Storage | None = None) -> GoldResult:
-    """DeepFace on every gold photo (unless done with the same gold set and settings).
-
-    Returns:
-        DeepFace's figures against people's labels; ``checked`` is False when no gold set is configured.
-
-    Raises:
-        ValueError: the gold set is malformed (unknown labels, a CSV without the columns, empty).
-    """
+    """``run_stage("check_gold", config)``: DeepFace on every gold photo unless done with the same set."""
     return run_stage("check_gold", config, root=root)
 
 
@@ -96,7 +89,18 @@ def gold_listing(config: PipelineConfig) -> str:
 
 
 def check_gold(run: StageRun) -> GoldResult:
-    """The stage function: writes ``gold/annotations`` (one row per gold photo)."""
+    """The stage function: the gold photos through DeepFace, one row each in the gold table.
+
+    Args:
+        run: the config (``gold``, ``gold_detector``, ...) and the root (``runner.StageRun``).
+
+    Returns:
+        DeepFace's figures against people's labels; ``checked`` is False when no gold set is configured.
+
+    Raises:
+        ValueError: the gold set is malformed (unknown labels, a CSV without the columns, empty).
+        faces.MissingWeightsError: DeepFace's emotion weights are missing.
+    """
     config, root = run.config, run.root
     if not config.gold:
         return GoldResult(stage="gold", checked=False)

@@ -27,7 +27,15 @@ BASE_COLUMNS = ["image_id", "source_key", "source_uri", "shard", "duplicate_of",
 
 
 def merge_dataset(config: PipelineConfig, *, root: Storage | None = None) -> MergeResult:
-    """Write the final dataset unless it is up to date with the manifest and the stages' outputs.
+    """``run_stage("merge", config)``: write the final dataset unless it is up to date."""
+    return run_stage("merge", config, root=root)
+
+
+def merge(run: StageRun) -> MergeResult:
+    """The stage function: join the per-photo tables onto the present photos.
+
+    Args:
+        run: the config, both storages and every present photo's manifest row (``runner.StageRun``).
 
     Returns:
         Photos per status and label, and the dataset's URI.
@@ -35,11 +43,6 @@ def merge_dataset(config: PipelineConfig, *, root: Storage | None = None) -> Mer
     Raises:
         AssertionError: a row was lost or duplicated (never expected: every photo has one row).
     """
-    return run_stage("merge", config, root=root)
-
-
-def merge(run: StageRun) -> MergeResult:
-    """The stage function: join the per-photo tables onto the present photos."""
     root = run.root
     tables = [_photo_table(root, stage, run.present_shards()) for stage in photo_tables()]
     dataset = build_dataset(run.photos, tables)

@@ -31,24 +31,22 @@ COLUMNS = [
 def resize_shard(
     config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
 ) -> ResizeResult:
-    """Resize one shard unless it is done with the same input (``runner.run_stage("resize", ...)``).
-
-    Args:
-        config: the pipeline's settings (``image_size``, ``max_image_pixels``, ``threads``).
-        shard: the shard's number in the manifest.
-        source, root: open storages to reuse (default: opened from ``config``).
-
-    Returns:
-        Counts per status; ``skipped`` when the done marker matched.
-
-    Raises:
-        KeyError: the shard is not in the manifest (run discover first).
-    """
+    """``run_stage("resize", config, shard)``: resize one shard unless it is done with the same input."""
     return run_stage("resize", config, shard, source=source, root=root)
 
 
 def resize(run: StageRun) -> ResizeResult:
-    """The stage function: every photo of the shard -> ``processed/<image_id>.jpg`` + a metadata row."""
+    """The stage function: every photo of the shard -> its letterboxed copy and a metadata row.
+
+    Args:
+        run: the config, both storages and the shard's manifest rows (``runner.StageRun``).
+
+    Returns:
+        Counts per status. A bad photo gets its status and error in the table; it never raises.
+
+    Raises:
+        storage.StorageError: the root cannot be written (a full disk, a denied permission).
+    """
     config, source, root, shard = run.config, run.source, run.root, run.shard
     root.sweep_temp_files(catalog.PROCESSED)  # photos a killed attempt was writing when it died
     progress = Progress(f"resize shard {shard}", len(run.photos))

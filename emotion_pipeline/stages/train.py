@@ -30,20 +30,24 @@ log = logging.getLogger(__name__)
 
 
 def train_classifier(config: PipelineConfig, *, root: Storage | None = None) -> TrainResult:
-    """Train, register and maybe promote a model unless its inputs did not change.
+    """``run_stage("train", config)``: train, register and maybe promote a model unless nothing changed."""
+    return run_stage("train", config, root=root)
+
+
+def train(run: StageRun) -> TrainResult:
+    """The stage function (the registry holds the root's ``train`` lease around it).
+
+    Args:
+        run: the config, both storages and every present photo's manifest row (``runner.StageRun``).
 
     Returns:
         The model version, its metrics and whether it became the champion; ``trained`` is False
         (with ``reason``) when there are too few labelled photos.
 
     Raises:
-        storage.LeaseTimeout: another training on this root held the lease for too long.
+        FileNotFoundError: the dataset or the vectors are missing (merge or assemble has not run).
+        mlflow.exceptions.MlflowException: the tracking store refused a write.
     """
-    return run_stage("train", config, root=root)
-
-
-def train(run: StageRun) -> TrainResult:
-    """The stage function."""
     config, root = run.config, run.root
     excluded = gold_ids(root)  # people's labels are for checking, never training
     data = load_training_data(root, config.min_rows_per_class, excluded)
