@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,9 +25,6 @@ from .results import StageResult
 from .storage import Storage, open_storage
 from .tables import read_table, write_json
 
-log = logging.getLogger(__name__)
-
-
 @dataclass
 class StageRun:
     """What a stage function gets: the config, both storages, and the photos it works on."""
@@ -40,7 +36,7 @@ class StageRun:
     shard: int | None = None
     fingerprint: str = ""  # of this input (used e.g. to name the tuner's search)
     run_id: str = ""  # the Airflow run (or other caller) that runs it, for logs that record it
-    _manifest: pd.DataFrame | None = field(default=None, repr=False)
+    manifest: pd.DataFrame | None = field(default=None, repr=False)  # every row, present or not
 
     def table(self, stage_name: str, table: str | None = None) -> pd.DataFrame:
         """A per-photo table an upstream stage wrote for this shard; a clear error when it has not run."""
@@ -59,7 +55,7 @@ class StageRun:
         return None if marker is None else upstream.result.from_dict(marker["summary"])
 
     def present_shards(self) -> list[int]:
-        manifest = self._manifest if self._manifest is not None else load_manifest(self.root)
+        manifest = self.manifest if self.manifest is not None else load_manifest(self.root)
         return sorted(int(s) for s in manifest.loc[manifest["present"], "shard"].unique())
 
 
@@ -68,6 +64,16 @@ def run_stage(
     source: Storage | None = None, root: Storage | None = None, run_id: str = "",
 ) -> StageResult:
     """Run stage ``name`` (for ``shard`` if it is a per-shard stage) unless its output is up to date.
+
+    Args:
+        name: a stage of the registry (or a CLI shorthand such as ``drift``).
+        config: the pipeline's settings.
+        shard: the shard, for a per-shard stage; None for a whole-dataset stage.
+        source, root: open storages to reuse (default: opened from ``config``).
+        run_id: the caller's run (Airflow's run id), for stages that log it.
+
+    Returns:
+        The stage's result; ``skipped`` is True when its done marker matched and nothing ran.
 
     Raises:
         KeyError: no such stage, or the shard is not in the manifest.
@@ -114,11 +120,9 @@ def is_complete(spec: Stage, config: PipelineConfig, root: Storage, manifest: pd
 
 def _prepare(spec: Stage, config: PipelineConfig, source: Storage, root: Storage, shard: int | None,
              manifest: pd.DataFrame | None = None) -> StageRun:
-    if spec.name == "discover":  # it makes the manifest that the other stages read
-        return StageRun(spec, config, source, root, pd.DataFrame(), None)
     manifest = load_manifest(root) if manifest is None else manifest
     photos = shard_rows(manifest, shard) if shard is not None else manifest[manifest["present"]]
-    run = StageRun(spec, config, source, root, photos.reset_index(drop=True), shard, _manifest=manifest)
+    run = StageRun(spec, config, source, root, photos.reset_index(drop=True), shard, manifest=manifest)
     run.fingerprint = fingerprint(run) if spec.marker else ""
     return run
 
@@ -131,8 +135,10 @@ def fingerprint(run: StageRun) -> str:
         upstream = STAGES[name]
         if not upstream.marker:
             continue
-        shards = [run.shard] if run.shard is not None else (
-            run.present_shards() if upstream.per_shard else [None])
+        if not upstream.per_shard:
+            shards = [None]
+        else:  # the same shard, or every present shard for a whole-dataset stage
+            shards = [run.shard] if run.shard is not None else run.present_shards()
         for s in shards:
             params[f"{name}/{s}"] = marker_digest(run.root, upstream, s)
     if spec.inputs:

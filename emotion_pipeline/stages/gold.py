@@ -18,7 +18,6 @@ import hashlib
 import io
 import logging
 from pathlib import PurePosixPath
-from typing import Any
 
 import numpy as np
 import pandas as pd
