@@ -2,11 +2,12 @@
 ### Emotion pipeline
 
 Photos (a folder or `gs://bucket/prefix`) -> 224x224 copies and metadata -> DeepFace annotations in
-shards -> label-drift monitoring with e-mail alerts -> `datasets/final_emotion_dataset.parquet`
--> ResNet50 vectors -> a Keras Tuner classifier tracked in MLflow -> evaluation, SHAP and
-`reports/<model version>/report.html`.
+shards -> near duplicates -> label-drift monitoring with e-mail alerts ->
+`datasets/final_emotion_dataset.parquet` -> ResNet50 vectors -> a Keras Tuner classifier tracked in
+MLflow -> evaluation, SHAP and `reports/<model version>/report.html`.
 
-Wiring only: every task calls one stage function of the `emotion_pipeline` package. Shards are the
+Wiring only: every task runs one stage of `emotion_pipeline.registry` (`stage_task(name)`), which
+says whether it maps over shards, runs on the GPU pool, and when it has nothing to do. Shards are the
 unit of dynamic task mapping (never single photos); only shards with work left are mapped, so a
 re-run with nothing new launches no shard task. DeepFace, ResNet50 and SHAP run on the `gpu` queue
 and pool; unchanged training data retrains nothing unless `force_train` is set. Every task's output
@@ -118,12 +119,11 @@ def emotion_pipeline():
     resized = stage_task("resize", max_active_tis_per_dagrun=4).expand(shard=discover())
     annotated = stage_task("annotate").expand(shard=resized)
     embedded = stage_task("embed").expand(shard=annotated)
-    deduped = stage_task("dedupe")()
     drift = stage_task("check_drift")()
     merged = stage_task("merge")()
     features = stage_task("assemble_features")()
     trained = stage_task("train")()
-    resized >> deduped >> merged
+    resized >> stage_task("dedupe")() >> merged
     annotated >> drift >> merged
     alert_on_drift(drift)
     embedded >> features
