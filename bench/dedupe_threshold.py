@@ -1,7 +1,8 @@
 """Measures the near-duplicate threshold of the dedupe stage on real photos.
 
-For every photo: the perceptual hash of its processed copy against those of three altered copies
-(re-encoded at JPEG quality 60, halved, cropped by 4% on each side), and against every other photo.
+For every photo: the perceptual hash of its processed copy against those of four altered copies
+(re-encoded at JPEG quality 60, halved, cropped by 2% and by 4% on each side), and against every
+other photo.
 A threshold between the largest copy distance and the smallest distinct-photo distance separates
 them; the README and ``stages/dedupe.py`` cite the figures this prints.
 
@@ -54,7 +55,7 @@ def main() -> None:
         d = np.array(distances)
         print(f"  {kind:<15} distance to its original: median {np.median(d):.0f}, 99th pct "
               f"{np.percentile(d, 99):.0f}, max {d.max()}; caught at 8/10/12: "
-              + "/".join(f"{(d <= t).mean():.0%}" for t in (8, 10, 12)))
+              + "/".join(f"{(d <= t).mean():.1%}" for t in (8, 10, 12)))
     every = np.concatenate([np.bitwise_count(hashes[i + 1:] ^ hashes[i]) for i in range(len(hashes) - 1)])
     print(f"  distinct photos ({len(every)} pairs): closest {every.min()} bits; "
           + ", ".join(f"within {t}: {(every <= t).mean():.2e}" for t in (6, 8, 10, 12, 14, 16, 18)))

@@ -159,7 +159,7 @@ def bench_embed(config: PipelineConfig, batch_size: int, mixed_precision: bool, 
             image_vectors(model, tensors[start:start + batch_size], batch_size)
 
     def stage(c) -> None:
-        root.delete(catalog.done_marker(catalog.EMBED, c[0]))  # embed again, whatever ran before
+        root.delete(catalog.done_marker(catalog.EMBED_FOLDER, c[0]))  # embed again, whatever ran before
         embed.embed_shard(config, c[0])
 
     result = side_by_side(chunks, baseline=limit, pipeline=stage)

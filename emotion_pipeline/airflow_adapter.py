@@ -41,7 +41,19 @@ def drift_alert_message(report: dict[str, Any]) -> tuple[str, str]:
 
 
 def send_drift_alert(config: PipelineConfig, report: dict[str, Any], context: Any) -> bool:
-    """E-mail the drift report through Airflow's SmtpNotifier; False when there was nothing to send."""
+    """E-mail the drift report through Airflow's SmtpNotifier.
+
+    Args:
+        config: ``alert_emails`` (the recipients) and ``smtp_conn_id`` (the SMTP server's connection).
+        report: the check_drift task's result (``DriftReport.to_dict()``, as XCom holds it).
+        context: the Airflow task context (the notifier renders with it).
+
+    Returns:
+        True when a mail went out; False when nothing drifted or nobody is configured to receive it.
+
+    Raises:
+        smtplib.SMTPException, OSError: the SMTP server refused the mail or cannot be reached.
+    """
     if not report["drifted"]:
         return False
     if not config.alert_emails:
@@ -60,7 +72,15 @@ def send_drift_alert(config: PipelineConfig, report: dict[str, Any], context: An
 
 
 def notify_failure(context: Any) -> None:
-    """``on_failure_callback``: mail the failed task and its error to the run's ``alert_emails``."""
+    """``on_failure_callback``: mail the failed task and its error to the run's ``alert_emails``.
+
+    Args:
+        context: the failed task's Airflow context (its params give the recipients).
+
+    Raises:
+        smtplib.SMTPException, OSError: the mail could not be sent (Airflow logs a failing callback;
+            the task's state stays failed).
+    """
     config = PipelineConfig.from_mapping(context["params"])
     if not config.alert_emails:
         return

@@ -31,42 +31,43 @@ if TYPE_CHECKING:  # keeps this module free of heavy imports: the DAG file reads
     from .storage import Storage
 
 # Output folders, one per stage (two stages may share one: embed's shards and assemble's matrix).
-RESIZE = "metadata"
-ANNOTATE = "annotations"
-DEDUPE = "dedupe"
-EMBED = "features"
-ASSEMBLE = "features"
-MERGE = "datasets"
-DRIFT = "monitoring"
-GOLD = "gold"
-TRAIN = "models"
-EVALUATE = "reports"
-MLFLOW = "mlflow"
-PROCESSED = "processed"
+RESIZE_FOLDER = "metadata"
+ANNOTATE_FOLDER = "annotations"
+DEDUPE_FOLDER = "dedupe"
+EMBED_FOLDER = "features"
+ASSEMBLE_FOLDER = "features"
+MERGE_FOLDER = "datasets"
+DRIFT_FOLDER = "monitoring"
+GOLD_FOLDER = "gold"
+TRAIN_FOLDER = "models"
+EVALUATE_FOLDER = "reports"
+MLFLOW_FOLDER = "mlflow"
+PROCESSED_FOLDER = "processed"
 
 MANIFEST_FOLDER = "manifest"
 MANIFEST = f"{MANIFEST_FOLDER}/images"
 
 # Per-shard tables (under shard_folder(<stage folder>, k)).
-METADATA = "metadata"  # resize: one row per photo
-ANNOTATIONS = "annotations"  # annotate: one row per photo
-FACES = "faces"  # annotate: one row per face
-VECTOR_INDEX = "index"  # embed: row i describes the shard's vector i
-DATASET = f"{MERGE}/final_emotion_dataset"
-NEAR_DUPLICATES = f"{DEDUPE}/near_duplicates"
-IMAGE_VECTORS = f"{ASSEMBLE}/image_vectors.npy"
-IMAGE_INDEX = f"{ASSEMBLE}/image_index"
-GOLD_ANNOTATIONS = f"{GOLD}/annotations"
-MONITOR_LOG = f"{DRIFT}/label_monitor_log.csv"
-DRIFT_BASELINE = f"{DRIFT}/baseline.json"
-CHARTS = f"{DRIFT}/charts"
+METADATA_TABLE = "metadata"  # resize: one row per photo
+ANNOTATIONS_TABLE = "annotations"  # annotate: one row per photo
+FACES_TABLE = "faces"  # annotate: one row per face
+VECTOR_INDEX_TABLE = "index"  # embed: row i describes the shard's vector i
+DATASET = f"{MERGE_FOLDER}/final_emotion_dataset"
+NEAR_DUPLICATES = f"{DEDUPE_FOLDER}/near_duplicates"
+IMAGE_VECTORS = f"{ASSEMBLE_FOLDER}/image_vectors.npy"
+IMAGE_INDEX = f"{ASSEMBLE_FOLDER}/image_index"
+GOLD_ANNOTATIONS = f"{GOLD_FOLDER}/annotations"
+MONITOR_LOG = f"{DRIFT_FOLDER}/label_monitor_log.csv"
+DRIFT_BASELINE = f"{DRIFT_FOLDER}/baseline.json"
+CHARTS = f"{DRIFT_FOLDER}/charts"
 DRIFT_TIMELINE = f"{CHARTS}/drift_timeline.png"
-MLFLOW_ARTIFACTS = f"{MLFLOW}/artifacts"
+MLFLOW_ARTIFACTS = f"{MLFLOW_FOLDER}/artifacts"
+MLFLOW_EVALUATION = "evaluation"  # the artifact folder of a training run that holds its evaluation
 MLFLOW_DB = "mlflow.db"  # inside MLFLOW of a local root
 
 
 def processed_photo(image_id: str) -> str:
-    return f"{PROCESSED}/{image_id}.jpg"
+    return f"{PROCESSED_FOLDER}/{image_id}.jpg"
 
 
 def shard_folder(folder: str, shard: int) -> str:
@@ -78,23 +79,23 @@ def shard_table(folder: str, shard: int, table: str) -> str:
 
 
 def shard_vectors(shard: int) -> str:
-    return shard_table(EMBED, shard, "vectors.npy")
+    return shard_table(EMBED_FOLDER, shard, "vectors.npy")
 
 
 def metadata(shard: int) -> str:
-    return shard_table(RESIZE, shard, METADATA)
+    return shard_table(RESIZE_FOLDER, shard, METADATA_TABLE)
 
 
 def annotations(shard: int) -> str:
-    return shard_table(ANNOTATE, shard, ANNOTATIONS)
+    return shard_table(ANNOTATE_FOLDER, shard, ANNOTATIONS_TABLE)
 
 
 def faces(shard: int) -> str:
-    return shard_table(ANNOTATE, shard, FACES)
+    return shard_table(ANNOTATE_FOLDER, shard, FACES_TABLE)
 
 
 def vector_index(shard: int) -> str:
-    return shard_table(EMBED, shard, VECTOR_INDEX)
+    return shard_table(EMBED_FOLDER, shard, VECTOR_INDEX_TABLE)
 
 
 def done_marker(folder: str, shard: int | None = None) -> str:
@@ -107,12 +108,20 @@ def shard_chart(shard: int) -> str:
 
 
 def training_rows(version: str) -> str:
-    return f"{TRAIN}/{version}/training_rows"
+    return f"{TRAIN_FOLDER}/{version}/training_rows"
+
+
+REPORT_PAGE = "report.html"
+REPORT_METRICS = "metrics.json"
 
 
 def report_file(version: str, name: str) -> str:
-    """``metrics.json``, ``report.html`` or a figure's PNG of one model version's report."""
-    return f"{EVALUATE}/{version}/{name}"
+    """A file of one model version's report: ``REPORT_PAGE``, ``REPORT_METRICS`` or a figure."""
+    return f"{EVALUATE_FOLDER}/{version}/{name}"
+
+
+def report_figure(version: str, figure: str) -> str:
+    return report_file(version, f"{figure}.png")
 
 
 # Readers of outputs that later stages and the consumers (report, dashboard, API) share.
@@ -145,6 +154,16 @@ def read_gold_annotations(root: "Storage") -> "pd.DataFrame | None":
     from .tables import read_table
 
     return read_table(root, GOLD_ANNOTATIONS)
+
+
+def report_versions(root: "Storage") -> list[str]:
+    """The model versions with an evaluation report, oldest first."""
+    versions = {o.key.split("/")[1] for o in root.list(EVALUATE_FOLDER) if o.key.endswith(f"/{REPORT_METRICS}")}
+    return sorted(versions, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+
+
+def table_exists(root: "Storage", key: str) -> bool:
+    return root.exists(f"{key}.parquet")
 
 
 def read_done(root: "Storage", folder: str, shard: int | None = None) -> dict | None:

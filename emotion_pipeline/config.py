@@ -149,7 +149,19 @@ class PipelineConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
-        """Build from DAG params / CLI options, ignoring unknown keys and ``None`` or empty values."""
+        """Build from DAG params or CLI options.
+
+        Args:
+            values: knob names to values; unknown names and ``None`` or empty values are ignored
+                (the declared default applies); comma-separated strings are read as tuples.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: a value outside its knob's bounds or choices, or a required knob missing.
+            TypeError: a knob without a default (``source``, ``root``) is absent.
+        """
         types_of = {spec.name: spec.type for spec in knobs()}
         kwargs: dict[str, Any] = {}
         for name, value in values.items():

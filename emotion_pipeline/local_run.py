@@ -55,7 +55,7 @@ def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]
         "drifted_shards": _drifted_shards(monitor_log),
         "outputs": {
             "dataset": root.uri_for(f"{catalog.DATASET}.parquet"),
-            "processed": root.uri_for(catalog.PROCESSED),
+            "processed": root.uri_for(catalog.PROCESSED_FOLDER),
             "monitoring_log": root.uri_for(catalog.MONITOR_LOG),
             "charts": root.uri_for(catalog.CHARTS),
             "vectors": root.uri_for(catalog.IMAGE_VECTORS),

@@ -6,8 +6,8 @@ per-photo tables make the dataset, in which order) all read ``STAGES``. ``runner
 every stage the same done-marker contract:
 
     fingerprint = its photos (the shard's members, or every present photo for a whole-dataset stage)
-                + the knobs it declares + the done markers of its upstream stages
-                + ``inputs`` (what it reads from outside the root, e.g. the gold folder)
+                + the knobs it declares + the done markers of the upstream stages it covers
+                + ``inputs`` (anything else it reads: the gold folder, the training rows and vectors)
 
 A stage whose fingerprint matches its marker returns the recorded result and does no work; a crash
 before the marker means the stage simply runs again.
@@ -32,57 +32,82 @@ from .results import (
 @dataclass(frozen=True)
 class Stage:
     name: str  # the DAG's task id and `emotion-pipeline stage NAME`
-    function: str  # "module:function" of the stage body, (StageRun) -> result
+    function: str  # "module:function" of the stage function, (StageRun) -> its result
     result: type[StageResult]
     folder: str  # catalog folder of its outputs and done markers
     per_shard: bool = False  # one task per shard (mapped), or one for the whole dataset
-    upstream: tuple[str, ...] = ()  # stages whose outputs it reads: they run first, their markers are input
+    upstream: tuple[str, ...] = ()  # stages that run first: it reads their outputs
+    # What its done-fingerprint covers, beyond the knobs:
     knobs: tuple[str, ...] = ()  # config fields its output depends on
-    inputs: str | None = None  # "module:function", (config) -> str: input from outside the root
-    photo_table: str | None = None  # its per-photo table with a status (per-shard: the table name)
+    covers: tuple[str, ...] = ()  # upstream stages whose done markers are part of its input
+    photos: bool = True  # its photos (the shard's members, or every present photo)
+    inputs: str | None = None  # "module:function", (StageRun) -> str: any other input it reads
+    reads_photo_tables: bool = False  # merge: every stage with a photo table is upstream and covered
+    photo_table: str | None = None  # its per-photo table with a status: a table name in each shard
+    #                                 folder for a per-shard stage, a catalog key for a whole-dataset one
     gpu: bool = False  # runs on the `gpu` queue and pool
     marker: bool = True  # False: the stage keeps its own idempotence (discover lists, drift logs)
     force: str | None = None  # a boolean knob that makes it run even when its marker matches
     lease: str | None = None  # a root-wide lease held around it: one at a time per root
-    photos: bool = True  # False: its output does not depend on which photos are in the dataset
 
 
 S = "emotion_pipeline.stages."
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("discover", S + "discover:discover", DiscoverResult, catalog.MANIFEST_FOLDER, marker=False),
-    Stage("resize", S + "resize:resize", ResizeResult, catalog.RESIZE, per_shard=True,
-          knobs=("image_size", "max_image_pixels"), photo_table=catalog.METADATA),
-    Stage("annotate", S + "annotate:annotate", AnnotateResult, catalog.ANNOTATE, per_shard=True,
-          upstream=("resize",), knobs=("detector", "actions", "min_face_confidence", "detect_max_side"),
-          photo_table=catalog.ANNOTATIONS, gpu=True),
-    Stage("embed", S + "embed:embed", EmbedResult, catalog.EMBED, per_shard=True, upstream=("annotate",),
-          knobs=("embed_input", "embed_weights"), gpu=True),
-    Stage("dedupe", S + "dedupe:dedupe", DedupeResult, catalog.DEDUPE, upstream=("resize",),
-          knobs=("dedupe_max_distance",), photo_table=catalog.NEAR_DUPLICATES),
-    Stage("check_drift", S + "drift:check_drift", DriftReport, catalog.DRIFT, upstream=("annotate",),
+    Stage("resize", S + "resize:resize", ResizeResult, catalog.RESIZE_FOLDER, per_shard=True,
+          knobs=("image_size", "max_image_pixels"), photo_table=catalog.METADATA_TABLE),
+    Stage("annotate", S + "annotate:annotate", AnnotateResult, catalog.ANNOTATE_FOLDER, per_shard=True,
+          upstream=("resize",), knobs=("detector", "actions", "min_face_confidence", "detect_max_side",
+                                        "max_image_pixels"), photo_table=catalog.ANNOTATIONS_TABLE, gpu=True),
+    Stage("embed", S + "embed:embed", EmbedResult, catalog.EMBED_FOLDER, per_shard=True, upstream=("annotate",),
+          covers=("annotate",), knobs=("embed_input", "embed_weights", "max_image_pixels"), gpu=True),
+    Stage("dedupe", S + "dedupe:dedupe", DedupeResult, catalog.DEDUPE_FOLDER, upstream=("resize",),
+          knobs=("dedupe_max_distance", "image_size", "max_image_pixels"), photo_table=catalog.NEAR_DUPLICATES),
+    Stage("check_drift", S + "drift:check_drift", DriftReport, catalog.DRIFT_FOLDER, upstream=("annotate",),
           marker=False),
-    Stage("merge", S + "merge:merge", MergeResult, catalog.MERGE, upstream=("resize", "annotate", "dedupe")),
-    Stage("assemble_features", S + "assemble:assemble", FeaturesResult, catalog.ASSEMBLE,
-          upstream=("embed",)),
-    Stage("check_gold", S + "gold:check_gold", GoldResult, catalog.GOLD, inputs=S + "gold:gold_listing",
-          knobs=("gold", "gold_detector", "detector", "min_face_confidence", "detect_max_side",
-                 "max_image_pixels"), photos=False, gpu=True),
-    Stage("train", S + "train:train", TrainResult, catalog.TRAIN,
-          upstream=("merge", "assemble_features", "check_gold"),
+    Stage("merge", S + "merge:merge", MergeResult, catalog.MERGE_FOLDER, reads_photo_tables=True),
+    Stage("assemble_features", S + "assemble:assemble", FeaturesResult, catalog.ASSEMBLE_FOLDER,
+          upstream=("embed",), covers=("embed",)),
+    Stage("check_gold", S + "gold:check_gold", GoldResult, catalog.GOLD_FOLDER, photos=False,
+          inputs=S + "gold:gold_files", knobs=("gold", "gold_detector", "detector", "min_face_confidence",
+                                               "detect_max_side", "max_image_pixels"), gpu=True),
+    Stage("train", S + "train:train", TrainResult, catalog.TRAIN_FOLDER, photos=False,
+          upstream=("merge", "assemble_features", "check_gold"), inputs=S + "train:training_data_fingerprint",
           knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class",
                  "registered_model"), force="force_train", lease="train"),
-    Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE, upstream=("train",),
-          knobs=("shap_samples", "shap_images", "shap_image_evals", "seed"), gpu=True),
+    Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE_FOLDER, photos=False,
+          upstream=("train",), covers=("train",), knobs=("shap_samples", "shap_images", "shap_image_evals", "seed"),
+          gpu=True),
 )}
 ALIASES = {"drift": "check_drift", "assemble": "assemble_features", "gold": "check_gold"}  # CLI shorthands
 
 
 def stage(name: str) -> Stage:
-    """The declaration of ``name`` (or one of its CLI shorthands); a clear error for unknown names."""
+    """The declaration of a stage.
+
+    Args:
+        name: its name, or one of the CLI shorthands (``drift``, ``assemble``, ``gold``).
+
+    Returns:
+        The stage's declaration.
+
+    Raises:
+        KeyError: no such stage (the message lists them).
+    """
     found = STAGES.get(ALIASES.get(name, name))
     if found is None:
         raise KeyError(f"no stage {name!r}: choose from {', '.join(STAGES)}")
     return found
+
+
+def upstream_of(spec: Stage) -> tuple[str, ...]:
+    """The stages that must run before ``spec`` (the DAG wires the same, tests/test_dag.py checks it)."""
+    return spec.upstream + (tuple(s.name for s in photo_tables()) if spec.reads_photo_tables else ())
+
+
+def covered_by(spec: Stage) -> tuple[str, ...]:
+    """The upstream stages whose done markers are part of ``spec``'s fingerprint."""
+    return spec.covers + (tuple(s.name for s in photo_tables()) if spec.reads_photo_tables else ())
 
 
 def shard_stages() -> list[Stage]:

@@ -49,7 +49,7 @@ def dataset_summary(root: Storage) -> dict[str, Any]:
 def write_report(root: Storage, version: str, *, dataset: dict[str, Any], evaluation: dict | None = None,
                  training: dict | None = None, figures: dict[str, bytes] | None = None,
                  note: str | None = None) -> str:
-    key = catalog.report_file(version, "report.html")
+    key = catalog.report_file(version, catalog.REPORT_PAGE)
     root.write_bytes(key, render(version, dataset, evaluation, training, figures or {}, note).encode())
     return root.uri_for(key)
 

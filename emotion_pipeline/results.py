@@ -14,7 +14,7 @@ R = TypeVar("R", bound="StageResult")
 
 @dataclass(kw_only=True)
 class StageResult:
-    stage: str
+    stage: str = ""  # the registry's name of the stage (set by runner.run_stage)
     skipped: bool = False
 
     def to_dict(self) -> dict[str, Any]:

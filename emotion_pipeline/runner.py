@@ -20,7 +20,7 @@ import pandas as pd
 from . import catalog
 from .config import PipelineConfig
 from .manifest import load_manifest, shard_fingerprint, shard_rows
-from .registry import STAGES, Stage, stage
+from .registry import STAGES, Stage, covered_by, stage
 from .results import StageResult
 from .storage import Storage, open_storage
 from .tables import read_table, write_json
@@ -101,9 +101,10 @@ def _run(spec: Stage, config: PipelineConfig, source: Storage, root: Storage, sh
         forced = bool(spec.force and getattr(config, spec.force))
         if marker and marker.get("fingerprint") == run.fingerprint and not forced:
             result = spec.result.from_dict(marker["summary"])
-            result.skipped = True
+            result.stage, result.skipped = spec.name, True
             return result
     result = _function(spec)(run)
+    result.stage = spec.name
     if spec.marker:
         summary = {k: v for k, v in result.to_dict().items() if k != "skipped"}
         write_json(root, catalog.done_marker(spec.folder, shard), {"fingerprint": run.fingerprint, "summary": summary})
@@ -128,13 +129,11 @@ def _prepare(spec: Stage, config: PipelineConfig, source: Storage, root: Storage
 
 
 def fingerprint(run: StageRun) -> str:
-    """The stage's input: its photos, its knobs, its upstream markers and its outside inputs."""
+    """The stage's input, as its declaration says: photos, knobs, covered upstream markers, inputs."""
     spec = run.stage
     params: dict[str, Any] = {knob: getattr(run.config, knob) for knob in spec.knobs}
-    for name in spec.upstream:
+    for name in covered_by(spec):
         upstream = STAGES[name]
-        if not upstream.marker:
-            continue
         if not upstream.per_shard:
             shards = [None]
         else:  # the same shard, or every present shard for a whole-dataset stage
@@ -142,7 +141,7 @@ def fingerprint(run: StageRun) -> str:
         for s in shards:
             params[f"{name}/{s}"] = marker_digest(run.root, upstream, s)
     if spec.inputs:
-        params["inputs"] = _function(spec, spec.inputs)(run.config)
+        params["inputs"] = _function(spec, spec.inputs)(run)
     return shard_fingerprint(run.photos if spec.photos else run.photos.iloc[0:0], **params)
 
 

@@ -18,7 +18,8 @@ PARSE = textwrap.dedent("""
     print(json.dumps({
         "errors": {k: str(v) for k, v in bag.import_errors.items()},
         "tasks": {t.task_id: {"queue": t.queue, "pool": t.pool, "retries": t.retries,
-                              "mapped": "Mapped" in type(t).__name__} for t in dag.tasks},
+                              "mapped": "Mapped" in type(t).__name__,
+                              "upstream": sorted(t.upstream_task_ids)} for t in dag.tasks},
         "params": sorted(dag.params.keys()),
         "form": {k: [dag.params.get_param(k).schema.get(f) for f in ("title", "section")] for k in dag.params},
         "defaults": {k: dag.params.get_param(k).value for k in ("source", "shard_size", "alert_emails", "gold")},
@@ -58,6 +59,24 @@ def test_dag_parses_with_the_expected_wiring(tmp_path):
     assert list(dict.fromkeys(section for _, section in parsed["form"].values())) == [
         "Input", "Annotation", "Drift and alerts", "Embedding", "Training", "Gold check", "Report"]
     assert parsed["form"]["source"] == ["Source", "Input"]
+
+
+def test_the_dag_wires_what_the_registry_declares(tmp_path):
+    from emotion_pipeline.registry import STAGES, upstream_of
+
+    tasks = parse_dag(tmp_path)["tasks"]
+
+    def ancestors(task: str) -> set[str]:
+        found = set(tasks[task]["upstream"])
+        for parent in tasks[task]["upstream"]:
+            found |= ancestors(parent)
+        return found
+
+    for name, stage in STAGES.items():
+        assert name in tasks, name  # every registered stage is a task
+        assert set(upstream_of(stage)) <= ancestors(name), name  # and runs after what it reads
+        assert tasks[name]["mapped"] == stage.per_shard, name
+        assert (tasks[name]["queue"] == "gpu") == stage.gpu, name
 
 
 def test_deployment_defaults_come_from_the_environment_and_enable_the_asset_schedule(tmp_path):

@@ -33,7 +33,7 @@ def write_shards(root, shards: dict[int, list[str]], version: str = "v1") -> Non
                          "status": "no_face" if no_face else "ok",
                          "label": None if no_face or label == "fear" else label})
         write_table(root, catalog.annotations(shard), pd.DataFrame(rows))
-        write_json(root, catalog.done_marker(catalog.ANNOTATE, shard), {"fingerprint": f"{version}-{shard}", "summary": {}})
+        write_json(root, catalog.done_marker(catalog.ANNOTATE_FOLDER, shard), {"fingerprint": f"{version}-{shard}", "summary": {}})
     write_table(root, catalog.MANIFEST, pd.DataFrame(manifest))
 
 

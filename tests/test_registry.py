@@ -11,7 +11,7 @@ from PIL import Image
 
 from emotion_pipeline import catalog, cli
 from emotion_pipeline.config import SECTIONS, PipelineConfig, form_params, knobs
-from emotion_pipeline.registry import STAGES, Stage, photo_tables, shard_stages
+from emotion_pipeline.registry import STAGES, Stage, covered_by, photo_tables, shard_stages, upstream_of
 from emotion_pipeline.results import StageResult
 from emotion_pipeline.runner import StageRun, run_stage
 from emotion_pipeline.storage import open_storage
@@ -35,7 +35,7 @@ def brightness(run: StageRun) -> BrightnessResult:
             level = float(np.asarray(image.convert("L")).mean())
         rows.append({"source_key": row.source_key, "brightness": level, "status": "dark" if level < 20 else None})
     write_table(run.root, catalog.shard_table("brightness", run.shard, "brightness"), pd.DataFrame(rows))
-    return BrightnessResult(stage="brightness", shard=run.shard, dark=sum(r["status"] == "dark" for r in rows))
+    return BrightnessResult(shard=run.shard, dark=sum(r["status"] == "dark" for r in rows))
 
 
 @pytest.fixture
@@ -45,9 +45,8 @@ def pipeline_with_a_new_stage():
     new = Stage("brightness", f"{__name__}:brightness", BrightnessResult, "brightness", per_shard=True,
                 upstream=("resize",), knobs=("image_size",), photo_table="brightness")
     kept = {name: saved[name] for name in ("discover", "resize")}
-    merge = dataclasses.replace(saved["merge"], upstream=("resize", "brightness"))
     STAGES.clear()
-    STAGES.update({**kept, "brightness": new, "merge": merge})
+    STAGES.update({**kept, "brightness": new, "merge": saved["merge"]})  # merge as it is declared
     yield
     STAGES.clear()
     STAGES.update(saved)
@@ -60,6 +59,7 @@ def test_a_new_stage_is_a_module_and_a_registry_line(tmp_path, pipeline_with_a_n
     config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), shard_size=10)
     assert [s.name for s in shard_stages()] == ["resize", "brightness"]
     assert [s.name for s in photo_tables()] == ["resize", "brightness"]
+    assert upstream_of(STAGES["merge"]) == covered_by(STAGES["merge"]) == ("resize", "brightness")
 
     assert run_stage("discover", config).pending == [0]
     run_stage("resize", config, 0)
@@ -72,10 +72,19 @@ def test_a_new_stage_is_a_module_and_a_registry_line(tmp_path, pipeline_with_a_n
     assert run_stage("discover", config).pending == []
     assert run_stage("brightness", config, 0).skipped is True
     assert run_stage("brightness", config.replace(image_size=128), 0).skipped is False  # its knob changed
+    assert run_stage("brightness", config, 0).skipped is False  # and back
 
     merged = run_stage("merge", config)
+    assert run_stage("merge", config).skipped is True
+    Image.new("RGB", (200, 300), (2, 2, 2)).save(src / "night 2.jpg")  # a new batch: shard 1
+    assert run_stage("discover", config).pending == [1]
+    run_stage("resize", config, 1)
+    before = run_stage("merge", config)  # resize done, the new stage not yet: its photo is "ok" so far
+    run_stage("brightness", config, 1)
+    merged = run_stage("merge", config)  # merge covers the new stage's output: it runs again
+    assert (before.skipped, merged.skipped) == (False, False)
     dataset = read_table(open_storage(config.root), catalog.DATASET).set_index("source_key")
-    assert merged.statuses == {"ok": 4, "dark": 1}
+    assert merged.statuses == {"ok": 4, "dark": 2}
     assert dataset.loc["night.jpg", "status"] == "dark" and dataset["brightness"].notna().all()
 
 

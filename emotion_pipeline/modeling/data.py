@@ -65,6 +65,8 @@ def assign_splits(frame: pd.DataFrame, min_rows: int) -> pd.Series:
 
 def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = frozenset()) -> TrainingData:
     dataset = catalog.read_dataset(root)
+    if dataset is None or not catalog.table_exists(root, catalog.IMAGE_INDEX):
+        raise RuntimeError("no dataset or no assembled vectors yet: run merge and assemble_features first")
     vectors, index = catalog.read_features(root)
     labelled = dataset[dataset["label"].isin(CLASSES) & (dataset["status"] == "ok")]
     labelled = labelled[~labelled["image_id"].isin(exclude_ids)].drop_duplicates("image_id")

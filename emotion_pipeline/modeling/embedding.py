@@ -64,11 +64,13 @@ def resnet50(weights: str, mixed_precision: bool = False):
 
     Built once per process and weights setting. ``weights``: ``imagenet`` (Keras downloads and caches
     them), a local ``.h5`` path, or ``none`` (random values, same graph and cost: tests and CI).
-    Mixed precision only where a GPU can use it.
+    Mixed precision only where a GPU can use it, and only for this model: the global policy is put
+    back after the build, so DeepFace's models built later in the same worker stay float32.
     """
     import keras
     import tensorflow as tf
 
+    previous = keras.mixed_precision.global_policy()
     if mixed_precision and tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     chosen = None if weights.lower() == "none" else weights
@@ -76,5 +78,8 @@ def resnet50(weights: str, mixed_precision: bool = False):
         log.warning("ResNet50 with weights=None: random weights, same graph and cost (tests/CI only)")
         # The same random weights in every process (embed workers, API workers), so vectors agree.
         keras.utils.set_random_seed(0)
-    return keras.applications.ResNet50(include_top=False, pooling="avg", weights=chosen,
-                                       input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
+    try:
+        return keras.applications.ResNet50(include_top=False, pooling="avg", weights=chosen,
+                                           input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

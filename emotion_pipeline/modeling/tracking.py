@@ -32,8 +32,8 @@ def artifact_location(config: PipelineConfig) -> str:
 
 def _local_mlflow_folder(config: PipelineConfig) -> Path:
     if config.root.startswith(GCS_SCHEME):  # a database cannot live in a bucket: keep it local
-        return state_home() / catalog.MLFLOW
-    return Path(config.root).expanduser().resolve() / catalog.MLFLOW
+        return state_home() / catalog.MLFLOW_FOLDER
+    return Path(config.root).expanduser().resolve() / catalog.MLFLOW_FOLDER
 
 
 def use_experiment(config: PipelineConfig):

@@ -51,12 +51,12 @@ def read_png(uri: str, key: str) -> bytes | None:
 
 
 def latest_report(uri: str) -> tuple[str, dict] | None:
+    """The newest model version's evaluation (an untrainable later run leaves it in place)."""
     root = storage(uri)
-    try:
-        version = catalog.read_done(root, catalog.TRAIN)["summary"]["model_version"]
-        return version, json.loads(root.read_bytes(catalog.report_file(version, "metrics.json")))
-    except (FileNotFoundError, KeyError, TypeError):
+    versions = catalog.report_versions(root)
+    if not versions:
         return None
+    return versions[-1], json.loads(root.read_bytes(catalog.report_file(versions[-1], catalog.REPORT_METRICS)))
 
 
 def boxed_thumbnail(uri: str, row: pd.Series) -> Image.Image:
@@ -147,7 +147,7 @@ def page_model(uri: str) -> None:
                           ("tsne", "t-SNE of the vectors"),
                           ("gold_confusion_deepface", "Gold set: DeepFace vs people"),
                           ("gold_confusion_model", "Gold set: model vs people")):
-        png = read_png(uri, catalog.report_file(version, f"{name}.png"))
+        png = read_png(uri, catalog.report_figure(version, name))
         if png:
             st.image(png, caption=caption)
     st.subheader("Training runs (MLflow)")

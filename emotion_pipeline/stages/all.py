@@ -10,8 +10,7 @@ from ..registry import STAGES
 from ..results import StageResult
 from ..runner import run_stage
 
-# The stages that build the dataset and the vectors: everything the registry lists before the gold check.
-BEFORE_TRAINING = tuple(list(STAGES)[:list(STAGES).index("check_gold")])
+MODEL_STAGES = ("check_gold", "train", "evaluate")  # everything else builds the dataset and the vectors
 
 
 def run_all_stages(config: PipelineConfig) -> dict[str, StageResult]:
@@ -21,7 +20,7 @@ def run_all_stages(config: PipelineConfig) -> dict[str, StageResult]:
 
 def build_dataset_and_features(config: PipelineConfig) -> dict[str, StageResult]:
     """Everything before training: the final dataset and the assembled vectors."""
-    return run_stages(config, list(BEFORE_TRAINING))
+    return run_stages(config, [name for name in STAGES if name not in MODEL_STAGES])
 
 
 def run_stages(config: PipelineConfig, names: list[str]) -> dict[str, StageResult]:

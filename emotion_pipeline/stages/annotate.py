@@ -84,7 +84,7 @@ def annotate(run: StageRun) -> AnnotateResult:
     write_table(root, catalog.faces(shard), faces_table)
     write_table(root, catalog.annotations(shard), annotations)
     result = AnnotateResult(
-        stage="annotate", shard=shard, images=len(annotations),
+        shard=shard, images=len(annotations),
         annotated=int(annotations["status"].isin(["ok", "no_face"]).sum()), faces=len(faces_table),
         statuses=annotations["status"].value_counts().to_dict(), labels=annotations["label"].value_counts().to_dict(),
     )

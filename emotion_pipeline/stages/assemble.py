@@ -37,7 +37,7 @@ def assemble(run: StageRun) -> FeaturesResult:
     """
     root = run.root
     shards = run.present_shards()
-    missing = [s for s in shards if catalog.read_done(root, catalog.EMBED, s) is None]
+    missing = [s for s in shards if catalog.read_done(root, catalog.EMBED_FOLDER, s) is None]
     if missing:
         raise RuntimeError(f"shards {missing} are not embedded yet: run the embed stage first")
     indexes, matrices = [], []
@@ -51,5 +51,5 @@ def assemble(run: StageRun) -> FeaturesResult:
     index.insert(0, "row", np.arange(len(index)))
     root.write_bytes(catalog.IMAGE_VECTORS, npy_bytes(vectors))
     write_table(root, catalog.IMAGE_INDEX, index)
-    return FeaturesResult(stage="assemble", vectors=len(index), dim=int(vectors.shape[1]),
+    return FeaturesResult(vectors=len(index), dim=int(vectors.shape[1]),
                           vectors_uri=root.uri_for(catalog.IMAGE_VECTORS))

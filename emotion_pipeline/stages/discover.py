@@ -33,5 +33,5 @@ def discover(run: StageRun) -> DiscoverResult:
     found = manifest.discover(run.config, run.source, run.root)
     pending = [s for s in found.shards
                if not all(is_complete(stage, run.config, run.root, found.manifest, s) for stage in shard_stages())]
-    return DiscoverResult(stage="discover", images=int(found.manifest["present"].sum()), new_images=found.new_files,
+    return DiscoverResult(images=int(found.manifest["present"].sum()), new_images=found.new_files,
                           hashed=found.rehashed, shards=found.shards, pending=pending)

@@ -56,7 +56,7 @@ def check_drift(run: StageRun) -> DriftReport:
         RuntimeError: a shard's annotations table is missing although its marker exists.
     """
     config, root = run.config, run.root
-    shards = [s for s in run.present_shards() if root.exists(catalog.done_marker(catalog.ANNOTATE, s))]
+    shards = [s for s in run.present_shards() if root.exists(catalog.done_marker(catalog.ANNOTATE_FOLDER, s))]
     monitor_log = catalog.read_monitor_log(root)
     logged = set(zip(monitor_log["shard"].astype(int), monitor_log["annotations_fingerprint"]))
     shard_tables = {s: _labels(root, s) for s in shards}
@@ -83,7 +83,7 @@ def check_drift(run: StageRun) -> DriftReport:
     for r in drifted:
         log.warning("label drift in shard %d: JS distance %.3f, no-face change %+.3f",
                     r["shard"], r["js_distance"], r["no_face_change"])
-    return DriftReport(stage="drift", checked=[int(r["shard"]) for r in new_rows],
+    return DriftReport(checked=[int(r["shard"]) for r in new_rows],
                        drifted=[_alert_fields(r) for r in drifted], log_uri=root.uri_for(catalog.MONITOR_LOG),
                        threshold=config.drift_threshold, no_face_threshold=config.no_face_drift_threshold)
 
@@ -112,7 +112,7 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
 
 def _labels(root: Storage, shard: int) -> tuple[pd.DataFrame, str]:
     table = read_table(root, catalog.annotations(shard))
-    marker = catalog.read_done(root, catalog.ANNOTATE, shard)
+    marker = catalog.read_done(root, catalog.ANNOTATE_FOLDER, shard)
     if table is None or marker is None:
         raise RuntimeError(f"shard {shard} is not annotated yet: run the annotate stage first")
     return table[["status", "label"]], marker["fingerprint"]

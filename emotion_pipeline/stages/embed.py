@@ -78,7 +78,7 @@ def embed(run: StageRun) -> EmbedResult:
 
     root.write_bytes(catalog.shard_vectors(shard), npy_bytes(vectors))
     write_table(root, catalog.vector_index(shard), index, csv=False)
-    result = EmbedResult(stage="embed", shard=shard, vectors=len(index),
+    result = EmbedResult(shard=shard, vectors=len(index),
                          inputs=index["input"].value_counts().to_dict())
     log.info("embed shard %d: %d vectors %s", shard, len(index), result.inputs)
     return result

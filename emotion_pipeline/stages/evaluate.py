@@ -14,11 +14,11 @@ import numpy as np
 from .. import catalog
 from ..charts import confusion_matrix_chart
 from ..config import CLASSES, PipelineConfig
-from ..modeling import explain, tracking
+from ..modeling import tracking
 from ..modeling.classifier import predict_proba_5
 from ..modeling.data import TrainingData, load_training_data
-from ..modeling.embedding import decode_photo, image_vectors, model_input, resnet50
-from ..modeling.evaluation import compare_on_test, gold_agreement, predict_in_batches
+from ..modeling.embedding import INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
+from ..modeling.evaluation import compare_on_test, explain_model, gold_agreement, predict_in_batches
 from ..report import dataset_summary, write_report
 from ..results import EvaluateResult, TrainResult
 from ..runner import StageRun, run_stage
@@ -53,7 +53,7 @@ def evaluate(run: StageRun) -> EvaluateResult:
     trained = run.upstream_result("train")
     if trained is None or not trained.trained:
         uri = write_report(root, "no-model", dataset=dataset_summary(root), note=trained and trained.reason)
-        return EvaluateResult(stage="evaluate", evaluated=False, report_uri=uri)
+        return EvaluateResult(evaluated=False, report_uri=uri)
     version = trained.model_version
 
     mlflow = tracking.use_experiment(config)
@@ -67,7 +67,9 @@ def evaluate(run: StageRun) -> EvaluateResult:
 
     figures = {"confusion_matrix": confusion_matrix_chart(
         metrics["model"]["confusion_matrix"], f"Model v{version} on the test split")}
-    figures.update(_explanations(config, source, root, model, data))
+    images, labels = _heatmap_photos(config, source, root, data)
+    figures.update(explain_model(config, model, resnet50(config.embed_weights, config.mixed_precision), data,
+                                 images, labels))
     gold_check = _gold_check(config, root, model)
     if gold_check:
         figures["gold_confusion_deepface"] = confusion_matrix_chart(
@@ -76,17 +78,17 @@ def evaluate(run: StageRun) -> EvaluateResult:
             gold_check["model"]["confusion_matrix"], f"Gold set: model v{version} vs people")
 
     for name, png in figures.items():
-        root.write_bytes(catalog.report_file(version, f"{name}.png"), png)
+        root.write_bytes(catalog.report_figure(version, name), png)
     document = {"model_version": version, "run_id": trained.run_id, "majority_class": CLASSES[majority],
                 "counts": data.counts(), "metrics": metrics, "gold": gold_check}
-    write_json(root, catalog.report_file(version, "metrics.json"), document)
+    write_json(root, catalog.report_file(version, catalog.REPORT_METRICS), document)
     report_uri = write_report(root, version, dataset=dataset_summary(root), evaluation=document,
                               training=trained.to_dict(), figures=figures)
     _log_to_mlflow(mlflow, trained, metrics, gold_check, document, figures, root.read_bytes(
-        catalog.report_file(version, "report.html")).decode())
+        catalog.report_file(version, catalog.REPORT_PAGE)).decode())
     log.info("evaluate: model macro-F1 %.3f, baseline %.3f, majority %.3f -> %s", metrics["model"]["macro_f1"],
              metrics["baseline"]["macro_f1"], metrics["majority"]["macro_f1"], report_uri)
-    return EvaluateResult(stage="evaluate", evaluated=True, model_version=version, report_uri=report_uri,
+    return EvaluateResult(evaluated=True, model_version=version, report_uri=report_uri,
                           macro_f1=metrics["model"]["macro_f1"])
 
 
@@ -102,44 +104,22 @@ def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, document, 
             mlflow.log_metrics({f"gold.{who}.recall.{c}": v["recall"] for who in ("deepface", "model")
                                 for c, v in gold_check[who]["per_class"].items()})
             mlflow.log_metric("gold.no_face_share", gold_check["no_face_share"])
-        mlflow.log_dict(document, "evaluation/metrics.json")
+        mlflow.log_dict(document, f"{catalog.MLFLOW_EVALUATION}/{catalog.REPORT_METRICS}")
         for name, png in figures.items():
-            mlflow.log_image(_image(png), f"evaluation/{name}.png")
-        mlflow.log_text(page, "evaluation/report.html")
+            mlflow.log_image(_image(png), f"{catalog.MLFLOW_EVALUATION}/{name}.png")
+        mlflow.log_text(page, f"{catalog.MLFLOW_EVALUATION}/{catalog.REPORT_PAGE}")
 
 
-def _explanations(config, source, root, head, data: TrainingData) -> dict[str, bytes]:
-    rng = np.random.default_rng(config.seed)
-    x_train, _ = data.part("train")
-    x_test, _ = data.part("test")
-    background = x_train[rng.permutation(len(x_train))[:5]]
-    samples = x_test[: config.shap_samples]
-
-    def head_predict(x: np.ndarray) -> np.ndarray:
-        # One call per SHAP batch (up to ~20k rows x 2048 floats): half the time of Keras' predict loop.
-        return np.asarray(head.predict_on_batch(x))
-
-    figures = {"shap_embedding_summary": explain.embedding_summary_plot(
-        explain.embedding_importance(head_predict, background, samples, config.seed))}
-
-    # Heat maps over a few test photos, through ResNet50 + head, on the input the model saw.
-    resnet = resnet50(config.embed_weights, config.mixed_precision)
+def _heatmap_photos(config: PipelineConfig, source: Storage, root: Storage, data: TrainingData):
+    """The first ``shap_images`` test photos as the model saw them, and their labels."""
     test = data.frame[data.frame["split"] == "test"].head(config.shap_images)
-    if len(test):
-        _, index = catalog.read_features(root)
-        kinds = index.drop_duplicates("image_id").set_index("image_id")["input"]
-        dataset = catalog.read_dataset(root).drop_duplicates("image_id").set_index("image_id", drop=False)
-        images = np.stack([input_of(config, source, dataset.loc[i], kinds[i]) for i in test["image_id"]])
-
-        def full_model(batch: np.ndarray) -> np.ndarray:
-            return head_predict(image_vectors(resnet, batch, config.embed_batch_size))
-
-        predicted = full_model(images).argmax(1)
-        titles = [f"{CLASSES[p]} (label {label})" for p, label in zip(predicted, test["label"])]
-        figures["shap_image_heatmaps"] = explain.image_heatmaps(full_model, images, titles, config.shap_image_evals)
-    if len(data.frame) >= 10:
-        figures["tsne"] = explain.tsne_map(data.vectors, data.frame["label"].tolist(), config.seed)
-    return figures
+    if not len(test):
+        return np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8), []
+    _, index = catalog.read_features(root)
+    kinds = index.drop_duplicates("image_id").set_index("image_id")["input"]
+    dataset = catalog.read_dataset(root).drop_duplicates("image_id").set_index("image_id", drop=False)
+    images = np.stack([input_of(config, source, dataset.loc[i], kinds[i]) for i in test["image_id"]])
+    return images, test["label"].tolist()
 
 
 def _gold_check(config: PipelineConfig, root: Storage, head) -> dict | None:
@@ -148,7 +128,7 @@ def _gold_check(config: PipelineConfig, root: Storage, head) -> dict | None:
     if table is None:
         return None
     with_face = table[table["deepface_label"].notna()].reset_index(drop=True)
-    inputs = [gold_input(config, row) for row in with_face.itertuples(index=False)]
+    inputs = (gold_input(config, row) for row in with_face.itertuples(index=False))  # decoded batch by batch
     resnet = resnet50(config.embed_weights, config.mixed_precision)
 
     def predict(batch: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
         if "label" not in table or not ({"path", "image_id"} & set(table)):
             raise ValueError(f"{gold_uri}: a gold CSV needs a 'label' column and a 'path' or 'image_id' column")
         rows = []
-        manifest = load_manifest(root) if root.exists(f"{catalog.MANIFEST}.parquet") else None
+        manifest = load_manifest(root) if catalog.table_exists(root, catalog.MANIFEST) else None
         for record in table.to_dict("records"):
             if isinstance(record.get("path"), str) and record["path"]:
                 rows.append({"storage": folder, "key": record["path"], "label": record["label"]})
@@ -76,15 +76,18 @@ def annotate_gold(config: PipelineConfig, *, root: Storage | None = None) -> Gol
     return run_stage("check_gold", config, root=root)
 
 
-def gold_listing(config: PipelineConfig) -> str:
-    """What the gold check reads from outside the root: the listing of the gold folder, or the CSV."""
-    if not config.gold:
+def gold_files(run: StageRun) -> str:
+    """What the gold check reads besides its settings: every file of the gold folder (or of the CSV's
+    folder, where the photos it names live) by name, size and version, and the CSV itself."""
+    gold = run.config.gold
+    if not gold:
         return ""
-    if config.gold.lower().endswith(".csv"):
-        parent, _, name = config.gold.rstrip("/").rpartition("/")
-        return hashlib.sha256(open_storage(parent or ".").read_bytes(name)).hexdigest()
-    listing = sorted((o.key, o.size, o.version) for o in open_storage(config.gold).list())
-    return hashlib.sha256(repr(listing).encode()).hexdigest()
+    is_csv = gold.lower().endswith(".csv")
+    folder = open_storage((gold.rstrip("/").rpartition("/")[0] or ".") if is_csv else gold)
+    digest = hashlib.sha256(repr(sorted((o.key, o.size, o.version) for o in folder.list())).encode())
+    if is_csv:
+        digest.update(folder.read_bytes(gold.rstrip("/").rpartition("/")[2]))
+    return digest.hexdigest()
 
 
 def check_gold(run: StageRun) -> GoldResult:
@@ -102,7 +105,7 @@ def check_gold(run: StageRun) -> GoldResult:
     """
     config, root = run.config, run.root
     if not config.gold:
-        return GoldResult(stage="gold", checked=False)
+        return GoldResult(checked=False)
     gold = list_gold(config.gold, root)
     detector = config.gold_detector or config.detector
     models = build_models(("emotion",))
@@ -136,7 +139,7 @@ def check_gold(run: StageRun) -> GoldResult:
                                      for i in position]
     table = table.drop(columns=["face_index"])
     write_table(root, catalog.GOLD_ANNOTATIONS, table)
-    result = GoldResult(stage="gold", checked=True, photos=len(table), detector=detector, **deepface_agreement(table))
+    result = GoldResult(checked=True, photos=len(table), detector=detector, **deepface_agreement(table))
     log.info("gold: %d photos, DeepFace accuracy %.3f, macro-F1 %.3f, no face %.1f%%", len(table),
              result.deepface["accuracy"], result.deepface["macro_f1"], 100 * result.no_face_share)
     return result

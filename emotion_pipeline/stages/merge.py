@@ -47,7 +47,7 @@ def merge(run: StageRun) -> MergeResult:
     tables = [_photo_table(root, stage, run.present_shards()) for stage in photo_tables()]
     dataset = build_dataset(run.photos, tables)
     write_table(root, catalog.DATASET, dataset)
-    result = MergeResult(stage="merge", images=len(dataset), statuses=dataset["status"].value_counts().to_dict(),
+    result = MergeResult(images=len(dataset), statuses=dataset["status"].value_counts().to_dict(),
                          labels=dataset["label"].value_counts().to_dict(),
                          dataset_uri=root.uri_for(f"{catalog.DATASET}.parquet"))
     log.info("merge: %d photos, %s", len(dataset), result.statuses)

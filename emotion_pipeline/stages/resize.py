@@ -48,7 +48,7 @@ def resize(run: StageRun) -> ResizeResult:
         storage.StorageError: the root cannot be written (a full disk, a denied permission).
     """
     config, source, root, shard = run.config, run.source, run.root, run.shard
-    root.sweep_temp_files(catalog.PROCESSED)  # photos a killed attempt was writing when it died
+    root.sweep_temp_files(catalog.PROCESSED_FOLDER)  # photos a killed attempt was writing when it died
     progress = Progress(f"resize shard {shard}", len(run.photos))
 
     def one(row) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def resize(run: StageRun) -> ResizeResult:
 
     metadata = pd.DataFrame(records, columns=COLUMNS)
     write_table(root, catalog.metadata(shard), metadata)
-    result = ResizeResult(stage="resize", shard=shard, images=len(metadata),
+    result = ResizeResult(shard=shard, images=len(metadata),
                           resized=int((metadata["status"] == "ok").sum()),
                           statuses=metadata["status"].value_counts().to_dict())
     log.info("resize shard %d: %s", shard, result.statuses)

@@ -10,6 +10,7 @@ registry holds the root's ``train`` lease around it, so one training runs per ro
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -34,6 +35,14 @@ def train_classifier(config: PipelineConfig, *, root: Storage | None = None) -> 
     return run_stage("train", config, root=root)
 
 
+def training_data_fingerprint(run: StageRun) -> str:
+    """What a training learns from, for its done marker: the training rows (ids, labels, splits, with
+    the gold photos left out) and their vectors. Photos that never train (no face, a duplicate, ...)
+    do not change it; other embedding settings do."""
+    data = load_training_data(run.root, run.config.min_rows_per_class, gold_ids(run.root))
+    return f"{data.fingerprint()}-{hashlib.sha256(data.vectors.tobytes()).hexdigest()[:20]}"
+
+
 def train(run: StageRun) -> TrainResult:
     """The stage function (the registry holds the root's ``train`` lease around it).
 
@@ -55,7 +64,7 @@ def train(run: StageRun) -> TrainResult:
     reason = not_trainable_reason(data)
     if reason:
         log.warning("train: %s (%s)", reason, {s: sum(c.values()) for s, c in counts.items()})
-        return TrainResult(stage="train", trained=False, counts=counts, reason=reason)
+        return TrainResult(trained=False, counts=counts, reason=reason)
 
     mlflow = tracking.use_experiment(config)
     for run_id in tracking.fail_abandoned_training_runs(mlflow):
@@ -78,7 +87,7 @@ def train(run: StageRun) -> TrainResult:
     # Exactly which photos trained, validated and tested this version: auditable, and the gold test's proof.
     write_table(root, catalog.training_rows(version), data.frame[["image_id", "source_key", "label", "split"]])
     result = TrainResult(
-        stage="train", trained=True, run_id=parent.info.run_id, model_version=version,
+        trained=True, run_id=parent.info.run_id, model_version=version,
         model_uri=f"models:/{config.registered_model}/{version}", champion=champion,
         val_macro_f1=fitted.metrics["val"]["macro_f1"], test_macro_f1=fitted.metrics["test"]["macro_f1"],
         trials=len(fitted.tuner.oracle.trials), best_hyperparameters=fitted.best_hyperparameters, counts=counts,
