@@ -10,6 +10,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,17 +84,27 @@ def distinct_photos(src: Path, dst: Path, n: int, first: int = 0) -> list[Path]:
     return out
 
 
+# Started from a fresh, small Python: a child forked straight from this benchmark process would count
+# this process's own resident memory (TensorFlow loaded, ~1-2 GiB) in its peak, since Linux keeps the
+# pre-exec high-water mark in ru_maxrss.
+_MEASURE = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def peak_rss_mib(command: list[str], env: dict | None = None) -> tuple[float, float]:
     """Run ``command`` as a child process; (its peak resident memory in MiB, seconds)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): {process.stderr.read()[-3000:]}")
-    return usage.ru_maxrss / 1024, seconds  # ru_maxrss is in KiB on Linux
+    max_rss_kib, returncode = (int(v) for v in done.stdout.split()[-2:])
+    if returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({returncode}): {done.stderr[-3000:]}")
+    return max_rss_kib / 1024, seconds  # ru_maxrss is in KiB on Linux
 
 
 def print_table(rows: list[Row]) -> str:
