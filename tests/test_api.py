@@ -36,15 +36,15 @@ def api(trained_root):
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
-        while True:
+        ready_in_a_row = 0  # each of the 2 workers loads its own model: wait until both answer ready
+        while ready_in_a_row < 10:
             assert process.poll() is None, "the server exited"
             try:
-                if call(base, "GET", "/health")[0] == 200:
-                    break
+                ready_in_a_row = ready_in_a_row + 1 if call(base, "GET", "/health")[0] == 200 else 0
             except OSError:
-                pass
+                ready_in_a_row = 0
             assert time.monotonic() < deadline, "the model did not load in time"
-            time.sleep(1)
+            time.sleep(0.2 if ready_in_a_row else 1)
         yield base
     finally:
         stop(process)
