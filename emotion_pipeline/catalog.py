@@ -46,6 +46,7 @@ PROCESSED_FOLDER = "processed"
 
 MANIFEST_FOLDER = "manifest"
 MANIFEST = f"{MANIFEST_FOLDER}/images"
+SKIPPED_ENTRIES = f"{MANIFEST_FOLDER}/skipped_entries"  # source entries that are not photos, with the reason
 
 # Per-shard tables (under shard_folder(<stage folder>, k)).
 METADATA_TABLE = "metadata"  # resize: one row per photo

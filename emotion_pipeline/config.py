@@ -25,7 +25,10 @@ DETECTORS = (
 DRIFT_REFERENCES = ("earlier_shards", "baseline")
 EMBED_INPUTS = ("face", "photo")
 TUNERS = ("hyperband", "bayesian")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Names with these extensions are photos: each gets a row and a status (those Pillow cannot take get
+# 'unsupported'). Anything else is skipped and counted by discovery, never silently ignored.
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+                    ".heic", ".heif", ".avif")
 
 # The trigger form's sections, in the order the form shows them.
 SECTIONS = ("Input", "Annotation", "Drift and alerts", "Embedding", "Training", "Gold check", "Report")
@@ -56,6 +59,9 @@ class PipelineConfig:
                      help="Folder or gs://bucket/prefix where every output is written.")
     shard_size: int = knob(1000, title="Shard size", section="Input", minimum=1,
                            help="Photos per shard (one task per shard and stage).")
+    photo_extensions: tuple[str, ...] = knob(PHOTO_EXTENSIONS, title="Photo extensions", section="Input",
+                                             help="Names ending so are photos and get a row with a status; "
+                                                  "other names are skipped and counted (case-insensitive).")
     limit: int | None = knob(None, title="Limit", section="Input", minimum=0,
                              help="Only the first N photos, sorted by name (trials).")
     image_size: int = knob(224, title="Processed size", section="Input", minimum=16,

@@ -6,6 +6,9 @@ Every failure becomes an ``ImageError`` with a status that ends up in the tables
     corrupt      not a decodable image (truncated, garbage, a text file named .jpg)
     unsupported  a real image in a format the pipeline does not take (GIF, TIFF, BMP, ...)
     too_large    declared dimensions above ``max_pixels`` (never decoded: a decompression bomb guard)
+    missing      the file disappeared after discovery listed it
+    broken_link, not_a_file, unreadable
+                 the entry cannot be read as a file (``storage.ENTRY_PROBLEMS``): never opened as a photo
 """
 from __future__ import annotations
 
@@ -17,7 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .storage import Storage, entry_problem
+
 SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}  # MPO: multi-picture JPEGs written by cameras
+# Photo formats Pillow cannot even identify without a plugin: named so, they are 'unsupported', not 'corrupt'.
+UNIDENTIFIABLE_FORMATS = {".heic": "HEIC", ".heif": "HEIF"}
 
 
 class ImageError(Exception):
@@ -28,14 +35,29 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class SourceInfo:
-    width: int
+    width: int  # as stored in the file, before EXIF orientation
     height: int
     format: str
     mode: str
+    upright_width: int  # as displayed, after EXIF orientation: the frame of every face box
+    upright_height: int
 
 
-def open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, SourceInfo]:
-    """Open (header only) and check format and declared size before any pixel is decoded."""
+def read_photo(storage: Storage, key: str) -> bytes:
+    """The bytes of one source photo. An entry that cannot be read (gone, a broken link, a pipe, no
+    permission) is an ``ImageError`` with its status, so one bad entry never stops a shard. Errors of
+    the whole storage (a missing bucket, a denied bucket) are ``StorageError`` and do stop it."""
+    try:
+        return storage.read_bytes(key)
+    except FileNotFoundError as err:
+        raise ImageError("missing", f"source file disappeared: {err}") from err
+    except OSError as err:
+        raise ImageError(entry_problem(err), f"cannot read {key}: {err.strerror or err}") from err
+
+
+def open_checked(data: bytes, max_pixels: int, name: str = "") -> tuple[Image.Image, SourceInfo]:
+    """Open (header only) and check format and declared size before any pixel is decoded. ``name``
+    (the file name) only words the error for formats Pillow cannot identify (HEIC)."""
     if not data:
         raise ImageError("empty", "file is empty (0 bytes)")
     try:
@@ -45,10 +67,15 @@ def open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, SourceInfo]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError("too_large", f"declared size too large to decode safely: {err}") from err
     except UnidentifiedImageError as err:
+        known = next((f for ext, f in UNIDENTIFIABLE_FORMATS.items() if name.lower().endswith(ext)), None)
+        if known:
+            raise ImageError("unsupported", f"format {known} is not one of JPEG, PNG, WEBP (or unreadable)") from err
         raise ImageError("corrupt", "not a recognisable image (unreadable header)") from err
     except Exception as err:  # PIL raises many types for garbage headers
         raise ImageError("corrupt", f"unreadable image header: {err}") from err
-    info = SourceInfo(image.width, image.height, image.format or "", image.mode)
+    turned = _orientation(image) in (5, 6, 7, 8)  # a quarter turn: width and height swap
+    info = SourceInfo(image.width, image.height, image.format or "", image.mode,
+                      image.height if turned else image.width, image.width if turned else image.height)
     if info.format not in SUPPORTED_FORMATS:
         raise ImageError("unsupported", f"format {info.format or 'unknown'} is not one of JPEG, PNG, WEBP")
     if info.width * info.height > max_pixels:
@@ -56,6 +83,24 @@ def open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, SourceInfo]
             "too_large", f"{info.width}x{info.height} is over the limit of {max_pixels:,} pixels"
         )
     return image, info
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright), read from the header the way ``exif_transpose`` does."""
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # a malformed EXIF block: decode_rgb leaves such a photo as stored
+        return 1
+
+
+def letterbox_box(box: tuple[float, float, float, float], width: float, height: float,
+                  side: int) -> tuple[float, float, float, float]:
+    """A box (x, y, w, h) in the upright photo's pixels -> (left, top, right, bottom) on its
+    ``letterbox`` copy of ``side`` pixels (where the dashboard draws it)."""
+    scale = side / max(width, height)
+    dx, dy = (side - width * scale) / 2, (side - height * scale) / 2
+    x, y, w, h = box
+    return dx + x * scale, dy + y * scale, dx + (x + w) * scale, dy + (y + h) * scale
 
 
 def decode_rgb(image: Image.Image, draft_size: int | None = None) -> Image.Image:

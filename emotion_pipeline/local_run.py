@@ -90,6 +90,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"photos: {summary['images']}")
     for status, count in sorted(summary["statuses"].items(), key=lambda kv: -kv[1]):
         print(f"  {status:<12} {count}")
+    skipped = (summary.get("discovery") or {}).get("skipped") or {}
+    if skipped:  # entries of the source that are not photos: say so rather than ignore them silently
+        print("skipped, not photos: " + ", ".join(f"{reason} {n}" for reason, n in skipped.items()))
     print("labels: " + (", ".join(f"{k} {v}" for k, v in summary["labels"].items()) or "none"))
     print("drifted shards: " + (", ".join(map(str, summary["drifted_shards"])) or "none"))
     model = summary["model"]

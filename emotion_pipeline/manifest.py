@@ -2,7 +2,8 @@
 
 The manifest (``manifest/images.parquet`` under the root) has one row per source file ever seen:
 
-    source_key, source_uri, image_id, size_bytes, version, shard, duplicate_of, present
+    source_key, source_uri, image_id, size_bytes, version, shard, duplicate_of, present,
+    entry_problem, entry_error
 
 * ``image_id`` is a hash of the file's bytes, so the same photo under two names has one id; the
   second name is marked ``duplicate_of`` the first and is not processed twice.
@@ -10,23 +11,31 @@ The manifest (``manifest/images.parquet`` under the root) has one row per source
   of a new batch therefore touches only the new shards.
 * ``present`` says whether the file was found by the latest discovery; the final dataset holds the
   present rows, so "discovered" and "rows in the final dataset" reconcile.
+* ``entry_problem`` names an entry that has a photo's name but cannot be read (a broken link, a named
+  pipe, a file this process may not read: ``storage.ENTRY_PROBLEMS``). It gets a row like any photo,
+  with an id of its own; resize gives it that status without opening it. Such entries are tried again
+  at every discovery, so a file made readable is picked up as a new photo.
+* Names that are not photos (``photo_extensions``) and folders that cannot be listed are skipped,
+  counted by reason in the log, and listed in ``manifest/skipped_entries``.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import pandas as pd
 
-from .config import IMAGE_EXTENSIONS, PipelineConfig
-from .storage import ObjectInfo, Storage
+from .config import PHOTO_EXTENSIONS, PipelineConfig
+from .storage import ObjectInfo, Storage, entry_problem
 from . import catalog
 from .tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["source_key", "source_uri", "image_id", "size_bytes", "version", "shard", "duplicate_of", "present"]
+COLUMNS = ["source_key", "source_uri", "image_id", "size_bytes", "version", "shard", "duplicate_of", "present",
+           "entry_problem", "entry_error"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class Discovery:
     manifest: pd.DataFrame
     new_files: int
     rehashed: int  # files whose bytes had to be read (new or changed): the work this discovery did
+    skipped: dict[str, int]  # entries that are not photos, by reason ("extension .txt": 3)
 
     @property
     def shards(self) -> list[int]:
@@ -47,38 +57,69 @@ def content_id(data: bytes, key: str) -> str:
     return digest.hexdigest()[:20]
 
 
-def is_image_name(key: str) -> bool:
-    return key.lower().endswith(IMAGE_EXTENSIONS)
+def is_image_name(key: str, extensions: tuple[str, ...] = PHOTO_EXTENSIONS) -> bool:
+    suffixes = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    return key.lower().endswith(suffixes)
 
 
-def list_images(source: Storage, limit: int | None = None) -> list[ObjectInfo]:
-    found = sorted((o for o in source.list() if is_image_name(o.key)), key=lambda o: o.key)
-    return found if limit is None else found[:limit]
+def skip_reason(entry: ObjectInfo, extensions: tuple[str, ...] = PHOTO_EXTENSIONS) -> str | None:
+    """Why a listed entry is not a photo row, or None when it is one."""
+    if entry.problem == "unreadable_folder":
+        return "unreadable folder"
+    if is_image_name(entry.key, extensions):
+        return None
+    suffix = PurePosixPath(entry.key).suffix.lower()
+    return f"extension {suffix}" if suffix else "no extension"
+
+
+def list_images(source: Storage, limit: int | None = None,
+                extensions: tuple[str, ...] = PHOTO_EXTENSIONS) -> tuple[list[ObjectInfo], list[tuple[str, str]]]:
+    """The photo entries (sorted, the first ``limit``) and the skipped ones as (key, reason)."""
+    found, skipped = [], []
+    for entry in source.list():
+        reason = skip_reason(entry, extensions)
+        if reason is None:
+            found.append(entry)
+        else:
+            skipped.append((entry.key, f"{reason}: {entry.error}" if entry.error else reason))
+    found.sort(key=lambda o: o.key)
+    return (found if limit is None else found[:limit]), skipped
 
 
 def load_manifest(root: Storage) -> pd.DataFrame:
     manifest = read_table(root, catalog.MANIFEST)
     if manifest is None:
         manifest = pd.DataFrame(columns=COLUMNS)
+    for column in ("entry_problem", "entry_error"):  # manifests written before these columns
+        if column not in manifest:
+            manifest[column] = ""
     return manifest.astype({c: _dtype(c) for c in COLUMNS})
 
 
 def discover(config: PipelineConfig, source: Storage, root: Storage) -> Discovery:
     """List the source, hash what is new or changed, assign new files to new shards, save."""
     previous = load_manifest(root)
-    listed = list_images(source, config.limit)
-    known = {
+    listed, skipped = list_images(source, config.limit, config.photo_extensions)
+    known = {  # entries with a problem are not cached: they are tried again every time
         (row.source_key, int(row.size_bytes), row.version): row.image_id
-        for row in previous.itertuples(index=False)
+        for row in previous.itertuples(index=False) if not row.entry_problem
     }
 
     current: list[tuple[ObjectInfo, str]] = []
     rehashed = 0
     for i, obj in enumerate(listed):
         image_id = known.get((obj.key, obj.size, obj.version))
-        if image_id is None:
-            image_id = content_id(source.read_bytes(obj.key), obj.key)
+        if image_id is None and not obj.problem:
+            try:
+                image_id = content_id(source.read_bytes(obj.key), obj.key)
+            except FileNotFoundError:
+                skipped.append((obj.key, "removed while discovery ran"))
+                continue
+            except OSError as err:  # unreadable, or replaced by a pipe since the listing
+                obj = ObjectInfo(obj.key, obj.size, obj.version, entry_problem(err), err.strerror or str(err))
             rehashed += 1
+        if obj.problem:
+            image_id = content_id(b"", f"{obj.problem}:{obj.key}")  # an id of its own, like an empty file
         current.append((obj, image_id))
         if (i + 1) % 5000 == 0:
             log.info("discover: %d/%d files listed, %d hashed", i + 1, len(listed), rehashed)
@@ -86,11 +127,25 @@ def discover(config: PipelineConfig, source: Storage, root: Storage) -> Discover
     manifest, new_files = _assign_shards(previous, current, source, config.shard_size)
     if not manifest.equals(previous):
         write_table(root, catalog.MANIFEST, manifest)
+    skipped_table = pd.DataFrame(skipped, columns=["source_key", "reason"])
+    if len(skipped_table) or root.exists(f"{catalog.SKIPPED_ENTRIES}.parquet"):
+        write_table(root, catalog.SKIPPED_ENTRIES, skipped_table)
+    counts = skipped_counts(skipped)
+    problems = {p: int(n) for p, n in manifest.loc[manifest["present"], "entry_problem"].value_counts().items() if p}
     log.info(
-        "discover: %d images found, %d new, %d hashed, %d shards",
-        len(current), new_files, rehashed, manifest["shard"].nunique(),
+        "discover: %d images found, %d new, %d hashed, %d shards; entries that cannot be read: %s; "
+        "skipped (not photos): %s",
+        len(current), new_files, rehashed, manifest["shard"].nunique(), problems or "none", counts or "none",
     )
-    return Discovery(manifest=manifest, new_files=new_files, rehashed=rehashed)
+    return Discovery(manifest=manifest, new_files=new_files, rehashed=rehashed, skipped=counts)
+
+
+def skipped_counts(skipped: list[tuple[str, str]]) -> dict[str, int]:
+    """{reason: count}, the OS error left out of the reason so that counts group."""
+    counts: dict[str, int] = {}
+    for _, reason in skipped:
+        counts[reason.split(":")[0]] = counts.get(reason.split(":")[0], 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _assign_shards(
@@ -116,6 +171,8 @@ def _assign_shards(
             "shard": next_shard + len(new_rows) // shard_size,
             "duplicate_of": original if original != obj.key else "",
             "present": True,
+            "entry_problem": obj.problem,
+            "entry_error": obj.error,
         })
 
     manifest = pd.concat([previous, pd.DataFrame(new_rows, columns=COLUMNS)], ignore_index=True)

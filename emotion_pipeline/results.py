@@ -35,6 +35,7 @@ class DiscoverResult(StageResult):
     hashed: int  # files whose bytes were read (new or changed)
     shards: list[int]
     pending: list[int]  # shards a per-shard stage still has to run on: what the DAG maps over
+    skipped: dict[str, int] = field(default_factory=dict)  # entries that are not photos, by reason
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ exponential backoff on 429, 5xx and dropped connections; 403 and a missing bucke
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -36,6 +38,31 @@ class ObjectInfo:
     key: str  # relative to the storage root, POSIX separators
     size: int
     version: str  # changes whenever the content may have changed (mtime / GCS generation)
+    problem: str = ""  # why the entry cannot be read as a file: one of ENTRY_PROBLEMS, else ""
+    error: str = ""  # the OS's words for the problem
+
+
+# What a listed entry can be instead of a readable file. Listing never raises on one entry: such an
+# entry is listed with its problem, and is never opened (a FIFO would block the reader forever).
+ENTRY_PROBLEMS = {
+    "broken_link": "a symbolic link to nothing (or a link loop)",
+    "not_a_file": "not a regular file (a named pipe, a socket, a device)",
+    "unreadable": "the file exists but this process may not read it",
+    "unreadable_folder": "a folder this process may not list",
+}
+
+
+class NotARegularFile(OSError):
+    """Raised instead of opening a FIFO, socket or device as a photo."""
+
+
+def entry_problem(err: OSError) -> str:
+    """The ``ENTRY_PROBLEMS`` key for an OS error met reading or stat-ing one entry."""
+    if isinstance(err, NotARegularFile):
+        return "not_a_file"
+    if err.errno in (errno.ENOENT, errno.ELOOP):
+        return "broken_link"
+    return "unreadable"
 
 
 def check_key(key: str) -> str:
@@ -98,7 +125,17 @@ class LocalStorage:
         return str(self._path(key))
 
     def read_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        """The file's bytes. A FIFO, socket or device raises ``NotARegularFile`` without blocking:
+        the non-blocking open returns at once even for a pipe nobody writes to."""
+        path = self._path(key)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                return handle.read()
+        finally:
+            os.close(fd)
 
     def write_bytes(self, key: str, data: bytes, durable: bool = True) -> None:
         """Atomic (a temp file renamed). ``durable=False`` skips the per-file fsync for the many
@@ -181,21 +218,45 @@ class LocalStorage:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every entry under ``prefix``, sorted; never raises on one entry (see ``ENTRY_PROBLEMS``)."""
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(base):
+        unlistable: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(base, onerror=unlistable.append):
+            yield from (self._folder_problem(err) for err in unlistable)
+            unlistable.clear()
             dirnames.sort()
             for name in sorted(filenames):
                 if name.startswith(".") and name.endswith(".tmp"):
                     continue  # another writer's in-flight temp file
-                path = Path(dirpath) / name
-                stat = path.stat()
-                yield ObjectInfo(
-                    key=path.relative_to(self.root).as_posix(),
-                    size=stat.st_size,
-                    version=str(stat.st_mtime_ns),
-                )
+                yield self._entry(Path(dirpath) / name)
+        yield from (self._folder_problem(err) for err in unlistable)
+
+    def _entry(self, path: Path) -> ObjectInfo:
+        key = path.relative_to(self.root).as_posix()
+        try:
+            info = path.stat()  # follows a symbolic link: a link to a photo is that photo
+        except OSError as err:
+            try:
+                version = str(path.lstat().st_mtime_ns)
+            except OSError:
+                version = ""
+            return ObjectInfo(key, 0, version, entry_problem(err), err.strerror or str(err))
+        if not stat.S_ISREG(info.st_mode):
+            return ObjectInfo(key, 0, str(info.st_mtime_ns), "not_a_file", _file_type(info.st_mode))
+        return ObjectInfo(key, info.st_size, str(info.st_mtime_ns))
+
+    def _folder_problem(self, err: OSError) -> ObjectInfo:
+        key = Path(err.filename).relative_to(self.root).as_posix()
+        return ObjectInfo(key, 0, "", "unreadable_folder", err.strerror or str(err))
+
+
+def _file_type(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a named pipe", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device", stat.S_ISDIR: "a folder"}
+    return next((f"{name}, not a regular file" for test, name in kinds.items() if test(mode)),
+                "not a regular file")
 
 
 class GCSStorage:

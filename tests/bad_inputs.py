@@ -5,6 +5,7 @@ Each writer returns the file name and the status the pipeline must give it.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -68,3 +69,60 @@ def write_odd_modes(folder: Path, real_photos: Path | list[Path]) -> list[str]:
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
     save("mode_exif_rotated.jpg", lambda rgb: rgb, exif=exif)
     return written
+
+
+def write_hostile_entries(folder: Path, outside_photo: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """File-system entries a source folder holds sooner or later that are not plain photo files.
+
+    Returns ({name: status} for every entry named like a photo, {skip reason: count} for the others).
+    A symbolic link to a real photo is that photo; the rest must never be opened (a FIFO would block
+    its reader forever) yet get a row with a status."""
+    import socket
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "link_dangling.jpg").symlink_to(folder / "nowhere.jpg")
+    (folder / "link_loop.jpg").symlink_to(folder / "link_loop.jpg")
+    (folder / "link_to_photo.jpg").symlink_to(outside_photo)
+    os.mkfifo(folder / "pipe.jpg")
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(str(folder / "socket.png"))  # the socket file stays after the socket closes
+    photo = Image.open(outside_photo).convert("RGB")
+    photo.save(folder / "animation.gif")
+    photo.save(folder / "scan.tiff")
+    photo.save(folder / "bitmap.bmp")
+    (folder / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    (folder / "notes.txt").write_text("a caption file, not a photo\n")
+    (folder / "README").write_text("no extension\n")
+    (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    rows = {
+        "link_dangling.jpg": "broken_link", "link_loop.jpg": "broken_link", "link_to_photo.jpg": "ok",
+        "pipe.jpg": "not_a_file", "socket.png": "not_a_file", "animation.gif": "unsupported",
+        "scan.tiff": "unsupported", "bitmap.bmp": "unsupported", "phone.heic": "unsupported",
+    }
+    return rows, {"extension .txt": 1, "no extension": 1, "extension .mp4": 1}
+
+
+def write_unreadable_entries(folder: Path, photo: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """A photo and a folder this process may not read (mode 000): readable by privileged root only,
+    so ``without_file_privileges`` runs the pipeline on them."""
+    (folder / "locked").mkdir(parents=True)
+    for target in (folder / "unreadable.jpg", folder / "locked" / "inside.jpg"):
+        target.write_bytes(photo.read_bytes())
+        target.chmod(0)
+    (folder / "locked").chmod(0)
+    return {"unreadable.jpg": "unreadable"}, {"unreadable folder": 1}
+
+
+def without_file_privileges() -> None:
+    """``preexec_fn`` that makes a child process as bound by file modes as any deployment's user: as
+    root, drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set (so exec does not give
+    them back); as any other user there is nothing to drop."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "cannot drop file capabilities (needs CAP_SETPCAP)")

@@ -40,6 +40,14 @@ def _without_mlflow_uri(environ) -> dict:
     return {k: v for k, v in environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
+def photo_entries(folder: Path) -> list[str]:
+    """Every entry named like a photo under ``folder`` (links, pipes and sockets included), relative."""
+    from emotion_pipeline.manifest import is_image_name
+
+    return sorted((Path(d) / name).relative_to(folder).as_posix()
+                  for d, _, names in os.walk(folder) for name in names if is_image_name(name))
+
+
 def shard_results(summary: dict, task: str) -> list[dict]:
     """The stage summaries of the shard tasks that ran (a task mapped over nothing has none)."""
     return [t["result"] for t in summary["tasks"] if t["task"] == task and t["result"] is not None]
@@ -60,7 +68,7 @@ def check_outputs(root: Storage, expected_status: dict[str, str], all_files: lis
         assert by_name.loc[name, "status"] == status, (name, by_name.loc[name, "error"])
         assert by_name.loc[name, "error"], name
     assert set(dataset["status"]) <= {"ok", "no_face", "duplicate", "near_duplicate", "corrupt", "unsupported", "empty",
-                                      "too_large"}
+                                      "too_large", "broken_link", "not_a_file", "unreadable"}
 
     processed = dataset[dataset["status"].isin(["ok", "no_face"])]
     assert len(processed) > 0
@@ -77,7 +85,7 @@ def check_outputs(root: Storage, expected_status: dict[str, str], all_files: lis
     scores = ok[[f"emotion_{e}" for e in EMOTIONS]].to_numpy()
     np.testing.assert_allclose(scores.sum(axis=1), 100.0, rtol=1e-4)
     assert (ok["face_confidence"] >= 0.9).all() and (ok["n_confident_faces"] >= 1).all()
-    assert (ok["face_w"] > 0).all() and (ok["face_x"] + ok["face_w"] <= ok["orig_width"] + 1).all()
+    assert (ok["face_w"] > 0).all() and (ok["face_x"] + ok["face_w"] <= ok["upright_width"] + 1).all()
 
     for shard in sorted(dataset["shard"].unique()):
         prefix = f"shard={int(shard):05d}"

@@ -5,11 +5,11 @@ import pytest
 
 from emotion_pipeline.storage import LocalStorage, open_storage
 
-from .bad_inputs import write_bad_inputs, write_odd_modes
+from .bad_inputs import write_bad_inputs, write_hostile_entries, write_odd_modes
 from .conftest import FACES, FLICKR, copy_photos, flickr_names
 from .pipeline_run import (
-    SECOND_HALF_ARGS, check_mlflow, check_outputs, check_second_half, run_pipeline, screenshot, shard_results,
-    smtp_connection,
+    SECOND_HALF_ARGS, check_mlflow, check_outputs, check_second_half, photo_entries, run_pipeline, screenshot,
+    shard_results, smtp_connection,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -22,15 +22,19 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     photos = copy_photos(FLICKR, src, flickr_names(60))
     expected = write_bad_inputs(src, photos[0])
     odd = write_odd_modes(src, [FLICKR / name for name in flickr_names(7, offset=300)])  # not in src
+    hostile, skipped = write_hostile_entries(src, FLICKR / flickr_names(1, offset=320)[0])  # links, a pipe, ...
+    expected.update({name: status for name, status in hostile.items() if status != "ok"})
     args = ("--shard-size", "25", "--alert-emails", "ops@example.com", *SECOND_HALF_ARGS)
 
-    # 1. Cold run: 73 files -> shards 0..2, every output written.
+    # 1. Cold run: 82 entries named like photos -> shards 0..3, every output written; a broken link, a
+    #    pipe or a socket never stops (or blocks) a task, and what is not a photo is counted.
     first = run_pipeline(str(src), str(root_dir), tmp_path, *args, env=env)
     assert first["state"] == "success"
-    files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    files = photo_entries(src)
     dataset = check_outputs(LocalStorage(root_dir), expected, files)
-    assert first["images"] == len(files) == 60 + len(expected) + len(odd)
-    assert sorted(r["shard"] for r in shard_results(first, "annotate")) == [0, 1, 2]
+    assert first["images"] == len(files) == 60 + len(expected) + len(odd) + 1
+    assert first["discovery"]["skipped"] == skipped
+    assert sorted(r["shard"] for r in shard_results(first, "annotate")) == [0, 1, 2, 3]
     assert dataset["label"].notna().sum() >= 10 and (dataset["status"] == "no_face").sum() >= 5
     assert set(dataset.set_index("source_key").loc[odd, "status"]) <= {"ok", "no_face"}
     train = check_second_half(LocalStorage(root_dir), dataset, first)
@@ -60,13 +64,12 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     copy_photos(FACES, src / "batch2", faces)
     third = run_pipeline(str(src), str(root_dir), tmp_path, *args, env=env)
     assert third["discovery"]["hashed"] == 40 and third["discovery"]["new_images"] == 40
-    assert sorted(r["shard"] for r in shard_results(third, "resize")) == [3, 4]
-    assert sorted(r["shard"] for r in shard_results(third, "annotate")) == [3, 4]
-    assert sorted(r["shard"] for r in shard_results(third, "embed")) == [3, 4]
+    assert sorted(r["shard"] for r in shard_results(third, "resize")) == [4, 5]
+    assert sorted(r["shard"] for r in shard_results(third, "annotate")) == [4, 5]
+    assert sorted(r["shard"] for r in shard_results(third, "embed")) == [4, 5]
     report = shard_results(third, "check_drift")[0]
-    assert report["checked"] == [3, 4] and report["drifted"]
-    files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
-    dataset = check_outputs(LocalStorage(root_dir), expected, files)
+    assert report["checked"] == [4, 5] and report["drifted"]
+    dataset = check_outputs(LocalStorage(root_dir), expected, photo_entries(src))
     retrained = check_second_half(LocalStorage(root_dir), dataset, third)
     assert retrained["model_version"] == "2" and retrained["data_fingerprint"] != train["data_fingerprint"]
     check_mlflow(f"sqlite:///{root_dir / 'mlflow' / 'mlflow.db'}", retrained)

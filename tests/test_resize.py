@@ -50,3 +50,28 @@ def test_resize_accounts_for_every_file_and_skips_done_shards(tmp_path):
     again = resize_shard(config, 0)
     assert again.skipped is True and again.statuses == summary.statuses
     assert discover_images(config).pending == [0]  # annotate has not run yet
+
+
+def test_both_frames_are_recorded_and_boxes_map_onto_the_processed_copy(tmp_path):
+    """A landscape file with EXIF "rotate 90" displays as a portrait: orig_* are the stored sides,
+    upright_* the displayed ones, the frame every face box is in. A box over the whole upright photo
+    lands exactly on the processed copy's picture (not on its letterbox bars)."""
+    from emotion_pipeline.images import letterbox_box
+
+    src = tmp_path / "src"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((200, 300, 3), 200, np.uint8)).save(src / "turned.jpg", exif=exif)
+    config = PipelineConfig(source=str(src), root=str(tmp_path / "root"))
+    discover_images(config)
+    resize_shard(config, 0)
+    row = pd.read_parquet(open_storage(config.root).uri_for("metadata/shard=00000/metadata.parquet")).iloc[0]
+    assert (row["orig_width"], row["orig_height"]) == (300, 200)
+    assert (row["upright_width"], row["upright_height"]) == (200, 300)
+
+    pixels = np.asarray(Image.open(row["processed_uri"]).convert("L")) > 100  # the picture, not the bars
+    columns, rows = np.flatnonzero(pixels.any(axis=0)), np.flatnonzero(pixels.any(axis=1))
+    left, top, right, bottom = letterbox_box((0, 0, 200, 300), row["upright_width"], row["upright_height"], 224)
+    assert abs(left - columns[0]) <= 1 and abs(right - 1 - columns[-1]) <= 1
+    assert abs(top - rows[0]) <= 1 and abs(bottom - 1 - rows[-1]) <= 1

@@ -22,7 +22,7 @@ import pandas as pd
 from .. import catalog
 from ..config import CLASSES, EMOTIONS, PipelineConfig
 from ..faces import RACES, analyze_crops, build_models, detect_faces, detector_is_thread_safe, face_detector, face_record
-from ..images import ImageError, load_rgb_array
+from ..images import ImageError, load_rgb_array, read_photo
 from ..progress import Progress, in_order_ahead
 from ..results import AnnotateResult
 from ..runner import StageRun, run_stage
@@ -115,8 +115,6 @@ def _detect_and_analyze(
                 _detect(config, source, row.source_key, photo)
             except ImageError as err:
                 photo.update(status=err.status, error=str(err))
-            except FileNotFoundError as err:
-                photo.update(status="missing", error=f"source file disappeared: {err}")
         return photo
 
     if config.detector != "skip":
@@ -140,7 +138,7 @@ def _detect_and_analyze(
 
 
 def _detect(config: PipelineConfig, source: Storage, key: str, photo: dict[str, Any]) -> None:
-    rgb, scale = load_rgb_array(source.read_bytes(key), config.max_image_pixels, config.detect_max_side)
+    rgb, scale = load_rgb_array(read_photo(source, key), config.max_image_pixels, config.detect_max_side)
     for index, face in enumerate(detect_faces(rgb, config.detector)):
         photo["faces"].append({
             "crop": face.crop,

@@ -23,9 +23,9 @@ def discover(run: StageRun) -> DiscoverResult:
         run: the config and both storages (``runner.StageRun``).
 
     Returns:
-        Photos found, new and hashed, every shard, and ``pending``: the shards a per-shard stage of
-        the registry must still run on. Only those are mapped to tasks, so a re-run with nothing new
-        launches no shard task.
+        Photos found, new and hashed, every shard, ``pending``: the shards a per-shard stage of
+        the registry must still run on (only those are mapped to tasks, so a re-run with nothing new
+        launches no shard task), and ``skipped``: entries that are not photos, counted by reason.
 
     Raises:
         storage.StorageError: the source cannot be listed (a missing bucket, a denied permission).
@@ -34,4 +34,4 @@ def discover(run: StageRun) -> DiscoverResult:
     pending = [s for s in found.shards
                if not all(is_complete(stage, run.config, run.root, found.manifest, s) for stage in shard_stages())]
     return DiscoverResult(images=int(found.manifest["present"].sum()), new_images=found.new_files,
-                          hashed=found.rehashed, shards=found.shards, pending=pending)
+                          hashed=found.rehashed, shards=found.shards, pending=pending, skipped=found.skipped)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .. import catalog
 from ..config import PipelineConfig
+from ..images import read_photo
 from ..modeling.embedding import DIM, decode_photo, image_vectors, model_input, resnet50
 from ..progress import Progress, in_order_ahead
 from ..results import EmbedResult
@@ -87,7 +88,7 @@ def embed(run: StageRun) -> EmbedResult:
 def input_of(config: PipelineConfig, source: Storage, note: pd.Series, kind: str) -> np.ndarray:
     """The model input of one annotated photo (a dataset or annotations row): its label face when
     ``kind`` is ``face``, else the whole photo. Evaluate's heat maps use the same function."""
-    photo = decode_photo(source.read_bytes(note["source_key"]), config.max_image_pixels)
+    photo = decode_photo(read_photo(source, note["source_key"]), config.max_image_pixels)
     box = tuple(note[f"face_{k}"] for k in ("x", "y", "w", "h")) if kind == "face" else None
     return model_input(photo, box)
 

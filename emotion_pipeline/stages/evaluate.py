@@ -57,8 +57,8 @@ def evaluate(run: StageRun) -> EvaluateResult:
     version = trained.model_version
 
     mlflow = tracking.use_experiment(config)
-    model = mlflow.keras.load_model(trained.model_uri)
-    baseline = mlflow.sklearn.load_model(f"runs:/{trained.run_id}/baseline")
+    model = tracking.load_model(trained.model_uri)
+    baseline = tracking.load_model(f"runs:/{trained.run_id}/baseline", "sklearn")
     data = load_training_data(root, config.min_rows_per_class, gold_ids(root))  # the rows train saw
     x_test, y_test = data.part("test")
     _, y_train = data.part("train")

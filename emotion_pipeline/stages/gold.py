@@ -25,7 +25,7 @@ import pandas as pd
 from .. import catalog
 from ..config import CLASSES, EMOTIONS, PipelineConfig
 from ..faces import analyze_crops, build_models, detect_faces
-from ..images import ImageError, load_rgb_array
+from ..images import ImageError, load_rgb_array, read_photo
 from ..manifest import content_id, is_image_name, load_manifest
 from ..modeling.evaluation import deepface_agreement
 from ..results import GoldResult
@@ -114,7 +114,7 @@ def check_gold(run: StageRun) -> GoldResult:
         record = {"key": row.key, "uri": row.storage.uri_for(row.key), "label": row.label, "status": "ok",
                   "error": None, "face_index": None}
         try:
-            data = row.storage.read_bytes(row.key)
+            data = read_photo(row.storage, row.key)
             record["image_id"] = content_id(data, row.key)
             rgb, scale = load_rgb_array(data, config.max_image_pixels, config.detect_max_side)
             faces = [f for f in detect_faces(rgb, detector) if f.confidence >= config.min_face_confidence]

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .. import catalog
 from ..config import PipelineConfig
-from ..images import ImageError, decode_rgb, letterbox, open_checked, to_jpeg
+from ..images import ImageError, decode_rgb, letterbox, open_checked, read_photo, to_jpeg
 from ..progress import Progress
 from ..results import ResizeResult
 from ..runner import StageRun, run_stage
@@ -23,9 +23,9 @@ from ..tables import write_table
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "image_id", "source_key", "source_uri", "shard", "orig_width", "orig_height", "orig_format",
-    "orig_mode", "orig_bytes", "processed_uri", "status", "error",
-]
+    "image_id", "source_key", "source_uri", "shard", "orig_width", "orig_height", "upright_width",
+    "upright_height", "orig_format", "orig_mode", "orig_bytes", "processed_uri", "status", "error",
+]  # orig_*: as stored in the file; upright_*: after EXIF orientation, the frame face boxes are in
 
 
 def resize_shard(
@@ -77,18 +77,19 @@ def resize_one(config: PipelineConfig, source: Storage, root: Storage, row) -> d
         "image_id": row.image_id, "source_key": row.source_key, "source_uri": row.source_uri,
         "shard": int(row.shard), "orig_bytes": int(row.size_bytes), "processed_uri": None, "error": None,
     }
+    if row.entry_problem:  # a broken link, a pipe, no permission: never opened (see manifest)
+        return {**record, "status": row.entry_problem, "error": row.entry_error or row.entry_problem}
     if row.duplicate_of:
         return {**record, "status": "duplicate", "error": f"same content as {row.duplicate_of}"}
     try:
-        data = source.read_bytes(row.source_key)
+        data = read_photo(source, row.source_key)
         record["orig_bytes"] = len(data)
-        image, info = open_checked(data, config.max_image_pixels)
-        record.update(orig_width=info.width, orig_height=info.height, orig_format=info.format, orig_mode=info.mode)
+        image, info = open_checked(data, config.max_image_pixels, row.source_key)
+        record.update(orig_width=info.width, orig_height=info.height, upright_width=info.upright_width,
+                      upright_height=info.upright_height, orig_format=info.format, orig_mode=info.mode)
         thumbnail = letterbox(decode_rgb(image, draft_size=config.image_size), config.image_size)
         key = catalog.processed_photo(row.image_id)
         root.write_bytes(key, to_jpeg(thumbnail), durable=False)
         return {**record, "status": "ok", "processed_uri": root.uri_for(key)}
     except ImageError as err:
         return {**record, "status": err.status, "error": str(err)}
-    except FileNotFoundError as err:
-        return {**record, "status": "missing", "error": f"source file disappeared: {err}"}

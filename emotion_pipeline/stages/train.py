@@ -138,7 +138,7 @@ def _promote_if_better(mlflow, config, version: str, macro_f1: float, x_test, y_
     except mlflow.exceptions.MlflowException:
         current = None
     if current is not None and str(current.version) != version:
-        champion_model = mlflow.keras.load_model(f"models:/{config.registered_model}@{tracking.CHAMPION}")
+        champion_model = tracking.load_model(f"models:/{config.registered_model}@{tracking.CHAMPION}")
         champion_f1 = classification_metrics(y_test, champion_model.predict(x_test, verbose=0).argmax(1))["macro_f1"]
         mlflow.log_metric("champion_test_macro_f1", champion_f1)
         if macro_f1 <= champion_f1:
