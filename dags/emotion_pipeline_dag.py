@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, dag, task
 
 from emotion_pipeline.config import PipelineConfig, form_params
-from emotion_pipeline.registry import stage
+from emotion_pipeline.registry import execution_timeout, stage
 
 # Whoever lands a new batch of photos in the source posts an event on this asset; that starts a run
 # with the default params, so it can only be the schedule where the default source and root are set.
@@ -67,6 +67,9 @@ def stage_task(name: str, **options):
     go to the `gpu` queue and pool. Returns the stage's result plus the worker that ran it, so GPU
     routing can be audited from the outputs."""
     spec = stage(name)
+    # Scaled by the deployment's shard size (EMOTION_PIPELINE_SHARD_SIZE): a timeout is fixed when the
+    # DAG is parsed, so a run with much bigger shards should have the deployment default raised too.
+    options = {"execution_timeout": execution_timeout(spec, PARAMS["shard_size"].value), **options}
     if spec.gpu:
         options = {"queue": "gpu", "pool": "gpu", **options}
     if not spec.per_shard:
@@ -100,7 +103,7 @@ def stage_task(name: str, **options):
     },
 )
 def emotion_pipeline():
-    @task
+    @task(execution_timeout=execution_timeout(stage("discover"), PARAMS["shard_size"].value))
     def discover(params=None, ti=None) -> list[int]:
         """Returns the shards with work left (what the shard tasks map over); the full summary
         (photos found, new, hashed, all shards) goes to the XCom key ``summary``."""
@@ -110,7 +113,7 @@ def emotion_pipeline():
         ti.xcom_push(key="summary", value=summary)
         return summary["pending"]
 
-    @task
+    @task(execution_timeout=timedelta(minutes=10))
     def alert_on_drift(report: dict, **context) -> bool:
         from emotion_pipeline.airflow_adapter import send_drift_alert
 

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=8080)
     ui.add_argument("--airflow-home", type=Path)
 
-    serve = commands.add_parser("serve", help="the prediction API (gunicorn) on the registered champion")
+    serve = commands.add_parser("serve", help="the prediction API (uvicorn) on the registered champion")
     serve.add_argument("--root", required=True, help="the pipeline's storage root (MLflow store, reports)")
     serve.add_argument("--model-uri", help="default: models:/emotion-classifier@champion")
     serve.add_argument("--embed-weights", help="default: the weights the model was trained with")
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--workers", type=int, default=1, help="processes; each loads the models once")
     serve.add_argument("--max-upload-mb", type=float, default=10.0)
+    serve.add_argument("--read-timeout", type=float, default=30.0,
+                       help="seconds a client has to send its request body (then 408)")
 
     dashboard = commands.add_parser("dashboard", help="the Streamlit dashboard on a pipeline's outputs")
     dashboard.add_argument("--root", required=True, help="the pipeline's storage root")
@@ -103,17 +105,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """exec gunicorn: one sync worker per process, models loaded in each worker (never preloaded)."""
-    env = {"EMOTION_PIPELINE_ROOT": args.root, "EMOTION_PIPELINE_MAX_UPLOAD_MB": str(args.max_upload_mb)}
+    """exec uvicorn: ``--workers`` processes, each loading the models once (never preloaded), each
+    reading bodies on its event loop and predicting in a thread (see serve/api.py)."""
+    env = {"EMOTION_PIPELINE_ROOT": args.root, "EMOTION_PIPELINE_MAX_UPLOAD_MB": str(args.max_upload_mb),
+           "EMOTION_PIPELINE_READ_TIMEOUT": str(args.read_timeout)}
     if args.model_uri:
         env["EMOTION_PIPELINE_MODEL_URI"] = args.model_uri
     if args.embed_weights:
         env["EMOTION_PIPELINE_EMBED_WEIGHTS"] = args.embed_weights
     os.environ.update(env)
-    gunicorn = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--bind",
-                f"{args.host}:{args.port}", "--timeout", "300", "--graceful-timeout", "20",
-                "emotion_pipeline.serve.api:create_app()"]
-    os.execv(sys.executable, gunicorn)
+    uvicorn = [sys.executable, "-m", "uvicorn", "--factory", "emotion_pipeline.serve.api:create_app",
+               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
+               "--timeout-graceful-shutdown", "20", "--timeout-keep-alive", "5"]
+    os.execv(sys.executable, uvicorn)
     return 0
 
 

@@ -21,6 +21,7 @@ named, and imported only when they run).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from . import catalog
 from .results import (
@@ -49,20 +50,28 @@ class Stage:
     marker: bool = True  # False: the stage keeps its own idempotence (discover lists, drift logs)
     force: str | None = None  # a boolean knob that makes it run even when its marker matches
     lease: str | None = None  # a root-wide lease held around it: one at a time per root
+    # Airflow's execution_timeout: ``minutes``, plus ``seconds_per_photo`` x the shard size for a
+    # per-shard stage. Generous (about 10x the CPU cost measured on 2 cores): it is there to end a
+    # task stuck on a hung mount or service, not to race a slow but working one.
+    minutes: int = 30
+    seconds_per_photo: float = 0.0
 
 
 S = "emotion_pipeline.stages."
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("discover", S + "discover:discover", DiscoverResult, catalog.MANIFEST_FOLDER, marker=False),
+    Stage("discover", S + "discover:discover", DiscoverResult, catalog.MANIFEST_FOLDER, marker=False, minutes=120),
     Stage("resize", S + "resize:resize", ResizeResult, catalog.RESIZE_FOLDER, per_shard=True,
-          knobs=("image_size", "max_image_pixels"), photo_table=catalog.METADATA_TABLE),
+          knobs=("image_size", "max_image_pixels"), photo_table=catalog.METADATA_TABLE, seconds_per_photo=0.5),
     Stage("annotate", S + "annotate:annotate", AnnotateResult, catalog.ANNOTATE_FOLDER, per_shard=True,
           upstream=("resize",), knobs=("detector", "actions", "min_face_confidence", "detect_max_side",
-                                        "max_image_pixels"), photo_table=catalog.ANNOTATIONS_TABLE, gpu=True),
+                                        "max_image_pixels"), photo_table=catalog.ANNOTATIONS_TABLE, gpu=True,
+          seconds_per_photo=5),
     Stage("embed", S + "embed:embed", EmbedResult, catalog.EMBED_FOLDER, per_shard=True, upstream=("annotate",),
-          covers=("annotate",), knobs=("embed_input", "embed_weights", "max_image_pixels"), gpu=True),
+          covers=("annotate",), knobs=("embed_input", "embed_weights", "max_image_pixels"), gpu=True,
+          seconds_per_photo=2),
     Stage("dedupe", S + "dedupe:dedupe", DedupeResult, catalog.DEDUPE_FOLDER, upstream=("resize",),
-          knobs=("dedupe_max_distance", "image_size", "max_image_pixels"), photo_table=catalog.NEAR_DUPLICATES),
+          knobs=("dedupe_max_distance", "image_size", "max_image_pixels"), photo_table=catalog.NEAR_DUPLICATES,
+          minutes=120),
     Stage("check_drift", S + "drift:check_drift", DriftReport, catalog.DRIFT_FOLDER, upstream=("annotate",),
           marker=False),
     Stage("merge", S + "merge:merge", MergeResult, catalog.MERGE_FOLDER, reads_photo_tables=True),
@@ -70,14 +79,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           upstream=("embed",), covers=("embed",)),
     Stage("check_gold", S + "gold:check_gold", GoldResult, catalog.GOLD_FOLDER, photos=False,
           inputs=S + "gold:gold_files", knobs=("gold", "gold_detector", "detector", "min_face_confidence",
-                                               "detect_max_side", "max_image_pixels"), gpu=True),
+                                               "detect_max_side", "max_image_pixels"), gpu=True, minutes=120),
     Stage("train", S + "train:train", TrainResult, catalog.TRAIN_FOLDER, photos=False,
           upstream=("merge", "assemble_features", "check_gold"), inputs=S + "train:training_data_fingerprint",
           knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class",
-                 "registered_model"), force="force_train", lease="train"),
+                 "registered_model"), force="force_train", lease="train", minutes=360),
     Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE_FOLDER, photos=False,
           upstream=("train",), covers=("train",), knobs=("shap_samples", "shap_images", "shap_image_evals", "seed"),
-          gpu=True),
+          gpu=True, minutes=120),
 )}
 ALIASES = {"drift": "check_drift", "assemble": "assemble_features", "gold": "check_gold"}  # CLI shorthands
 
@@ -98,6 +107,11 @@ def stage(name: str) -> Stage:
     if found is None:
         raise KeyError(f"no stage {name!r}: choose from {', '.join(STAGES)}")
     return found
+
+
+def execution_timeout(spec: Stage, shard_size: int) -> timedelta:
+    """The Airflow ``execution_timeout`` of a stage's task for shards of ``shard_size`` photos."""
+    return timedelta(minutes=spec.minutes, seconds=spec.seconds_per_photo * shard_size if spec.per_shard else 0)
 
 
 def upstream_of(spec: Stage) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -126,7 +127,14 @@ def trained_root(tmp_path_factory):
     copy_photos(FACES, src / "faces", sorted(p.name for p in FACES.glob("img*.jpg"))[:30])
     config = PipelineConfig(source=str(src), root=str(base / "out"), shard_size=40, embed_weights="none",
                             tuner_max_epochs=2, shap_images=1, shap_image_evals=40, min_rows_per_class=3)
-    results = run_all_stages(config)
+    # Every temp file or folder any stage (or MLflow, Keras, SHAP under it) makes lands here, so that
+    # test_stages_leave_no_temp_files can see what was left behind.
+    (base / "tmp").mkdir()
+    saved, tempfile.tempdir = tempfile.tempdir, str(base / "tmp")
+    try:
+        results = run_all_stages(config)
+    finally:
+        tempfile.tempdir = saved
     assert results["train"].trained, results["train"]
     return config, results
 

@@ -1,7 +1,9 @@
-"""The real API under gunicorn on loopback, real HTTP requests, real photos and every bad input."""
+"""The real API under uvicorn on loopback: real HTTP requests (urllib, raw sockets, real curl), real
+photos, every bad input, stalled and oversized clients."""
 import io
 import http.client
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from .conftest import FACES, FLICKR, flickr_names, free_port, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 LIMIT_MB = 1
+READ_TIMEOUT = 3  # seconds the API gives a client to send its body
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,8 @@ def api(trained_root):
     port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "emotion-pipeline"), "serve", "--root", config.root,
-         "--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--max-upload-mb", str(LIMIT_MB)],
+         "--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--max-upload-mb", str(LIMIT_MB),
+         "--read-timeout", str(READ_TIMEOUT)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
@@ -148,3 +152,62 @@ def test_concurrent_requests_are_safe(api):
         assert len(got) == len(want)
         for g, w in zip(got, want):
             assert all(abs(g[c] - w[c]) < 1e-4 for c in CLASSES)
+
+
+def curl(base: str, *args: str) -> tuple[int, dict]:
+    """Real curl, as the README tells users to call the API: (HTTP status, JSON body)."""
+    done = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *args, f"{base}/predict"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+def test_curl_sends_the_photo_however_the_readme_says(api, tmp_path):
+    """--data-binary sends a form content type (application/x-www-form-urlencoded); -F a file part;
+    -F name=<file a part without a file name. All three are the photo."""
+    photo = FACES / "couple.jpg"
+    status, expected = call(api, "POST", "/predict", *raw(photo.read_bytes()))
+    assert status == 200 and len(expected["faces"]) >= 2
+    for args in (["--data-binary", f"@{photo}"], ["-F", f"image=@{photo}"], ["-F", f"image=<{photo}"],
+                 ["--data-binary", f"@{photo}", "-H", "Content-Type: image/jpeg"]):
+        status, body = curl(api, *args)
+        assert status == 200 and body == expected, (args, body)
+
+
+def test_a_chunked_upload_over_the_limit_is_413(api, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\xff" * (LIMIT_MB * 1024 * 1024 + 100_000))
+    status, body = curl(api, "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{big}")
+    assert status == 413 and "limit" in body["error"]
+
+
+def test_the_pixel_limit_is_the_pipelines(api, trained_root):
+    config, _ = trained_root
+    assert call(api, "GET", "/model")[1]["max_image_pixels"] == config.max_image_pixels
+    under = int((config.max_image_pixels * 0.9) ** 0.5)  # declared under the limit: decoded, then corrupt
+    assert call(api, "POST", "/predict", *raw(giant_png_header(under, under)))[0] == 400
+    over = int((config.max_image_pixels * 1.1) ** 0.5)
+    assert call(api, "POST", "/predict", *raw(giant_png_header(over, over)))[0] == 422
+
+
+def test_stalled_clients_do_not_delay_health_and_are_cut_off(api):
+    """Four clients (two per worker) send headers and a sliver of their body, then stall: /health still
+    answers within a second, and each stalled client gets 408 after the read timeout."""
+    url = urlsplit(api)
+    stalled = []
+    for _ in range(4):
+        client = socket.create_connection((url.hostname, url.port), timeout=60)
+        client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                       b"Content-Length: 500000\r\n\r\n" + b"\xff" * 1000)
+        stalled.append(client)
+    started = time.monotonic()
+    for _ in range(5):
+        asked = time.monotonic()
+        assert call(api, "GET", "/health")[0] == 200
+        assert time.monotonic() - asked < 1.0  # the liveness bound the API promises, not a benchmark
+    for client in stalled:
+        answer = client.recv(4096).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 408"), answer[:200]
+        client.close()
+    assert time.monotonic() - started < READ_TIMEOUT + 10

@@ -18,6 +18,7 @@ PARSE = textwrap.dedent("""
     print(json.dumps({
         "errors": {k: str(v) for k, v in bag.import_errors.items()},
         "tasks": {t.task_id: {"queue": t.queue, "pool": t.pool, "retries": t.retries,
+                              "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                               "mapped": "Mapped" in type(t).__name__,
                               "upstream": sorted(t.upstream_task_ids)} for t in dag.tasks},
         "params": sorted(dag.params.keys()),
@@ -77,6 +78,18 @@ def test_the_dag_wires_what_the_registry_declares(tmp_path):
         assert set(upstream_of(stage)) <= ancestors(name), name  # and runs after what it reads
         assert tasks[name]["mapped"] == stage.per_shard, name
         assert (tasks[name]["queue"] == "gpu") == stage.gpu, name
+
+
+def test_every_task_has_a_timeout_scaled_by_the_shard_size(tmp_path):
+    """A task stuck on a hung mount or service ends (and retries) instead of holding its slot forever."""
+    from emotion_pipeline.registry import STAGES, execution_timeout
+
+    default = parse_dag(tmp_path)["tasks"]
+    assert all(t["timeout"] and t["timeout"] > 0 for t in default.values()), default
+    big = parse_dag(tmp_path, EMOTION_PIPELINE_SHARD_SIZE="4000")["tasks"]
+    for name, stage in STAGES.items():
+        assert default[name]["timeout"] == execution_timeout(stage, 1000).total_seconds(), name
+        assert (big[name]["timeout"] > default[name]["timeout"]) == stage.per_shard, name
 
 
 def test_deployment_defaults_come_from_the_environment_and_enable_the_asset_schedule(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .. import catalog
@@ -34,6 +35,16 @@ def _local_mlflow_folder(config: PipelineConfig) -> Path:
     if config.root.startswith(GCS_SCHEME):  # a database cannot live in a bucket: keep it local
         return state_home() / catalog.MLFLOW_FOLDER
     return Path(config.root).expanduser().resolve() / catalog.MLFLOW_FOLDER
+
+
+def load_model(uri: str, flavor: str = "keras"):
+    """A logged model, loaded into memory. Its files are downloaded into a temp folder that is
+    removed once loaded: MLflow's default leaves one ``/tmp/tmp*`` folder behind per load."""
+    import mlflow
+
+    loader = {"keras": mlflow.keras.load_model, "sklearn": mlflow.sklearn.load_model}[flavor]
+    with tempfile.TemporaryDirectory(prefix="emotion-model-") as folder:
+        return loader(uri, dst_path=folder)
 
 
 def use_experiment(config: PipelineConfig):

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from emotion_pipeline import catalog
 from emotion_pipeline.config import CLASSES, PipelineConfig
 from emotion_pipeline.storage import open_storage
+from emotion_pipeline.images import letterbox_box
 
 PAGES = ("Dataset", "Monitoring", "Model", "Try it")
 
@@ -62,12 +63,10 @@ def latest_report(uri: str) -> tuple[str, dict] | None:
 def boxed_thumbnail(uri: str, row: pd.Series) -> Image.Image:
     """The letterboxed copy with the label face's box mapped onto it."""
     image = Image.open(io.BytesIO(storage(uri).read_bytes(catalog.processed_photo(row["image_id"])))).convert("RGB")
-    width, height = float(row["orig_width"]), float(row["orig_height"])
-    side = image.width  # the processed copies are square (image_size)
-    scale = side / max(width, height)
-    dx, dy = (side - width * scale) / 2, (side - height * scale) / 2
-    x, y, w, h = (float(row[f"face_{k}"]) for k in ("x", "y", "w", "h"))
-    ImageDraw.Draw(image).rectangle([dx + x * scale, dy + y * scale, dx + (x + w) * scale, dy + (y + h) * scale],
+    # Face boxes are in the upright frame (EXIF orientation applied), like the processed copy.
+    width, height = (float(row.get(f"upright_{k}", row[f"orig_{k}"])) for k in ("width", "height"))
+    box = tuple(float(row[f"face_{k}"]) for k in ("x", "y", "w", "h"))
+    ImageDraw.Draw(image).rectangle(letterbox_box(box, width, height, image.width),  # square copies
                                     outline=(255, 40, 40), width=2)
     return image
 
@@ -187,7 +186,7 @@ def page_try_it(uri: str) -> None:
     except ImageError as err:
         st.error(f"{err.status}: {err}")
         return
-    image = decode_rgb(open_checked(data, predictor(uri).settings.max_image_pixels)[0])
+    image = decode_rgb(open_checked(data, predictor(uri).info["max_image_pixels"])[0])
     draw = ImageDraw.Draw(image)
     for face in result["faces"]:
         b = face["box"]

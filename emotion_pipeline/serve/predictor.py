@@ -29,8 +29,11 @@ class ServeSettings:
     model_uri: str | None = None  # default: models:/emotion-classifier@champion
     embed_weights: str | None = None  # default: what the model was trained with
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = _PIPELINE.max_image_pixels  # one pixel limit: a photo the pipeline takes, the API takes
-    detect_max_side: int = _PIPELINE.detect_max_side
+    read_timeout: float = 30.0  # seconds a client has to send its whole request body
+    # Default: the values the model's pipeline run used (logged in MLflow), so that a photo the
+    # pipeline takes, the API takes, and faces are found at the same detection size.
+    max_image_pixels: int | None = None
+    detect_max_side: int | None = None
 
 
 class Predictor:
@@ -55,10 +58,14 @@ class Predictor:
             "embed_input": params.get("config.embed_input", "face"),
             "detector": params.get("config.detector", "mtcnn"),
             "min_face_confidence": float(params.get("config.min_face_confidence", 0.9)),
+            "max_image_pixels": settings.max_image_pixels or int(
+                params.get("config.max_image_pixels", _PIPELINE.max_image_pixels)),
+            "detect_max_side": settings.detect_max_side or int(
+                params.get("config.detect_max_side", _PIPELINE.detect_max_side)),
         }
         weights = settings.embed_weights or params.get("config.embed_weights", "imagenet")
         self.batch_size = int(params.get("config.embed_batch_size", _PIPELINE.embed_batch_size))
-        self.head = mlflow.keras.load_model(f"models:/{config.registered_model}/{version.version}")
+        self.head = tracking.load_model(f"models:/{config.registered_model}/{version.version}")
         # The precision the training vectors were made with (it only differs from float32 on a GPU).
         self.resnet = resnet50(weights, params.get("config.mixed_precision", "True") == "True")
         build_models(("emotion",))  # fail now, not on the first request, if DeepFace weights are missing
@@ -74,8 +81,8 @@ class Predictor:
     def face_vectors(self, data: bytes) -> tuple[list[tuple[int, int, int, int]], list[float], np.ndarray]:
         """The confident faces of a photo, as the pipeline finds them, and the vector of each: the same
         model-input path as embed (``modeling.embedding``), so the head sees what it was trained on."""
-        photo = decode_photo(data, self.settings.max_image_pixels)
-        scale = min(1.0, self.settings.detect_max_side / max(photo.size))
+        photo = decode_photo(data, self.info["max_image_pixels"])
+        scale = min(1.0, self.info["detect_max_side"] / max(photo.size))
         small = photo if scale == 1.0 else photo.resize(
             (round(photo.width * scale), round(photo.height * scale)), Image.Resampling.BICUBIC)  # as annotate
         found = [f for f in detect_faces(np.asarray(small), self.info["detector"])
