@@ -5,8 +5,12 @@ The manifest (``manifest/images.parquet`` under the root) has one row per source
     source_key, source_uri, image_id, size_bytes, version, shard, duplicate_of, present,
     entry_problem, entry_error
 
-* ``image_id`` is a hash of the file's bytes, so the same photo under two names has one id; the
-  second name is marked ``duplicate_of`` the first and is not processed twice.
+* ``image_id`` is a hash of the file's bytes, so the same photo under two names has one id. Among
+  the present names of an id, the first in shard order processes it; the others are marked
+  ``duplicate_of`` it and are not processed twice. This is recomputed at every discovery over the
+  present names only: when the processing name is deleted, moved or renamed, a present copy takes
+  over (its shard runs again: ``duplicate_of`` is part of the shard's fingerprint). Which name the
+  final dataset calls the original (the first by name, as a run from scratch would) is merge's call.
 * Shards are append-only: rows never move, new files form new shards after the last one. A backfill
   of a new batch therefore touches only the new shards.
 * ``present`` says whether the file was found by the latest discovery; the final dataset holds the
@@ -152,16 +156,12 @@ def _assign_shards(
     previous: pd.DataFrame, current: list[tuple[ObjectInfo, str]], source: Storage, shard_size: int
 ) -> tuple[pd.DataFrame, int]:
     seen = {(k, i) for k, i in zip(previous["source_key"], previous["image_id"])}
-    first_key_of = {}  # image_id -> the first source_key it was seen under (in shard order)
-    for row in previous.sort_values(["shard", "source_key"]).itertuples(index=False):
-        first_key_of.setdefault(row.image_id, row.source_key)
 
     next_shard = int(previous["shard"].max()) + 1 if len(previous) else 0
     new_rows = []
     for obj, image_id in current:
         if (obj.key, image_id) in seen:
             continue
-        original = first_key_of.setdefault(image_id, obj.key)
         new_rows.append({
             "source_key": obj.key,
             "source_uri": source.uri_for(obj.key),
@@ -169,7 +169,7 @@ def _assign_shards(
             "size_bytes": obj.size,
             "version": obj.version,
             "shard": next_shard + len(new_rows) // shard_size,
-            "duplicate_of": original if original != obj.key else "",
+            "duplicate_of": "",  # decided below, over every present row
             "present": True,
             "entry_problem": obj.problem,
             "entry_error": obj.error,
@@ -182,8 +182,18 @@ def _assign_shards(
     keys = list(zip(manifest["source_key"], manifest["image_id"]))
     manifest["present"] = [k in listed for k in keys]
     manifest["version"] = [listed[k].version if k in listed else v for k, v in zip(keys, manifest["version"])]
-    manifest = manifest.astype({c: _dtype(c) for c in COLUMNS})
-    return manifest.reset_index(drop=True), len(new_rows)
+    manifest = manifest.astype({c: _dtype(c) for c in COLUMNS}).reset_index(drop=True)
+    return _choose_processing_names(manifest), len(new_rows)
+
+
+def _choose_processing_names(manifest: pd.DataFrame) -> pd.DataFrame:
+    """``duplicate_of`` of every present row: "" for the first present name of its id in (shard, name)
+    order, that name for the others. Rows no longer present keep theirs (their shards' outputs stay
+    as they were)."""
+    present = manifest[manifest["present"]].sort_values(["shard", "source_key"])
+    owner = present.groupby("image_id")["source_key"].transform("first")
+    manifest.loc[present.index, "duplicate_of"] = owner.where(owner != present["source_key"], "")
+    return manifest
 
 
 def shard_rows(manifest: pd.DataFrame, shard: int) -> pd.DataFrame:
@@ -196,8 +206,11 @@ def shard_rows(manifest: pd.DataFrame, shard: int) -> pd.DataFrame:
 def shard_fingerprint(rows: pd.DataFrame, **params: object) -> str:
     """Identifies a stage's input for one shard: its members and the stage's parameters."""
     digest = hashlib.sha256()
-    for key, image_id in sorted(zip(rows["source_key"], rows["image_id"])):
-        digest.update(f"{key}\0{image_id}\n".encode())
+    duplicate_of = rows["duplicate_of"] if "duplicate_of" in rows else [""] * len(rows)
+    for key, image_id, original in sorted(zip(rows["source_key"], rows["image_id"], duplicate_of)):
+        # A row that processes its photo hashes as before; a duplicate also names what it copies,
+        # so that a copy taking over from a deleted name re-runs its shard.
+        digest.update((f"{key}\0{image_id}" + (f"\0{original}" if original else "") + "\n").encode())
     for name in sorted(params):
         digest.update(f"{name}={params[name]!r}\n".encode())
     return digest.hexdigest()[:20]

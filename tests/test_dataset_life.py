@@ -1,0 +1,178 @@
+"""The dataset's life: edits, moves, renames, deletions and copies give what a run from scratch gives.
+
+The cheap checks run discovery, resize and merge only; the oracle test runs every stage up to the
+assembled vectors, incrementally on root A and from scratch on a fresh root B after each change."""
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from emotion_pipeline import catalog
+from emotion_pipeline.config import PipelineConfig
+from emotion_pipeline.manifest import discover, shard_fingerprint, shard_rows
+from emotion_pipeline.stages.discover import discover_images
+from emotion_pipeline.stages.merge import merge_dataset
+from emotion_pipeline.stages.resize import resize_shard
+from emotion_pipeline.storage import LocalStorage, open_storage
+
+from .conftest import FACES, FLICKR, copy_photos, flickr_names
+
+
+def resize_and_merge(config: PipelineConfig) -> pd.DataFrame:
+    for shard in discover_images(config).pending:
+        resize_shard(config, shard)
+    merge_dataset(config)
+    return catalog.read_dataset(open_storage(config.root)).set_index("source_key")
+
+
+def rotate_in_place(path) -> None:
+    Image.open(path).rotate(90, expand=True).save(path, quality=90)
+
+
+def test_a_photo_edited_in_place_replaces_its_row(tmp_path):
+    """Its earlier content's row (in an earlier shard) must not collide with the new one in merge."""
+    src = tmp_path / "src"
+    photos = copy_photos(FLICKR, src, flickr_names(4))
+    config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), shard_size=10)
+    before = resize_and_merge(config)
+    rotate_in_place(photos[1])
+    after = resize_and_merge(config)
+    assert len(after) == 4 and after.index.is_unique
+    assert after.loc[photos[1].name, "image_id"] != before.loc[photos[1].name, "image_id"]
+    assert after.loc[photos[1].name, "shard"] == 1 and after.loc[photos[1].name, "upright_width"] == \
+        before.loc[photos[1].name, "upright_height"]
+
+
+def test_a_photo_resized_but_not_annotated_is_pending(tmp_path):
+    src = tmp_path / "src"
+    copy_photos(FLICKR, src, flickr_names(3))
+    config = PipelineConfig(source=str(src), root=str(tmp_path / "out"))
+    dataset = resize_and_merge(config)  # annotate has not run
+    assert set(dataset["status"]) == {"pending"}
+    assert set(dataset["error"]) == {"waiting for annotate"}
+
+
+@pytest.fixture
+def folders(tmp_path):
+    return LocalStorage(tmp_path / "src"), LocalStorage(tmp_path / "root"), tmp_path / "src"
+
+
+def rediscover(folders):
+    source, root, _ = folders
+    return discover(PipelineConfig(source=source.uri, root=root.uri, shard_size=2), source, root).manifest
+
+
+def test_a_moved_or_renamed_photo_is_not_a_duplicate_of_its_old_name(folders):
+    src = folders[2]
+    copy_photos(FLICKR, src, flickr_names(3))
+    rediscover(folders)
+    (src / "batch1").mkdir()
+    shutil.move(src / flickr_names(3)[0], src / "batch1" / flickr_names(3)[0])
+    shutil.move(src / flickr_names(3)[1], src / "renamed.jpg")
+    present = rediscover(folders).query("present").set_index("source_key")
+    assert len(present) == 3
+    assert (present["duplicate_of"] == "").all(), present["duplicate_of"]
+
+
+def test_when_the_processing_name_goes_a_present_copy_takes_over_and_its_shard_reruns(folders):
+    src = folders[2]
+    photos = copy_photos(FLICKR, src, flickr_names(2))
+    rediscover(folders)
+    shutil.copy(photos[0], src / "zz_copy.jpg")  # a later batch: a new shard
+    manifest = rediscover(folders)
+    copy_row = manifest.set_index("source_key").loc["zz_copy.jpg"]
+    assert copy_row["duplicate_of"] == photos[0].name
+    before = shard_fingerprint(shard_rows(manifest, int(copy_row["shard"])))
+
+    photos[0].unlink()
+    manifest = rediscover(folders)
+    copy_row = manifest.set_index("source_key").loc["zz_copy.jpg"]
+    assert copy_row["duplicate_of"] == ""
+    assert shard_fingerprint(shard_rows(manifest, int(copy_row["shard"]))) != before
+
+
+# --- the oracle --------------------------------------------------------------------------------
+
+def settings(src, root, **changes) -> PipelineConfig:
+    return PipelineConfig(source=str(src), root=str(root), shard_size=4, detector="opencv", embed_weights="none",
+                          embed_input="face", min_face_confidence=0.0, **changes)
+
+
+def outcome(config: PipelineConfig) -> tuple[pd.DataFrame, dict[str, np.ndarray], str]:
+    """What a run produced: the dataset's rows (with each training row's split), the vectors of the
+    present photos by image_id, and the fingerprint of what training would learn from."""
+    from emotion_pipeline.modeling.data import load_training_data
+    from emotion_pipeline.stages.all import build_dataset_and_features
+    from emotion_pipeline.stages.train import training_data_fingerprint
+
+    build_dataset_and_features(config)
+    root = open_storage(config.root)
+    rows = catalog.read_dataset(root)[["image_id", "source_key", "status", "label"]]
+    data = load_training_data(root, config.min_rows_per_class)
+    rows = rows.merge(data.frame[["image_id", "split"]], on="image_id", how="left")
+    rows = rows.sort_values("source_key").reset_index(drop=True)
+    rows = rows.astype(object).where(rows.notna(), None)
+    vectors, index = catalog.read_features(root)
+    present = set(rows["image_id"])
+    by_id = {i: vectors[r] for i, r in zip(index["image_id"], index["row"]) if i in present}
+    return rows, by_id, training_data_fingerprint(_Run(root, config))
+
+
+class _Run:  # what the training fingerprint hook reads of a StageRun
+    def __init__(self, root, config):
+        self.root, self.config = root, config
+
+
+def training_set(rows: pd.DataFrame, vectors: dict[str, np.ndarray]) -> tuple[set, dict]:
+    trained = rows[rows["split"].notna()]
+    return ({(r.image_id, r.label, r.split) for r in trained.itertuples()},
+            {i: vectors[i] for i in trained["image_id"]})
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1200)
+def test_incremental_runs_equal_runs_from_scratch(tmp_path):
+    src = tmp_path / "src"
+    faces = sorted(p.name for p in FACES.glob("img*.jpg"))
+    copy_photos(FACES, src, faces[:6])
+    copy_photos(FLICKR, src, flickr_names(2))
+
+    def add_batch():
+        copy_photos(FACES, src / "batch2", faces[6:9])
+        rotate_in_place(src / faces[1])
+
+    def rename_and_move():
+        shutil.move(src / faces[2], src / "renamed.jpg")
+        (src / "sub").mkdir()
+        shutil.move(src / faces[3], src / "sub" / faces[3])
+
+    def delete_and_copy():
+        (src / faces[4]).unlink()
+        shutil.copy(src / faces[5], src / "0_copy_sorts_first.jpg")
+
+    steps = [("add a batch, edit a photo in place", add_batch, {}),
+             ("rename one, move one into a sub-folder", rename_and_move, {}),
+             ("delete one, add a byte-identical copy", delete_and_copy, {}),
+             ("change the detector", lambda: None, {"detector": "yunet"}),
+             ("change embed_input", lambda: None, {"detector": "yunet", "embed_input": "photo"})]
+
+    incremental = tmp_path / "A"
+    rows, vectors, last_fingerprint = outcome(settings(src, incremental))
+    last_training = training_set(rows, vectors)
+    for number, (what, change, knobs) in enumerate(steps):
+        change()
+        rows_a, vectors_a, fingerprint_a = outcome(settings(src, incremental, **knobs))
+        rows_b, vectors_b, fingerprint_b = outcome(settings(src, tmp_path / f"B{number}", **knobs))
+        pd.testing.assert_frame_equal(rows_a, rows_b, obj=what)
+        assert vectors_a.keys() == vectors_b.keys(), what
+        for image_id in vectors_a:
+            np.testing.assert_allclose(vectors_a[image_id], vectors_b[image_id], atol=1e-5, err_msg=what)
+        assert fingerprint_a == fingerprint_b, what
+        # Training would run again exactly when its rows (id, label, split) or their vectors changed.
+        ids, by_id = training_set(rows_a, vectors_a)
+        changed = ids != last_training[0] or any(
+            not np.array_equal(v, last_training[1].get(i)) for i, v in by_id.items())
+        assert (fingerprint_a != last_fingerprint) == changed, what
+        last_fingerprint, last_training = fingerprint_a, (ids, by_id)
