@@ -112,6 +112,9 @@ def training_rows(version: str) -> str:
     return f"{TRAIN_FOLDER}/{version}/training_rows"
 
 
+SPLIT_ASSIGNMENTS = f"{TRAIN_FOLDER}/split_assignments"  # image_id -> split, decided once, never moved
+
+
 REPORT_PAGE = "report.html"
 REPORT_METRICS = "metrics.json"
 

@@ -96,8 +96,9 @@ def test_when_the_processing_name_goes_a_present_copy_takes_over_and_its_shard_r
 # --- the oracle --------------------------------------------------------------------------------
 
 def settings(src, root, **changes) -> PipelineConfig:
-    return PipelineConfig(source=str(src), root=str(root), shard_size=4, detector="opencv", embed_weights="none",
-                          embed_input="face", min_face_confidence=0.0, **changes)
+    knobs = {"shard_size": 4, "detector": "opencv", "embed_weights": "none", "embed_input": "face",
+             "min_face_confidence": 0.0, "min_rows_per_class": 3, **changes}
+    return PipelineConfig(source=str(src), root=str(root), **knobs)
 
 
 def outcome(config: PipelineConfig) -> tuple[pd.DataFrame, dict[str, np.ndarray], str]:

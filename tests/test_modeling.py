@@ -14,9 +14,9 @@ def frame(n: int, labels: list[str], seed: int = 0) -> pd.DataFrame:
 
 def test_split_is_derived_from_image_id_not_row_order():
     data = frame(300, ["happy", "sad"])
-    split = assign_splits(data, min_rows=10)
+    split = assign_splits(data)
     shuffled = data.sample(frac=1, random_state=1)
-    assert assign_splits(shuffled, min_rows=10).sort_index().equals(split.sort_index())
+    assert assign_splits(shuffled).sort_index().equals(split.sort_index())
     assert set(split) == {"train", "val", "test"}
     assert 0.6 < (split == "train").mean() < 0.8
 
@@ -24,18 +24,31 @@ def test_split_is_derived_from_image_id_not_row_order():
 def test_existing_photos_keep_their_split_when_data_grows():
     old = frame(400, ["happy", "sad", "neutral"], seed=1)
     new = pd.concat([old, frame(400, ["happy", "sad", "neutral"], seed=2)], ignore_index=True)
-    before = assign_splits(old, min_rows=10)
-    after = assign_splits(new, min_rows=10)
+    before = assign_splits(old)
+    after = assign_splits(new)
     assert after.iloc[: len(old)].equals(before)
 
 
-def test_every_class_with_enough_rows_is_in_every_split():
-    data = pd.concat([frame(200, ["happy"]), frame(10, ["surprise"], seed=3), frame(2, ["angry"], seed=4)],
-                     ignore_index=True)
-    split = assign_splits(data, min_rows=10)
-    surprise = split[data["label"] == "surprise"]
-    assert set(surprise) == {"train", "val", "test"}
+def test_a_growing_class_never_moves_a_photo_between_splits():
+    """The old rule "every class with min_rows photos in every split" moved photos when a class reached
+    min_rows: 9 surprise photos all in train, the 10th arrived, and two the model trained on went to
+    test and val."""
+    happy = frame(200, ["happy"])
+    surprise = frame(40, ["surprise"], seed=3)
+    in_train = surprise[surprise["image_id"].map(hash_position) >= 0.30]
+    nine = pd.concat([happy, in_train.iloc[:9]], ignore_index=True)
+    ten = pd.concat([nine, surprise[surprise["image_id"].map(hash_position) < 0.15].iloc[:1]], ignore_index=True)
+    before, after = assign_splits(nine), assign_splits(ten)
+    assert after.iloc[: len(nine)].equals(before)
     assert 0 <= hash_position("abc") < 1
+
+
+def test_recorded_assignments_win_over_the_hash():
+    data = frame(50, ["happy", "sad"])
+    recorded = pd.Series({data["image_id"][0]: "test", data["image_id"][1]: "val"})
+    split = assign_splits(data, recorded)
+    assert split[0] == "test" and split[1] == "val"
+    assert split.iloc[2:].equals(assign_splits(data).iloc[2:])
 
 
 def test_metrics_and_class_weights():

@@ -1,9 +1,11 @@
 """The training table: labelled photos joined with their vectors, split stably by image_id.
 
-The split of a photo comes from a hash of its image_id, never from row order, so adding photos never
-moves an existing photo to another split. Classes with at least ``min_rows`` photos are guaranteed in
-every split: when the hash left a split without one, the photo whose hash lies closest to that
-split's range moves (with enough data this never happens, so stability is kept where it matters).
+A photo's split is decided once and never moves: the first time it trains, from a hash of its
+image_id (never row order, never which other photos exist), and from then on as recorded under the
+root (``models/split_assignments``, written by train). So adding photos never moves a photo another
+model trained on into its test split, and a run from scratch assigns what an incremental one does.
+Classes with fewer than ``min_rows`` labelled photos are left out of training; a small class may be
+missing from a split, and metrics then cover the classes present.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pandas as pd
 from .. import catalog
 from ..config import CLASSES
 from ..storage import Storage
+from ..tables import read_table, write_table
 
 SPLITS = {"test": (0.0, 0.15), "val": (0.15, 0.30), "train": (0.30, 1.0)}
 
@@ -45,22 +48,34 @@ def hash_position(image_id: str) -> float:
     return int(hashlib.sha256(image_id.encode()).hexdigest()[:12], 16) / 16**12
 
 
-def assign_splits(frame: pd.DataFrame, min_rows: int) -> pd.Series:
+def assign_splits(frame: pd.DataFrame, assigned: pd.Series | None = None) -> pd.Series:
+    """Each row's split: the one ``assigned`` records for its image_id (a Series image_id -> split),
+    else the range its ``hash_position`` falls in."""
     position = frame["image_id"].map(hash_position)
     split = pd.Series("train", index=frame.index)
     for name, (low, high) in SPLITS.items():
         split[(position >= low) & (position < high)] = name
-    for label, group in frame.groupby("label"):
-        if len(group) < min_rows:
-            continue
-        for name, (low, high) in SPLITS.items():
-            members = split[group.index]
-            if (members == name).any():
-                continue
-            donors = members[members.map(members.value_counts()) > 1].index
-            distance = (position[donors] - (low + high) / 2).abs()
-            split[distance.idxmin()] = name
+    if assigned is not None and len(assigned):
+        recorded = frame["image_id"].map(assigned)
+        split = recorded.where(recorded.notna(), split)
     return split
+
+
+def read_split_assignments(root: Storage) -> pd.Series:
+    """image_id -> split, for every photo that ever trained a model of this root."""
+    table = read_table(root, catalog.SPLIT_ASSIGNMENTS)
+    if table is None:
+        return pd.Series(dtype=object)
+    return table.set_index("image_id")["split"]
+
+
+def record_split_assignments(root: Storage, frame: pd.DataFrame) -> None:
+    """Add ``frame``'s splits (image_id, split) to the recorded ones; recorded ones never change."""
+    recorded = read_split_assignments(root)
+    new = frame.loc[~frame["image_id"].isin(recorded.index), ["image_id", "split"]]
+    if len(new):
+        table = pd.concat([recorded.rename("split").reset_index(), new], ignore_index=True)
+        write_table(root, catalog.SPLIT_ASSIGNMENTS, table.sort_values("image_id").reset_index(drop=True))
 
 
 def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = frozenset()) -> TrainingData:
@@ -72,7 +87,8 @@ def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = fro
     labelled = labelled[~labelled["image_id"].isin(exclude_ids)].drop_duplicates("image_id")
     frame = labelled[["image_id", "source_key", "label"]].merge(
         index[["image_id", "row"]].drop_duplicates("image_id"), on="image_id", how="inner")
-    frame = frame.sort_values("image_id").reset_index(drop=True)
-    frame["split"] = assign_splits(frame, min_rows)
+    counts = frame["label"].value_counts()
+    frame = frame[frame["label"].map(counts) >= min_rows].sort_values("image_id").reset_index(drop=True)
+    frame["split"] = assign_splits(frame, read_split_assignments(root))
     frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
     return TrainingData(frame=frame, vectors=vectors[frame["row"].to_numpy()])

@@ -18,13 +18,13 @@ import numpy as np
 from .. import catalog
 from ..config import CLASSES, PipelineConfig, state_home
 from ..modeling import tracking
-from ..modeling.data import load_training_data
+from ..modeling.data import load_training_data, record_split_assignments
 from ..modeling.metrics import classification_metrics
 from ..modeling.training import FittedModels, fit_models, not_trainable_reason
 from ..results import TrainResult
 from ..runner import StageRun, run_stage
 from ..storage import Storage
-from ..tables import write_table
+from ..tables import read_table, write_table
 from .gold import gold_ids
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,12 @@ def train(run: StageRun) -> TrainResult:
 
         fitted = fit_models(config, data, state_home() / "tuner", project=run.fingerprint)
         version = _log_and_register(mlflow, config, fitted, data)
-        x_test, y_test = data.part("test")
-        champion = _promote_if_better(mlflow, config, version, fitted.metrics["test"]["macro_f1"], x_test, y_test)
+        champion = _promote_if_better(mlflow, config, root, version, fitted, data)
         mlflow.set_tags({"model_version": version, "champion": str(champion)})
 
     # Exactly which photos trained, validated and tested this version: auditable, and the gold test's proof.
     write_table(root, catalog.training_rows(version), data.frame[["image_id", "source_key", "label", "split"]])
+    record_split_assignments(root, data.frame)  # these photos keep their splits from now on
     result = TrainResult(
         trained=True, run_id=parent.info.run_id, model_version=version,
         model_uri=f"models:/{config.registered_model}/{version}", champion=champion,
@@ -130,20 +130,33 @@ def _log_trials(mlflow, tuner) -> None:
                     mlflow.log_metric(metric, float(trial.metrics.get_best_value(metric)))
 
 
-def _promote_if_better(mlflow, config, version: str, macro_f1: float, x_test, y_test) -> bool:
-    """Move the champion alias to ``version`` only if it beats the champion on this test split."""
+def _promote_if_better(mlflow, config: PipelineConfig, root: Storage, version: str, fitted: FittedModels,
+                       data) -> bool:
+    """Move the champion alias to ``version`` only if it beats the champion on the test photos that
+    neither of them trained or validated on (splits never move, but a champion trained before they
+    were recorded may have seen some of today's test photos)."""
     client = mlflow.MlflowClient()
     try:
         current = client.get_model_version_by_alias(config.registered_model, tracking.CHAMPION)
     except mlflow.exceptions.MlflowException:
         current = None
     if current is not None and str(current.version) != version:
+        seen = read_table(root, catalog.training_rows(str(current.version)))
+        seen_ids = set() if seen is None else set(seen.loc[seen["split"] != "test", "image_id"])
+        test = data.frame[(data.frame["split"] == "test") & ~data.frame["image_id"].isin(seen_ids)]
+        if test.empty:
+            log.warning("no test photo the champion did not train on: version %s is promoted untested", version)
+            client.set_registered_model_alias(config.registered_model, tracking.CHAMPION, version)
+            return True
+        x_test, y_test = data.vectors[test.index.to_numpy()], test["y"].to_numpy()
         champion_model = tracking.load_model(f"models:/{config.registered_model}@{tracking.CHAMPION}")
+        challenger_f1 = classification_metrics(y_test, fitted.head.predict(x_test, verbose=0).argmax(1))["macro_f1"]
         champion_f1 = classification_metrics(y_test, champion_model.predict(x_test, verbose=0).argmax(1))["macro_f1"]
-        mlflow.log_metric("champion_test_macro_f1", champion_f1)
-        if macro_f1 <= champion_f1:
-            log.info("version %s (macro-F1 %.3f) does not beat champion %s (%.3f)",
-                     version, macro_f1, current.version, champion_f1)
+        mlflow.log_metrics({"champion_test_macro_f1": champion_f1, "challenger_test_macro_f1": challenger_f1,
+                            "champion_comparison_rows": len(test)})
+        if challenger_f1 <= champion_f1:
+            log.info("version %s (macro-F1 %.3f) does not beat champion %s (%.3f) on %d test photos",
+                     version, challenger_f1, current.version, champion_f1, len(test))
             return False
     client.set_registered_model_alias(config.registered_model, tracking.CHAMPION, version)
     return True
