@@ -18,6 +18,11 @@ from .config import CLASSES, PipelineConfig
 log = logging.getLogger(__name__)
 
 
+def _judged(value: float, spec: str) -> str:
+    """A drift statistic, or why it has no value (too few photos on a side to judge it)."""
+    return "not judged" if value != value else format(value, spec)  # NaN != NaN
+
+
 def drift_alert_message(report: dict[str, Any]) -> tuple[str, str]:
     """Subject and HTML body naming every drifted shard with its numbers and its chart."""
     drifted = report["drifted"]
@@ -27,9 +32,9 @@ def drift_alert_message(report: dict[str, Any]) -> tuple[str, str]:
     for d in drifted:
         shares = " ".join(f"{c} {d[f'share_{c}']:.0%} (ref {d[f'reference_share_{c}']:.0%})" for c in CLASSES)
         rows.append(
-            f"<li><b>shard {d['shard']}</b>: JS distance {d['js_distance']:.3f} "
+            f"<li><b>shard {d['shard']}</b>: JS distance {_judged(d['js_distance'], '.3f')} "
             f"(threshold {report['threshold']}), no-face rate {d['no_face_rate']:.0%} "
-            f"(ref {d['reference_no_face_rate']:.0%}, change {d['no_face_change']:+.2f}, "
+            f"(ref {d['reference_no_face_rate']:.0%}, change {_judged(d['no_face_change'], '+.2f')}, "
             f"threshold {report['no_face_threshold']}); {d['labelled']} labelled of {d['images']} photos."
             f"<br>{html.escape(shares)}<br>chart: {html.escape(d['chart'])}</li>"
         )

@@ -45,10 +45,12 @@ def label_pie_chart(shard: int, row: dict[str, Any]) -> bytes:
             ax.text(0.5, 0.5, "no annotated photos", ha="center", va="center")
             ax.axis("off")
         ax.set_title(f"{title}: {row[f'{prefix}images']} photos")
-    verdict = "DRIFT" if row["drift"] else ("ok" if row["judged"] else "not judged (small reference)")
+    verdict = "DRIFT" if row["drift"] else ("ok" if row["judged"] else "not judged")
+    js = "not judged" if pd.isna(row["js_distance"]) else f"{row['js_distance']:.3f}"
+    change = "not judged" if pd.isna(row["no_face_change"]) else f"{row['no_face_change']:+.2f}"
     fig.suptitle(
-        f"Shard {shard}: JS distance {row['js_distance']:.3f} (threshold {row['threshold']}), "
-        f"no-face change {row['no_face_change']:+.2f} -> {verdict}",
+        f"Shard {shard}: JS distance {js} (threshold {row['threshold']}), no-face change {change} -> {verdict}"
+        + (f"\n{row['not_judged']}" if row.get("not_judged") else ""),
         color="#b00020" if row["drift"] else "black",
     )
     return _png(plt, fig)
@@ -64,8 +66,8 @@ def drift_timeline_chart(monitor_log: pd.DataFrame, config) -> bytes:
     unjudged = latest[~latest["judged"].astype(bool)]
     ax.plot(judged["shard"], judged["js_distance"], marker="o", label="JS distance (labels)")
     ax.plot(judged["shard"], judged["no_face_change"].abs(), marker="s", label="|no-face change|")
-    ax.scatter(unjudged["shard"], unjudged["js_distance"], marker="x", color="grey",
-               label="not judged (reference too small)")
+    ax.scatter(unjudged["shard"], [0.0] * len(unjudged), marker="x", color="grey",
+               label="not judged (too few photos)")
     ax.axhline(config.drift_threshold, ls="--", color="C0", lw=1)
     ax.axhline(config.no_face_drift_threshold, ls="--", color="C1", lw=1)
     drifted = latest[latest["drift"].astype(bool)]

@@ -98,8 +98,9 @@ class PipelineConfig:
     no_face_drift_threshold: float = knob(0.15, title="No-face drift threshold", section="Drift and alerts",
                                           minimum=0, maximum=1,
                                           help="Absolute change of the no-face rate that counts as drift.")
-    min_reference_images: int = knob(20, title="Minimum reference photos", section="Drift and alerts", minimum=0,
-                                     help="A smaller reference is too small to judge drift.")
+    min_drift_photos: int = knob(20, title="Minimum photos to judge drift", section="Drift and alerts", minimum=1,
+                                 help="The label distance needs this many labelled photos in the shard and "
+                                      "in the reference, the no-face rate this many annotated ones.")
     alert_emails: tuple[str, ...] = knob((), title="Alert e-mails", section="Drift and alerts",
                                          help="Who gets drift and failure e-mails.")
     smtp_conn_id: str = knob("smtp_default", title="SMTP connection", section="Drift and alerts",

@@ -91,7 +91,23 @@ def test_pinned_baseline_is_written_once_and_used_for_every_later_shard(root):
 
 def test_small_reference_is_not_judged(root):
     write_shards(root, {0: HAPPY_WORLD[:5], 1: SAD_WORLD})
-    assert check_label_drift(config(min_reference_images=20), root=root).drifted == []
+    assert check_label_drift(config(min_drift_photos=20), root=root).drifted == []
+
+
+def test_a_shard_without_labels_or_with_two_photos_is_not_judged_and_never_alerts(root):
+    """Before: a shard with 0 labelled photos got distance 0 and counted as judged; a 2-photo shard
+    got distance 1.0 and an alert. Both sides need min_drift_photos."""
+    write_shards(root, {0: HAPPY_WORLD, 1: HAPPY_WORLD, 2: ["no_face"] * 25, 3: ["sad", "angry"]})
+    report = check_label_drift(config(min_drift_photos=20), root=root)
+    monitor_log = read_log(root).set_index("shard")
+    assert np.isnan(monitor_log.loc[2, "js_distance"])  # no label: the label distance is not judged
+    assert "shard has 0 labelled photos" in monitor_log.loc[2, "not_judged"]
+    assert bool(monitor_log.loc[2, "drift"])  # ... while the no-face rate (25 photos) is, and moved
+    assert not bool(monitor_log.loc[3, "judged"]) and not bool(monitor_log.loc[3, "drift"])
+    assert "shard has 2 annotated photos" in monitor_log.loc[3, "not_judged"]
+    assert [d["shard"] for d in report.drifted] == [2]
+    subject, body = drift_alert_message(report.to_dict())
+    assert "JS distance not judged" in body
 
 
 def test_js_distance_bounds():

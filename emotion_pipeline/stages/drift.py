@@ -2,8 +2,11 @@
 
 Statistic: the Jensen-Shannon distance (base 2, so 0 = identical, 1 = disjoint) between the shard's
 distribution over the five labels and the reference distribution, plus the absolute change of the
-no-face rate. A shard drifts when either passes its threshold and the reference holds at least
-``min_reference_images`` photos (shard 0 has no earlier shards: it is logged, never flagged).
+no-face rate. Each is judged only when both sides are big enough (``min_drift_photos``: labelled
+photos for the label distance, annotated photos for the no-face rate); a side too small, or empty,
+makes that statistic "not judged" (NaN in the log, the reason in ``not_judged`` and on the chart),
+never a distance of 0 or 1. A shard drifts when a judged statistic passes its threshold. Shard 0 has
+no earlier shards: it is logged, never flagged.
 
 Reference (``drift_reference``):
 * ``earlier_shards``: every shard before this one, so the check is the same whichever run does it;
@@ -83,6 +86,10 @@ def check_drift(run: StageRun) -> DriftReport:
     for r in drifted:
         log.warning("label drift in shard %d: JS distance %.3f, no-face change %+.3f",
                     r["shard"], r["js_distance"], r["no_face_change"])
+    for r in new_rows:
+        if r["not_judged"]:
+            log.info("drift in shard %d %s: %s", r["shard"], "partly judged" if r["judged"] else "not judged",
+                     r["not_judged"])
     return DriftReport(checked=[int(r["shard"]) for r in new_rows],
                        drifted=[_alert_fields(r) for r in drifted], log_uri=root.uri_for(catalog.MONITOR_LOG),
                        threshold=config.drift_threshold, no_face_threshold=config.no_face_drift_threshold)
@@ -137,18 +144,25 @@ def _reference(
 
 def _compare(config: PipelineConfig, shard: int, labels: pd.DataFrame, reference: dict[str, Any]) -> dict[str, Any]:
     current = distribution(labels)
+    enough = config.min_drift_photos
+    reasons = [f"{side} has {numbers[count]} {what} photos (< {enough})"
+               for side, numbers in (("shard", current), ("reference", reference))
+               for count, what in (("labelled", "labelled"), ("images", "annotated"))
+               if numbers[count] < enough]
+    labels_judged = min(current["labelled"], reference["labelled"]) >= enough
+    no_face_judged = min(current["images"], reference["images"]) >= enough
     p = np.array([current[c] for c in DIST_COLUMNS]) * current["labelled"]
     q = np.array([reference[c] for c in DIST_COLUMNS]) * reference["labelled"]
-    js = js_distance(p, q)
-    no_face_change = current["no_face_rate"] - reference["no_face_rate"]
-    judged = reference["images"] >= config.min_reference_images and current["images"] > 0
-    drift = judged and (js > config.drift_threshold or abs(no_face_change) > config.no_face_drift_threshold)
+    js = js_distance(p, q) if labels_judged else float("nan")
+    no_face_change = current["no_face_rate"] - reference["no_face_rate"] if no_face_judged else float("nan")
+    drift = ((labels_judged and js > config.drift_threshold)
+             or (no_face_judged and abs(no_face_change) > config.no_face_drift_threshold))
     return {
         "shard": shard, **current,
         **{f"reference_{k}": v for k, v in reference.items()},
         "js_distance": round(js, 6), "no_face_change": round(no_face_change, 6),
         "threshold": config.drift_threshold, "no_face_threshold": config.no_face_drift_threshold,
-        "judged": judged, "drift": bool(drift),
+        "judged": labels_judged or no_face_judged, "not_judged": "; ".join(reasons), "drift": bool(drift),
     }
 
 
