@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import signal
 import socket
 import stat
 import tempfile
@@ -75,6 +76,10 @@ def check_key(key: str) -> str:
 
 class LeaseTimeout(StorageError):
     """Another run held the root's lease for longer than we were willing to wait."""
+
+
+class LeaseLost(StorageError):
+    """Our lease was taken over, or could not be renewed in time: the work it protected was stopped."""
 
 
 class Storage(Protocol):
@@ -330,13 +335,20 @@ class GCSStorage:
     @contextmanager
     def lease(self, name: str, wait: float = 6 * 3600, poll: float = 2.0, stale_after: float = 90.0):
         """Hold ``locks/<name>`` exclusively: an object created only if absent (generation 0), renewed
-        every ``stale_after / 4`` s; one not renewed for ``stale_after`` s belongs to a dead run and is
-        taken over, with a generation precondition so that only one waiter can take it."""
+        every ``stale_after / 4`` s with a generation precondition.
+
+        A waiter takes over a lease whose generation it has seen unchanged for ``stale_after`` seconds
+        of its own monotonic clock: no clock of one machine is ever compared with another's (nor with
+        GCS's timestamps). The holder counts its lease lost when a renewal finds another generation
+        (taken over) or has not succeeded for ``stale_after / 2`` s (so it stops well before a waiter
+        may take over): the protected block is interrupted and ``LeaseLost`` raised."""
         from google.api_core import exceptions
 
         blob = self._bucket.blob(self._name(f"locks/{check_key(name)}"))
+        where = self.uri_for(f"locks/{name}")
         deadline = time.monotonic() + wait
         generation = None
+        watch = LeaseWatch(stale_after)
         tries = 0
         while generation is None:
             tries += 1
@@ -344,58 +356,78 @@ class GCSStorage:
                 blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=0, retry=_retry())
                 generation = blob.generation
             except exceptions.PreconditionFailed:
-                held = self._stale_lease(blob, stale_after)
-                if held is not None:  # dead holder: replace its lease if nobody else did meanwhile
+                held = self._held_generation(blob)
+                if watch.stale(held):  # its holder stopped renewing it
                     try:
-                        blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=held, retry=_retry())
+                        blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=held or 0,
+                                                retry=_retry())
                         generation = blob.generation
+                        log.warning("took over %s: not renewed for %.0f s", where, stale_after)
                         continue
                     except exceptions.PreconditionFailed:
                         pass
-                _say_waiting(self.uri_for(f"locks/{name}"), first=tries == 1)
+                _say_waiting(where, first=tries == 1)
                 if time.monotonic() > deadline:
-                    raise LeaseTimeout(f"{self.uri_for('locks/' + name)} is still held by another run") from None
+                    raise LeaseTimeout(f"{where} is still held by another run") from None
                 time.sleep(poll)
             except exceptions.NotFound as err:
                 raise StorageError(f"bucket {self._bucket.name!r} does not exist: create it first") from err
             except exceptions.Forbidden as err:
                 raise StorageError(_forbidden_hint(self.uri, err)) from err
 
-        stop = threading.Event()
+        stop, lost = threading.Event(), []
+        holder = threading.current_thread()
+        beat = stale_after / 4
 
         def renew():
             nonlocal generation
-            while not stop.wait(stale_after / 4):
+            renewed = time.monotonic()
+            while not stop.wait(beat):
                 try:
                     blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=generation,
-                                            retry=_retry())
-                    generation = blob.generation
-                except Exception:  # noqa: BLE001 - a missed renewal is retried at the next beat
+                                            retry=_retry().with_timeout(beat), timeout=beat)
+                    generation, renewed = blob.generation, time.monotonic()
                     continue
+                except exceptions.PreconditionFailed:
+                    lost.append(f"{where} was taken over by another run")
+                except Exception as err:  # noqa: BLE001 - a missed renewal is tried again at the next beat
+                    if time.monotonic() - renewed <= stale_after / 2:
+                        continue
+                    lost.append(f"{where} could not be renewed for {stale_after / 2:.0f} s ({err})")
+                log.error("lease lost: %s; stopping the work it protects", lost[0])
+                if holder is threading.main_thread():  # a real signal: it also ends a blocking call
+                    signal.pthread_kill(holder.ident, signal.SIGINT)  # KeyboardInterrupt -> LeaseLost
+                return
 
         renewer = threading.Thread(target=renew, daemon=True, name=f"lease-{name}")
         renewer.start()
         try:
             yield
+        except KeyboardInterrupt:
+            if lost:
+                raise LeaseLost(lost[0]) from None
+            raise
         finally:
             stop.set()
             renewer.join()
-            try:
-                blob.delete(if_generation_match=generation, retry=_retry())
-            except (exceptions.NotFound, exceptions.PreconditionFailed):
-                pass
+            if not lost:
+                try:
+                    blob.delete(if_generation_match=generation, retry=_retry())
+                except (exceptions.NotFound, exceptions.PreconditionFailed):
+                    pass
+        if lost:  # lost while the block was finishing: its results must not count
+            raise LeaseLost(lost[0])
 
     @staticmethod
-    def _stale_lease(blob, stale_after: float) -> int | None:
-        """The generation of the lease when its holder stopped renewing it, else None."""
+    def _held_generation(blob) -> int | None:
+        """The lease object's current generation (None when it was released meanwhile)."""
         from google.api_core import exceptions
 
         try:
             blob.reload(retry=_retry())
         except exceptions.NotFound:
-            return 0  # released meanwhile: create it afresh
-        updated = blob.updated.timestamp() if blob.updated else time.time()
-        return blob.generation if time.time() - updated > stale_after else None
+            return None
+        return blob.generation
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         from google.api_core import exceptions
@@ -412,6 +444,23 @@ class GCSStorage:
             raise StorageError(f"bucket {self._bucket.name!r} does not exist: create it first") from err
         except exceptions.Forbidden as err:
             raise StorageError(_forbidden_hint(self.uri, err)) from err
+
+
+class LeaseWatch:
+    """Whether a lease's holder stopped renewing it, judged by a waiter on its own monotonic clock
+    only: the generation it sees has not changed for ``stale_after`` seconds. Wall clocks (ours,
+    the holder's, GCS's timestamps) are never compared, so a skewed clock cannot steal a live lease."""
+
+    def __init__(self, stale_after: float) -> None:
+        self.stale_after = stale_after
+        self.generation: int | None = None
+        self.since = time.monotonic()
+
+    def stale(self, generation: int | None) -> bool:
+        if generation is None or generation != self.generation:
+            self.generation, self.since = generation, time.monotonic()
+            return False
+        return time.monotonic() - self.since > self.stale_after
 
 
 def _retry():

@@ -68,3 +68,48 @@ def test_missing_bucket_fails_with_a_message(gcs_emulator):
 def test_open_storage_rejects_other_schemes():
     with pytest.raises(ValueError, match="unsupported storage URI"):
         open_storage("s3://bucket/x")
+
+
+def test_a_lease_is_judged_stale_on_the_waiters_monotonic_clock_only(monkeypatch):
+    """Takeover used to compare the waiter's wall clock with GCS's timestamps: a waiter whose clock
+    ran 90 s ahead took a live lease. (The emulator ignores generation preconditions, so the takeover
+    itself cannot be exercised against it: this checks the judgement.)"""
+    import time
+
+    from emotion_pipeline.storage import LeaseWatch
+
+    now = {"monotonic": 1000.0}
+    monkeypatch.setattr(time, "monotonic", lambda: now["monotonic"])
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)  # a wall clock an hour ahead
+    watch = LeaseWatch(stale_after=90)
+    assert not watch.stale(7)
+    now["monotonic"] += 60
+    assert not watch.stale(7)
+    now["monotonic"] += 60
+    assert not watch.stale(8)  # renewed: a new generation, the wait starts again
+    now["monotonic"] += 89
+    assert not watch.stale(8)
+    now["monotonic"] += 2
+    assert watch.stale(8)  # unchanged for 91 s of the waiter's own time
+
+
+def test_a_lease_that_cannot_be_renewed_stops_the_work_it_protects(gcs_emulator, gcs_bucket):
+    """Renewals that keep failing (here: a proxy that drops every request) must end the protected
+    work before another run may take the lease over, not let it go on unprotected."""
+    import time
+
+    from emotion_pipeline.storage import LeaseLost
+
+    from .faulty_proxy import FaultyProxy
+
+    broken = {"now": False}
+    with FaultyProxy(gcs_emulator, lambda n, method, path: "drop" if broken["now"] else None) as proxy:
+        storage = GCSStorage(f"gs://{gcs_bucket}/lease", client=proxy.client())
+        started = time.monotonic()
+        with pytest.raises(LeaseLost, match="could not be renewed"):
+            with storage.lease("train", stale_after=2):
+                broken["now"] = True
+                time.sleep(20)  # the protected work: interrupted, never finished
+        assert time.monotonic() - started < 10
+        assert proxy.counts["drop"] > 0
