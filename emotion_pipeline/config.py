@@ -125,7 +125,11 @@ class PipelineConfig:
                                  help="Trials of the Bayesian tuner.")
     seed: int = knob(42, title="Seed", section="Training", help="Seed of the tuner, the head and the plots.")
     force_train: bool = knob(False, title="Force training", section="Training",
-                             help="Retrain even when the training data did not change.")
+                             help="Retrain even when the training data did not change, with a fresh search.")
+    search_growth: float = knob(2.0, title="Search again at growth", section="Training", minimum=1,
+                                help="New data refits the champion's hyperparameters (warm-started); a full "
+                                     "tuner search runs again once the training rows reach this multiple of "
+                                     "the last search's, when the embedding changed, or when forced.")
     min_rows_per_class: int = knob(10, title="Minimum rows per class", section="Training", minimum=3,
                                    help="Classes with fewer labelled photos are left out of training.")
     mlflow_tracking_uri: str | None = knob(None, title="MLflow tracking URI", section=None,

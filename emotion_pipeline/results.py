@@ -116,6 +116,8 @@ class TrainResult(StageResult):
     val_macro_f1: float | None = None
     test_macro_f1: float | None = None
     trials: int = 0
+    mode: str | None = None  # "search" (a Keras Tuner search) or "refit" (the champion's hyperparameters)
+    mode_reason: str | None = None
     best_hyperparameters: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str | None = None
     tracking_uri: str | None = None

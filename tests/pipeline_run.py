@@ -147,7 +147,12 @@ def check_mlflow(tracking_uri: str, train: dict, registered_model: str = "emotio
     assert "model.test_macro_f1" in parent.data.metrics and "baseline.test_macro_f1" in parent.data.metrics
     nested = client.search_runs([parent.info.experiment_id],
                                 filter_string=f"tags.mlflow.parentRunId = '{train['run_id']}'")
-    assert len(nested) == train["trials"] >= 2
+    assert parent.data.params["training.mode"] == train["mode"]
+    if train["mode"] == "refit":  # the champion's hyperparameters refit: no trial
+        assert len(nested) == train["trials"] == 0
+        assert {"best.units", "best.dropout", "best.learning_rate", "best.l2"} <= set(parent.data.params)
+    else:
+        assert len(nested) == train["trials"] >= 2
     for trial in nested:
         assert {"units", "dropout", "learning_rate", "l2"} <= set(trial.data.params)
         assert "val_loss" in trial.data.metrics

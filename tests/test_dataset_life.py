@@ -177,3 +177,41 @@ def test_incremental_runs_equal_runs_from_scratch(tmp_path):
             not np.array_equal(v, last_training[1].get(i)) for i, v in by_id.items())
         assert (fingerprint_a != last_fingerprint) == changed, what
         last_fingerprint, last_training = fingerprint_a, (ids, by_id)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_a_new_batch_refits_the_champion_and_force_searches_afresh(tmp_path, monkeypatch):
+    """Retraining after a batch used to repeat the whole search (88% of a cold run); a forced
+    retrain reloaded the finished search (same tuner project) instead of searching again."""
+    from emotion_pipeline.config import state_home
+    from emotion_pipeline.runner import run_stage
+    from emotion_pipeline.stages.all import build_dataset_and_features
+
+    monkeypatch.setenv("EMOTION_PIPELINE_HOME", str(tmp_path / "state"))
+    src = tmp_path / "src"
+    faces = sorted(p.name for p in FACES.glob("img*.jpg"))
+    copy_photos(FACES, src, faces[:40])
+    config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), detector="skip", embed_input="photo",
+                            embed_weights="none", tuner_max_epochs=2, min_rows_per_class=3, shard_size=20)
+
+    def train(config):
+        build_dataset_and_features(config)
+        return run_stage("train", config, run_id="in-process")
+
+    first = train(config)
+    assert first.trained and first.mode == "search" and first.trials > 0, first
+    searches = set((state_home() / "tuner").iterdir())
+
+    copy_photos(FACES, src / "batch2", faces[40:48])
+    refit = train(config)
+    assert refit.mode == "refit" and refit.trials == 0, refit
+    assert refit.model_version == "2" and refit.data_fingerprint != first.data_fingerprint
+    strip = {k: v for k, v in first.best_hyperparameters.items() if not k.startswith("tuner/")}
+    assert refit.best_hyperparameters == strip
+    assert set((state_home() / "tuner").iterdir()) == searches  # no search ran
+
+    forced = train(config.replace(force_train=True))
+    assert forced.mode == "search" and forced.mode_reason == "force_train" and forced.trials > 0
+    assert len(set((state_home() / "tuner").iterdir()) - searches) == 1  # a fresh search, not the old one
+    assert forced.model_version == "3"

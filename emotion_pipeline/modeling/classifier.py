@@ -62,6 +62,26 @@ def search(config: PipelineConfig, data: TrainingData, directory: Path, project:
     return tuner
 
 
+def refit(config: PipelineConfig, data: TrainingData, hyperparameters: dict, warm_start: list | None = None):
+    """One head with fixed ``hyperparameters`` (the champion's), trained like a tuner trial; started
+    from ``warm_start`` weights (the champion's) when their shapes match. Returns the fitted head."""
+    import keras
+    import keras_tuner
+
+    keras.utils.set_random_seed(config.seed)
+    hp = keras_tuner.HyperParameters()
+    for name, value in hyperparameters.items():
+        hp.Fixed(name, value)
+    head = build_head(hp)
+    if warm_start is not None and [w.shape for w in head.get_weights()] == [w.shape for w in warm_start]:
+        head.set_weights(warm_start)
+    x_train, y_train = data.part("train")
+    head.fit(x_train, y_train, validation_data=data.part("val"), epochs=config.tuner_max_epochs,
+             class_weight=class_weights(y_train), verbose=0,
+             callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)])
+    return head
+
+
 def fit_baseline(config: PipelineConfig, x: np.ndarray, y: np.ndarray):
     """Standardised logistic regression with balanced class weights: what the head must beat."""
     from sklearn.linear_model import LogisticRegression

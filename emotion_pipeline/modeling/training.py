@@ -15,7 +15,7 @@ from .metrics import classification_metrics
 class FittedModels:
     head: Any  # the best Keras head
     baseline: Any  # the sklearn logistic regression
-    tuner: Any  # the finished Keras Tuner search (its trials are logged by the caller)
+    tuner: Any  # the finished Keras Tuner search (its trials are logged by the caller); None for a refit
     best_hyperparameters: dict[str, Any]
     metrics: dict[str, dict[str, Any]]  # "val", "test", "baseline_val": classification_metrics
 
@@ -33,18 +33,47 @@ def fit_models(config: PipelineConfig, data: TrainingData, tuner_directory: Path
 
     ``project`` names the tuner's search: the same project resumes an interrupted search.
     """
+    tuner = classifier.search(config, data, tuner_directory, project=project)
+    return _with_metrics(config, data, tuner.get_best_models(1)[0], tuner, tuner.get_best_hyperparameters(1)[0].values)
+
+
+def refit_models(config: PipelineConfig, data: TrainingData, hyperparameters: dict[str, Any],
+                 warm_start: list | None) -> FittedModels:
+    """The baseline, then one head with the champion's hyperparameters, warm-started from its weights:
+    a fraction of a search's cost, for data that grew by a batch."""
+    head = classifier.refit(config, data, hyperparameters, warm_start)
+    return _with_metrics(config, data, head, None, dict(hyperparameters))
+
+
+def _with_metrics(config: PipelineConfig, data: TrainingData, head, tuner, hyperparameters) -> FittedModels:
     x_train, y_train = data.part("train")
     x_val, y_val = data.part("val")
     x_test, y_test = data.part("test")
     baseline = classifier.fit_baseline(config, x_train, y_train)
-    tuner = classifier.search(config, data, tuner_directory, project=project)
-    head = tuner.get_best_models(1)[0]
     return FittedModels(
-        head=head, baseline=baseline, tuner=tuner,
-        best_hyperparameters=tuner.get_best_hyperparameters(1)[0].values,
+        head=head, baseline=baseline, tuner=tuner, best_hyperparameters=hyperparameters,
         metrics={
             "baseline_val": classification_metrics(y_val, classifier.predict_proba_5(baseline, x_val).argmax(1)),
             "val": classification_metrics(y_val, head.predict(x_val, verbose=0).argmax(1)),
             "test": classification_metrics(y_test, head.predict(x_test, verbose=0).argmax(1)),
         },
     )
+
+
+def training_mode(config: PipelineConfig, rows: int, champion: dict[str, Any] | None) -> tuple[str, str]:
+    """("search" | "refit", why). ``champion``: its run's params (``best.*``, ``training.search_rows``,
+    ``config.*``), or None when there is none."""
+    if champion is None:
+        return "search", "no champion yet"
+    if config.force_train:
+        return "search", "force_train"
+    hyperparameters = {k for k in champion if k.startswith("best.")}
+    if not hyperparameters:
+        return "search", "the champion's hyperparameters are not recorded"
+    for knob in ("embed_weights", "embed_input"):
+        if str(champion.get(f"config.{knob}")) != str(getattr(config, knob)):
+            return "search", f"{knob} changed since the champion was trained"
+    searched = int(float(champion.get("training.search_rows") or champion.get("data.rows") or 0))
+    if searched and rows >= config.search_growth * searched:
+        return "search", f"training rows grew from {searched} to {rows} (x{rows / searched:.1f})"
+    return "refit", f"{rows} training rows, last searched at {searched}: refit the champion's hyperparameters"

@@ -2,8 +2,13 @@
 
 The computation is ``modeling.training.fit_models``; this module is its shell: data in from storage,
 everything out to MLflow. One parent run per training: config, data version (rows per split and
-class, a hash of the training set), git revision, the sklearn baseline, and one nested run per Keras
-Tuner trial with its hyperparameters and validation metrics. The best head is logged with its
+class, a hash of the training set), git revision, the sklearn baseline, the training mode and one
+nested run per Keras Tuner trial with its hyperparameters and validation metrics.
+
+A full search runs for the first model, when forced (a fresh search, never the finished one reloaded),
+when the embedding settings changed, or once the training rows reached ``search_growth`` times those
+of the last search; otherwise the champion's hyperparameters are refit on the new data, warm-started
+from its weights (``training.mode``, ``training.reason`` and ``training.search_rows`` in MLflow). The best head is logged with its
 signature and registered; it becomes the ``champion`` alias only if it beats the current champion's
 macro-F1 on the same test split. Unchanged inputs retrain nothing unless ``force_train``; the
 registry holds the root's ``train`` lease around it, so one training runs per root at a time.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 
 import numpy as np
 
@@ -20,7 +26,7 @@ from ..config import CLASSES, PipelineConfig, state_home
 from ..modeling import tracking
 from ..modeling.data import load_training_data, record_split_assignments
 from ..modeling.metrics import classification_metrics
-from ..modeling.training import FittedModels, fit_models, not_trainable_reason
+from ..modeling.training import FittedModels, fit_models, not_trainable_reason, refit_models, training_mode
 from ..results import TrainResult
 from ..runner import StageRun, run_stage
 from ..storage import Storage
@@ -78,7 +84,18 @@ def train(run: StageRun) -> TrainResult:
                            "git_revision": tracking.git_revision(), "classes": ",".join(CLASSES)})
         mlflow.log_dict({"counts": counts}, "data_version.json")
 
-        fitted = fit_models(config, data, state_home() / "tuner", project=run.fingerprint)
+        current = _champion_run(mlflow, config)
+        mode, why = training_mode(config, len(data.frame), current and current["params"])
+        log.info("train: %s (%s)", mode, why)
+        if mode == "search":
+            # A forced retrain searches afresh; otherwise the same input resumes its interrupted search.
+            project = _forced_project(run) if config.force_train else run.fingerprint
+            fitted = fit_models(config, data, state_home() / "tuner", project=project)
+            search_rows = len(data.frame)
+        else:
+            fitted = refit_models(config, data, current["hyperparameters"], current["weights"])
+            search_rows = int(float(current["params"].get("training.search_rows") or len(data.frame)))
+        mlflow.log_params({"training.mode": mode, "training.reason": why, "training.search_rows": search_rows})
         version = _log_and_register(mlflow, config, fitted, data)
         champion = _promote_if_better(mlflow, config, root, version, fitted, data)
         mlflow.set_tags({"model_version": version, "champion": str(champion)})
@@ -90,7 +107,8 @@ def train(run: StageRun) -> TrainResult:
         trained=True, run_id=parent.info.run_id, model_version=version,
         model_uri=f"models:/{config.registered_model}/{version}", champion=champion,
         val_macro_f1=fitted.metrics["val"]["macro_f1"], test_macro_f1=fitted.metrics["test"]["macro_f1"],
-        trials=len(fitted.tuner.oracle.trials), best_hyperparameters=fitted.best_hyperparameters, counts=counts,
+        trials=len(fitted.tuner.oracle.trials) if fitted.tuner else 0, mode=mode, mode_reason=why,
+        best_hyperparameters=fitted.best_hyperparameters, counts=counts,
         data_fingerprint=data.fingerprint(), tracking_uri=tracking.tracking_uri(config), gold_excluded=len(excluded),
     )
     log.info("train: model version %s, test macro-F1 %.3f, champion=%s", version, result.test_macro_f1, champion)
@@ -104,7 +122,8 @@ def _log_and_register(mlflow, config: PipelineConfig, fitted: FittedModels, data
                         "baseline.val_accuracy": baseline_val["accuracy"]})
     mlflow.sklearn.log_model(fitted.baseline, name="baseline",
                              pip_requirements=tracking.pinned_requirements("scikit-learn", "numpy"))
-    _log_trials(mlflow, fitted.tuner)
+    if fitted.tuner is not None:
+        _log_trials(mlflow, fitted.tuner)
     mlflow.log_params({f"best.{k}": v for k, v in fitted.best_hyperparameters.items()})
     mlflow.log_metrics({"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"],
                         "test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"]})
@@ -117,6 +136,38 @@ def _log_and_register(mlflow, config: PipelineConfig, fitted: FittedModels, data
                                   pip_requirements=tracking.pinned_requirements("tensorflow", "keras"),
                                   registered_model_name=config.registered_model)
     return str(info.registered_model_version)
+
+
+def _forced_project(run: StageRun) -> str:
+    """A tuner project no earlier training used: an Airflow run's id (its retries resume the search),
+    else the time (the CLI and in-process runs)."""
+    airflow_run = run.run_id and run.run_id != "in-process"
+    return f"{run.fingerprint}-forced-{run.run_id if airflow_run else time.time_ns()}"
+
+
+def _champion_run(mlflow, config: PipelineConfig) -> dict | None:
+    """The champion's run params, its hyperparameters (typed, the tuner's bookkeeping left out) and
+    its head's weights; None without a champion."""
+    client = mlflow.MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(config.registered_model, tracking.CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+    params = client.get_run(version.run_id).data.params
+    hyperparameters = {k[len("best."):]: _number(v) for k, v in params.items()
+                       if k.startswith("best.") and not k.startswith("best.tuner/")}
+    head = tracking.load_model(f"models:/{config.registered_model}/{version.version}")
+    return {"params": params, "hyperparameters": hyperparameters, "weights": head.get_weights()}
+
+
+def _number(text: str):
+    """An MLflow param back to the int or float it was logged from (strings stay strings)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _log_trials(mlflow, tuner) -> None:
