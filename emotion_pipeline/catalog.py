@@ -58,6 +58,11 @@ NEAR_DUPLICATES = f"{DEDUPE_FOLDER}/near_duplicates"
 IMAGE_VECTORS = f"{ASSEMBLE_FOLDER}/image_vectors.npy"
 IMAGE_INDEX = f"{ASSEMBLE_FOLDER}/image_index"
 GOLD_ANNOTATIONS = f"{GOLD_FOLDER}/annotations"
+
+
+def gold_vectors(key: str) -> str:
+    """The gold faces' ResNet50 vectors for one gold set and embedding settings (``key``)."""
+    return f"{GOLD_FOLDER}/vectors-{key}.npy"
 MONITOR_LOG = f"{DRIFT_FOLDER}/label_monitor_log.csv"
 DRIFT_BASELINE = f"{DRIFT_FOLDER}/baseline.json"
 CHARTS = f"{DRIFT_FOLDER}/charts"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from emotion_pipeline.config import CLASSES
+from emotion_pipeline.config import PipelineConfig, CLASSES
 from emotion_pipeline.storage import open_storage
 
 from .conftest import FACES, FLICKR, SHARED, copy_photos, flickr_names
@@ -104,8 +104,15 @@ def test_gold_check_against_people_and_no_leak_into_training(tmp_path, monkeypat
     assert shared["label"].notna().sum() >= 3  # they would have been training rows
     training = pd.read_parquet(root.uri_for(f"models/{version}/training_rows.parquet"))
     assert set(training["image_id"]).isdisjoint(gold_ids)
-    assert len(training) == dataset[dataset["status"].eq("ok") & dataset["label"].notna()
-                                    & ~dataset["image_id"].isin(gold_ids)]["image_id"].nunique()
+    trainable = dataset[dataset["status"].eq("ok") & dataset["label"].notna()
+                        & ~dataset["image_id"].isin(gold_ids)].drop_duplicates("image_id")
+    per_class = trainable["label"].value_counts()
+    min_rows = PipelineConfig(source="", root="").min_rows_per_class  # smaller classes stay out of training
+    assert len(training) == trainable["label"].map(per_class).ge(min_rows).sum()
+
+    # The gold faces' vectors are cached once per gold set and embedding: later versions only run their head.
+    cached = [o.key for o in root.list("gold") if o.key.endswith(".npy")]
+    assert len(cached) == 1 and np.load(root.uri_for(cached[0])).shape == (GOLD, 2048)
 
     page = root.read_bytes(f"reports/{version}/report.html").decode()
     assert "Gold check: machine labels against people" in page and f"{GOLD} photos labelled by people" in page

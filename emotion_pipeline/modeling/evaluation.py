@@ -2,7 +2,7 @@
 figures out."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,16 +77,3 @@ def class_ids(labels: pd.Series) -> np.ndarray:
     return labels.map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=int)
 
 
-def predict_in_batches(predict: Callable[[np.ndarray], np.ndarray], inputs: Iterable[np.ndarray],
-                       batch_size: int) -> np.ndarray:
-    """Class predictions for model inputs read lazily, ``batch_size`` at a time: memory holds one
-    batch whatever the number of inputs."""
-    out, batch = [], []
-    for x in inputs:
-        batch.append(x)
-        if len(batch) == batch_size:
-            out.append(np.asarray(predict(np.stack(batch))).argmax(1))
-            batch = []
-    if batch:
-        out.append(np.asarray(predict(np.stack(batch))).argmax(1))
-    return np.concatenate(out) if out else np.zeros(0, dtype=int)

@@ -6,10 +6,14 @@ models from MLflow, the data from storage, the results to the report, storage an
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
+import json
 import logging
 
 import numpy as np
+import pandas as pd
 
 from .. import catalog
 from ..charts import confusion_matrix_chart
@@ -17,14 +21,14 @@ from ..config import CLASSES, PipelineConfig
 from ..modeling import tracking
 from ..modeling.classifier import predict_proba_5
 from ..modeling.data import TrainingData, load_training_data
-from ..modeling.embedding import INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
-from ..modeling.evaluation import compare_on_test, explain_model, gold_agreement, predict_in_batches
+from ..modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
+from ..modeling.evaluation import compare_on_test, explain_model, gold_agreement
 from ..report import dataset_summary, write_report
 from ..results import EvaluateResult, TrainResult
 from ..runner import StageRun, run_stage
 from ..storage import Storage, read_uri
 from ..tables import write_json
-from .embed import input_of
+from .embed import input_of, npy_bytes
 from .gold import gold_ids
 
 log = logging.getLogger(__name__)
@@ -127,14 +131,29 @@ def _gold_check(config: PipelineConfig, root: Storage, head) -> dict | None:
     table = catalog.read_gold_annotations(root)
     if table is None:
         return None
-    with_face = table[table["deepface_label"].notna()].reset_index(drop=True)
-    inputs = (gold_input(config, row) for row in with_face.itertuples(index=False))  # decoded batch by batch
+    vectors = _gold_vectors(config, root, table[table["deepface_label"].notna()].reset_index(drop=True))
+    predictions = head.predict(vectors, verbose=0).argmax(1) if len(vectors) else np.zeros(0, dtype=int)
+    return gold_agreement(table, predictions)
+
+
+def _gold_vectors(config: PipelineConfig, root: Storage, with_face: pd.DataFrame) -> np.ndarray:
+    """The ResNet50 vectors of the gold faces, computed once per gold set and embedding settings
+    (cached beside the gold annotations): a new model version only runs its head over them."""
+    marker = catalog.read_done(root, catalog.GOLD_FOLDER) or {}
+    settings = [marker.get("fingerprint"), config.embed_input, config.embed_weights, config.mixed_precision,
+                config.max_image_pixels, len(with_face)]
+    key = catalog.gold_vectors(hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16])
+    if root.exists(key):
+        return np.load(io.BytesIO(root.read_bytes(key)))
     resnet = resnet50(config.embed_weights, config.mixed_precision)
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return head.predict(image_vectors(resnet, batch, config.embed_batch_size), verbose=0)
-
-    return gold_agreement(table, predict_in_batches(predict, inputs, config.embed_batch_size))
+    batch = max(1, config.embed_batch_size)
+    inputs = (gold_input(config, row) for row in with_face.itertuples(index=False))  # decoded batch by batch
+    chunks = []
+    while chunk := list(itertools.islice(inputs, batch)):
+        chunks.append(image_vectors(resnet, np.stack(chunk), batch))
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, DIM), dtype=np.float32)
+    root.write_bytes(key, npy_bytes(vectors))
+    return vectors
 
 
 def gold_input(config: PipelineConfig, row) -> np.ndarray:
