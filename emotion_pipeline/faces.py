@@ -125,7 +125,16 @@ class _CompiledStage:
 
         network = stage._model  # noqa: SLF001 (mtcnn has no public hook for this)
         # One trace for every input size: the pyramid's scales differ photo by photo.
-        stage._model = tf.function(lambda x: network(x, training=False), reduce_retracing=True)
+        graph = tf.function(lambda x: network(x, training=False), reduce_retracing=True)
+
+        def run(x):
+            if x.shape[0] == 0:  # no candidate left for this stage: the graph must not see an empty batch
+                # (TensorFlow logs "Incompatible shapes ... [0,48,48,3]" for it): one blank patch gives
+                # the outputs' shapes, cut to zero rows.
+                return [out[:0] for out in graph(tf.zeros((1, *x.shape[1:]), x.dtype))]
+            return graph(x)
+
+        stage._model = run
         self.stage = stage
 
     def __call__(self, images_normalized, **kwargs):

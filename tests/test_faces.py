@@ -132,3 +132,19 @@ def test_missing_weights_are_a_clear_error_not_a_hang(tmp_path, monkeypatch):
     with pytest.raises(MissingWeightsError, match="age_model_weights.h5") as err:
         build_models(("age",))
     assert str(tmp_path) in str(err.value)
+
+
+def test_mtcnn_never_runs_a_stage_on_an_empty_batch():
+    """Where no candidate survives PNet or RNet, the next stage got a batch of 0 patches: its graph
+    (once traced for several batch sizes) raised INVALID_ARGUMENT "Incompatible shapes ... [0,48,48,3]",
+    which TensorFlow logged for every such photo. Now an empty batch gets empty outputs of the right
+    shapes without running the graph."""
+    import tensorflow as tf
+
+    from emotion_pipeline.faces import face_detector
+
+    onet = face_detector("mtcnn").model._stages[2].stage  # noqa: SLF001
+    for n in (1, 2, 3, 5):  # the traces a few photos leave behind
+        onet._model(tf.zeros((n, 48, 48, 3)))  # noqa: SLF001
+    offsets, landmarks, scores = onet._model(tf.zeros((0, 48, 48, 3)))  # noqa: SLF001
+    assert (offsets.shape, landmarks.shape, scores.shape) == ((0, 4), (0, 10), (0, 2))
