@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -67,9 +68,10 @@ def entry_problem(err: OSError) -> str:
 
 
 def check_key(key: str) -> str:
-    """Reject keys that could escape the storage root (absolute paths, ``..`` segments)."""
+    """Reject keys that could escape the storage root (absolute paths, ``..`` segments). A backslash
+    is an ordinary character of a POSIX file name (``a\\b.jpg`` stays inside the root)."""
     path = PurePosixPath(key)
-    if not key or path.is_absolute() or ".." in path.parts or "\\" in key or "\x00" in key:
+    if not key or path.is_absolute() or ".." in path.parts or "\x00" in key:
         raise ValueError(f"invalid storage key {key!r}: keys are relative and stay inside the root")
     return path.as_posix()
 
@@ -111,6 +113,19 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def _say_waiting(where: str, first: bool) -> None:
@@ -155,6 +170,10 @@ class LocalStorage:
         except OSError as err:
             raise StorageError(f"cannot write {target}: {err.strerror or err}") from err
         try:
+            # mkstemp makes the file 0600; an output gets the mode any file of this process would
+            # (0644 under the usual umask), so that another user (the host reading what Airflow's
+            # uid 50000 wrote in compose) can read it.
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 if durable:

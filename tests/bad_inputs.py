@@ -87,6 +87,7 @@ def write_hostile_entries(folder: Path, outside_photo: Path) -> tuple[dict[str, 
     with socket.socket(socket.AF_UNIX) as unix:
         unix.bind(str(folder / "socket.png"))  # the socket file stays after the socket closes
     photo = Image.open(outside_photo).convert("RGB")
+    photo.rotate(90, expand=True).save(folder / "back\\slash.jpg")  # another photo: not a near duplicate
     photo.save(folder / "animation.gif")
     photo.save(folder / "scan.tiff")
     photo.save(folder / "bitmap.bmp")
@@ -96,6 +97,7 @@ def write_hostile_entries(folder: Path, outside_photo: Path) -> tuple[dict[str, 
     (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     rows = {
         "link_dangling.jpg": "broken_link", "link_loop.jpg": "broken_link", "link_to_photo.jpg": "ok",
+        "back\\slash.jpg": "ok",  # a backslash is an ordinary character of a POSIX name
         "pipe.jpg": "not_a_file", "socket.png": "not_a_file", "animation.gif": "unsupported",
         "scan.tiff": "unsupported", "bitmap.bmp": "unsupported", "phone.heic": "unsupported",
     }

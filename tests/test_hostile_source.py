@@ -43,7 +43,7 @@ def test_every_hostile_entry_gets_a_row_or_a_skip_reason_and_nothing_blocks(tmp_
         if status != "ok":
             assert metadata.loc[name, "error"], name
     assert "pipe" in metadata.loc["pipe.jpg", "error"] and "socket" in metadata.loc["socket.png", "error"]
-    assert resized.statuses["ok"] == len(good) + 1  # the link to a photo is that photo
+    assert resized.statuses["ok"] == len(good) + 2  # the link to a photo is that photo; back\slash.jpg
 
     listed = pd.read_parquet(open_storage(config.root).uri_for(f"{catalog.SKIPPED_ENTRIES}.parquet"))
     assert sorted(listed["source_key"]) == ["README", "clip.mp4", "notes.txt"]
@@ -58,7 +58,7 @@ def test_photo_extensions_decide_what_is_a_photo(tmp_path):
     write_hostile_entries(src, FLICKR / flickr_names(1, offset=200)[0])
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"), photo_extensions=("jpg", ".PNG"))
     found = discover_images(config)
-    assert found.images == 2 + 5  # the photos, three links, the pipe and the socket
+    assert found.images == 2 + 6  # the photos, three links, back\slash.jpg, the pipe and the socket
     assert found.skipped["extension .gif"] == 1 and found.skipped["extension .heic"] == 1
 
 

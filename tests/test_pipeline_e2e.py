@@ -26,13 +26,13 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     expected.update({name: status for name, status in hostile.items() if status != "ok"})
     args = ("--shard-size", "25", "--alert-emails", "ops@example.com", *SECOND_HALF_ARGS)
 
-    # 1. Cold run: 82 entries named like photos -> shards 0..3, every output written; a broken link, a
+    # 1. Cold run: 83 entries named like photos -> shards 0..3, every output written; a broken link, a
     #    pipe or a socket never stops (or blocks) a task, and what is not a photo is counted.
     first = run_pipeline(str(src), str(root_dir), tmp_path, *args, env=env)
     assert first["state"] == "success"
     files = photo_entries(src)
     dataset = check_outputs(LocalStorage(root_dir), expected, files)
-    assert first["images"] == len(files) == 60 + len(expected) + len(odd) + 1
+    assert first["images"] == len(files) == 60 + len(expected) + len(odd) + 2  # + a link, + back\slash.jpg
     assert first["discovery"]["skipped"] == skipped
     assert sorted(r["shard"] for r in shard_results(first, "annotate")) == [0, 1, 2, 3]
     assert dataset["label"].notna().sum() >= 10 and (dataset["status"] == "no_face").sum() >= 5
