@@ -31,7 +31,7 @@ WEIGHT_FILE_FOR_ACTION = {
 
 
 class MissingWeightsError(RuntimeError):
-    """A model's weight file is not in DEEPFACE_HOME and could not be downloaded."""
+    """A model's weight file (DeepFace's, ResNet50's) is not on this machine and could not be downloaded."""
 
 
 @dataclass

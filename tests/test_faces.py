@@ -148,3 +148,18 @@ def test_mtcnn_never_runs_a_stage_on_an_empty_batch():
         onet._model(tf.zeros((n, 48, 48, 3)))  # noqa: SLF001
     offsets, landmarks, scores = onet._model(tf.zeros((0, 48, 48, 3)))  # noqa: SLF001
     assert (offsets.shape, landmarks.shape, scores.shape) == ((0, 4), (0, 10), (0, 2))
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_are_a_clear_error(tmp_path, monkeypatch):
+    """Offline, the default embed_weights=imagenet failed with Keras' raw "URL fetch failure" traceback."""
+    import keras.src.applications.resnet as keras_resnet
+
+    from emotion_pipeline.modeling.embedding import resnet50
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached copy
+    monkeypatch.setattr(keras_resnet, "BASE_WEIGHTS_PATH", "http://127.0.0.1:9/")  # nothing listens there
+    resnet50.cache_clear()
+    with pytest.raises(MissingWeightsError, match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5.*"
+                                                  r"--embed-weights PATH.*--embed-weights none"):
+        resnet50("imagenet")
+    resnet50.cache_clear()

@@ -11,12 +11,15 @@ bits (tests/test_model_input.py checks it through the three callers).
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..faces import MissingWeightsError
 from ..images import decode_rgb, letterbox, open_checked
 
 log = logging.getLogger(__name__)
@@ -81,5 +84,24 @@ def resnet50(weights: str, mixed_precision: bool = False):
     try:
         return keras.applications.ResNet50(include_top=False, pooling="avg", weights=chosen,
                                            input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
+    except Exception as err:
+        cached = keras_cache() / IMAGENET_FILE
+        if chosen != "imagenet" or cached.is_file():
+            raise
+        raise MissingWeightsError(
+            f"ResNet50's ImageNet weights ({IMAGENET_FILE}) are not in {cached.parent} and could not be "
+            f"downloaded ({type(err).__name__}: {str(err)[:200]}). Put the file there (from {IMAGENET_URL}; "
+            f"$KERAS_HOME/models if KERAS_HOME is set), or pass --embed-weights PATH to a copy of it, or "
+            f"--embed-weights none (random weights: for tests only)."
+        ) from err
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{IMAGENET_FILE}"
+
+
+def keras_cache() -> Path:
+    """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
