@@ -77,10 +77,12 @@ def stage_task(name: str, **options):
 
     @task(task_id=name, doc_md=f"Runs stage `{name}` (`{spec.function}`).", **options)
     def run_stage_task(shard=None, params=None, run_id=None, ti=None) -> dict:
+        from emotion_pipeline.airflow_adapter import fail_fast
         from emotion_pipeline.runner import run_stage
 
         shard = shard["shard"] if isinstance(shard, dict) else shard
-        result = run_stage(name, _config(params), shard, run_id=run_id or "")
+        with fail_fast():  # bad settings, missing weights, no bucket, no permission: no retry
+            result = run_stage(name, _config(params), shard, run_id=run_id or "")
         return {**result.to_dict(), "worker": ti.hostname}
 
     return run_stage_task
@@ -107,9 +109,11 @@ def emotion_pipeline():
     def discover(params=None, ti=None) -> list[int]:
         """Returns the shards with work left (what the shard tasks map over); the full summary
         (photos found, new, hashed, all shards) goes to the XCom key ``summary``."""
+        from emotion_pipeline.airflow_adapter import fail_fast
         from emotion_pipeline.runner import run_stage
 
-        summary = run_stage("discover", _config(params)).to_dict()
+        with fail_fast():
+            summary = run_stage("discover", _config(params)).to_dict()
         ti.xcom_push(key="summary", value=summary)
         return summary["pending"]
 

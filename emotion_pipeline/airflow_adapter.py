@@ -1,4 +1,5 @@
-"""The only module of the package that imports Airflow: alerts through the SMTP provider's notifier.
+"""The only module of the package that imports Airflow: alerts through the SMTP provider's notifier,
+and failing at once, without retries, on errors no retry can fix.
 
 Recipients come from the run's params (``alert_emails``), the SMTP server from the Airflow connection
 ``smtp_default`` (or ``smtp_conn_id``), e.g.
@@ -10,12 +11,31 @@ from __future__ import annotations
 import html
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .config import CLASSES, PipelineConfig
+from .config import CLASSES, ConfigError, PipelineConfig
+from .faces import MissingWeightsError
+from .storage import AccessDenied, BucketNotFound
+
+# Errors that the same task would meet again on every retry: invalid settings, a weight file that is
+# not there and cannot be downloaded, a bucket that does not exist, a denied permission.
+PERMANENT_ERRORS = (ConfigError, MissingWeightsError, BucketNotFound, AccessDenied)
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def fail_fast():
+    """Turn a ``PERMANENT_ERRORS`` error into Airflow's "fail now, no retries", with its message:
+    retrying it (twice, with backoff: about 100 s) could not fix it."""
+    try:
+        yield
+    except PERMANENT_ERRORS as err:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{type(err).__name__}: {err}") from err
 
 
 def _judged(value: float, spec: str) -> str:

@@ -287,6 +287,10 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
     return tuple(str(v).strip() for v in value if str(v).strip())
 
 
+class ConfigError(ValueError):
+    """A setting out of its bounds or choices: the run cannot start until it is fixed."""
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise ConfigError(message)

@@ -35,7 +35,7 @@ def summarize(dag_run, config: PipelineConfig, seconds: float) -> dict[str, Any]
     root = open_storage(config.root)
     xcoms = _xcoms(dag_run)
     tasks = [
-        {"task": ti.task_id, "map_index": ti.map_index, "state": str(ti.state),
+        {"task": ti.task_id, "map_index": ti.map_index, "state": str(ti.state), "tries": ti.try_number,
          "seconds": round(ti.duration or 0.0, 1), "result": xcoms.get((ti.task_id, ti.map_index, "return_value"))}
         for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.start_date or dag_run.start_date, t.map_index))
     ]

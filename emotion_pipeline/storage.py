@@ -76,6 +76,14 @@ def check_key(key: str) -> str:
     return path.as_posix()
 
 
+class BucketNotFound(StorageError):
+    """The bucket does not exist: no retry can help."""
+
+
+class AccessDenied(StorageError):
+    """The credentials may not do this (403): no retry can help."""
+
+
 class LeaseTimeout(StorageError):
     """Another run held the root's lease for longer than we were willing to wait."""
 
@@ -321,7 +329,7 @@ class GCSStorage:
         except exceptions.NotFound as err:
             raise FileNotFoundError(self.uri_for(key)) from err
         except exceptions.Forbidden as err:
-            raise StorageError(_forbidden_hint(self.uri_for(key), err)) from err
+            raise AccessDenied(_forbidden_hint(self.uri_for(key), err)) from err
 
     def write_bytes(self, key: str, data: bytes, durable: bool = True) -> None:
         from google.api_core import exceptions
@@ -330,9 +338,9 @@ class GCSStorage:
             # Without a generation precondition the client would not retry an upload at all.
             self._bucket.blob(self._name(key)).upload_from_file(io.BytesIO(data), size=len(data), retry=_retry())
         except exceptions.NotFound as err:
-            raise StorageError(f"bucket {self._bucket.name!r} does not exist: create it first") from err
+            raise BucketNotFound(f"bucket {self._bucket.name!r} does not exist: create it first") from err
         except exceptions.Forbidden as err:
-            raise StorageError(_forbidden_hint(self.uri_for(key), err)) from err
+            raise AccessDenied(_forbidden_hint(self.uri_for(key), err)) from err
 
     def make_durable(self) -> None:
         """An upload is durable once it returns."""
@@ -390,9 +398,9 @@ class GCSStorage:
                     raise LeaseTimeout(f"{where} is still held by another run") from None
                 time.sleep(poll)
             except exceptions.NotFound as err:
-                raise StorageError(f"bucket {self._bucket.name!r} does not exist: create it first") from err
+                raise BucketNotFound(f"bucket {self._bucket.name!r} does not exist: create it first") from err
             except exceptions.Forbidden as err:
-                raise StorageError(_forbidden_hint(self.uri, err)) from err
+                raise AccessDenied(_forbidden_hint(self.uri, err)) from err
 
         stop, lost = threading.Event(), []
         holder = threading.current_thread()
@@ -460,9 +468,9 @@ class GCSStorage:
                     continue  # "folder" placeholder objects made by some tools
                 yield ObjectInfo(key=blob.name[strip:], size=blob.size or 0, version=str(blob.generation))
         except exceptions.NotFound as err:
-            raise StorageError(f"bucket {self._bucket.name!r} does not exist: create it first") from err
+            raise BucketNotFound(f"bucket {self._bucket.name!r} does not exist: create it first") from err
         except exceptions.Forbidden as err:
-            raise StorageError(_forbidden_hint(self.uri, err)) from err
+            raise AccessDenied(_forbidden_hint(self.uri, err)) from err
 
 
 class LeaseWatch:

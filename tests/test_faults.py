@@ -180,11 +180,13 @@ def test_hostile_names_stay_inside_the_root_and_duplicates_are_found_by_content(
 def check_hostile(dataset, names, same_photo=("copy of with space.JPG", "with space.jpg")):
     dataset = dataset.set_index("source_key")
     assert set(dataset.index) == set(names)  # every file accounted for, by its exact name
-    pair = dataset.loc[list(same_photo)].sort_values("status")  # "duplicate" < "ok"
-    assert pair["status"].tolist() == ["duplicate", "ok"]  # recognised by content, whatever the names
+    # Resized and waiting for annotate (which first_half does not run): "pending".
+    pair = dataset.loc[list(same_photo)].sort_values("status")  # "duplicate" < "pending"
+    assert pair["status"].tolist() == ["duplicate", "pending"]  # recognised by content, whatever the names
     assert pair["duplicate_of"].iloc[0] == pair.index[1]  # names the photo it repeats
     others = dataset.drop(index=list(same_photo))[["status", "error"]]
-    assert others["status"].eq("ok").all(), others.to_dict("index")
+    assert others["status"].eq("pending").all() and others["error"].eq("waiting for annotate").all(), \
+        others.to_dict("index")
     return dataset
 
 

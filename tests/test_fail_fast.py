@@ -1,0 +1,27 @@
+"""Errors no retry can fix fail their task at once, with the reason, through the real DAG."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from .pipeline_run import CLI, _without_mlflow_uri
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def test_a_bucket_that_does_not_exist_fails_discover_once_without_retries(tmp_path, gcs_emulator):
+    """It used to be retried twice with backoff (about 100 s) although no retry could create it."""
+    summary_path = tmp_path / "summary.json"
+    done = subprocess.run(
+        [CLI, "run", "--source", "gs://no-such-bucket-anywhere/photos", "--root", str(tmp_path / "out"),
+         "--airflow-home", str(tmp_path / "airflow"), "--summary-json", str(summary_path),
+         "--embed-weights", "none"],
+        env={**_without_mlflow_uri(os.environ), "STORAGE_EMULATOR_HOST": gcs_emulator},
+        capture_output=True, text=True, timeout=500,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    discover = next(t for t in summary["tasks"] if t["task"] == "discover")
+    assert discover["state"] == "failed" and discover["tries"] == 1, discover
+    assert "does not exist" in done.stdout + done.stderr
