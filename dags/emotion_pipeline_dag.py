@@ -27,11 +27,16 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, dag, task
 
 from emotion_pipeline.config import PipelineConfig, form_params
-from emotion_pipeline.registry import execution_timeout, stage
+from emotion_pipeline.registry import STAGES, execution_timeout, stage
 
 # Whoever lands a new batch of photos in the source posts an event on this asset; that starts a run
 # with the default params, so it can only be the schedule where the default source and root are set.
 NEW_PHOTOS = Asset(name="emotion_photos", uri="emotion-pipeline://photos")
+# What the pipeline produces, as assets: every run posts an event on each, with the stage's result as
+# extra (rows, vectors, model version and metrics; "skipped": true when nothing changed), so another
+# DAG can be scheduled on "a new dataset" or "a new model version".
+OUTPUTS = {spec.asset: Asset(name=spec.asset, uri=f"emotion-pipeline://{spec.asset.removeprefix('emotion_')}")
+           for spec in STAGES.values() if spec.asset}
 
 
 def deployment_default(name: str, default):
@@ -75,14 +80,20 @@ def stage_task(name: str, **options):
     if not spec.per_shard:
         options = {"trigger_rule": "none_failed", **options}
 
+    if spec.asset:
+        options = {"outlets": [OUTPUTS[spec.asset]], **options}
+
     @task(task_id=name, doc_md=f"Runs stage `{name}` (`{spec.function}`).", **options)
-    def run_stage_task(shard=None, params=None, run_id=None, ti=None) -> dict:
-        from emotion_pipeline.airflow_adapter import fail_fast
+    def run_stage_task(shard=None, params=None, run_id=None, ti=None, outlet_events=None) -> dict:
+        from emotion_pipeline.airflow_adapter import asset_extra, fail_fast
         from emotion_pipeline.runner import run_stage
 
         shard = shard["shard"] if isinstance(shard, dict) else shard
+        config = _config(params)
         with fail_fast():  # bad settings, missing weights, no bucket, no permission: no retry
-            result = run_stage(name, _config(params), shard, run_id=run_id or "")
+            result = run_stage(name, config, shard, run_id=run_id or "")
+        if spec.asset:  # the event other DAGs can be scheduled on: what this run made of the output
+            outlet_events[OUTPUTS[spec.asset]].extra = asset_extra(result, config)
         return {**result.to_dict(), "worker": ti.hostname}
 
     return run_stage_task

@@ -26,6 +26,13 @@ PERMANENT_ERRORS = (ConfigError, MissingWeightsError, BucketNotFound, AccessDeni
 log = logging.getLogger(__name__)
 
 
+def asset_extra(result, config: PipelineConfig) -> dict[str, Any]:
+    """A stage result as an asset event's extra: its scalar fields (rows, URIs, model version,
+    metrics, ``skipped``) and the root, small enough for the metadata database."""
+    fields = {k: v for k, v in result.to_dict().items() if v is None or isinstance(v, (str, int, float, bool))}
+    return {**fields, "root": config.root}
+
+
 @contextmanager
 def fail_fast():
     """Turn a ``PERMANENT_ERRORS`` error into Airflow's "fail now, no retries", with its message:

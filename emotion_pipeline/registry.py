@@ -45,7 +45,8 @@ class Stage:
     inputs: str | None = None  # "module:function", (StageRun) -> str: any other input it reads
     reads_photo_tables: bool = False  # merge: every stage with a photo table is upstream and covered
     photo_table: str | None = None  # its per-photo table with a status: a table name in each shard
-    #                                 folder for a per-shard stage, a catalog key for a whole-dataset one
+    #                                 folder for a per-shard stage, a catalog key for a whole-dataset one;
+    #                                 keyed by source_key *and* image_id (a name's content can change)
     gpu: bool = False  # runs on the `gpu` queue and pool
     marker: bool = True  # False: the stage keeps its own idempotence (discover lists, drift logs)
     force: str | None = None  # a boolean knob that makes it run even when its marker matches
@@ -55,6 +56,7 @@ class Stage:
     # task stuck on a hung mount or service, not to race a slow but working one.
     minutes: int = 30
     seconds_per_photo: float = 0.0
+    asset: str | None = None  # the Airflow asset its output is: an event (with the result as extra) per run
 
 
 S = "emotion_pipeline.stages."
@@ -74,16 +76,17 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           minutes=120),
     Stage("check_drift", S + "drift:check_drift", DriftReport, catalog.DRIFT_FOLDER, upstream=("annotate",),
           marker=False),
-    Stage("merge", S + "merge:merge", MergeResult, catalog.MERGE_FOLDER, reads_photo_tables=True),
+    Stage("merge", S + "merge:merge", MergeResult, catalog.MERGE_FOLDER, reads_photo_tables=True,
+          asset="emotion_dataset"),
     Stage("assemble_features", S + "assemble:assemble", FeaturesResult, catalog.ASSEMBLE_FOLDER,
-          upstream=("embed",), covers=("embed",)),
+          upstream=("embed",), covers=("embed",), asset="emotion_features"),
     Stage("check_gold", S + "gold:check_gold", GoldResult, catalog.GOLD_FOLDER, photos=False,
           inputs=S + "gold:gold_files", knobs=("gold", "gold_detector", "detector", "min_face_confidence",
                                                "detect_max_side", "max_image_pixels"), gpu=True, minutes=120),
     Stage("train", S + "train:train", TrainResult, catalog.TRAIN_FOLDER, photos=False,
           upstream=("merge", "assemble_features", "check_gold"), inputs=S + "train:training_data_fingerprint",
           knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class",
-                 "registered_model"), force="force_train", lease="train", minutes=360),
+                 "registered_model"), force="force_train", lease="train", minutes=360, asset="emotion_model"),
     Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE_FOLDER, photos=False,
           upstream=("train",), covers=("train",), knobs=("shap_samples", "shap_images", "shap_image_evals", "seed"),
           gpu=True, minutes=120),

@@ -33,7 +33,8 @@ def brightness(run: StageRun) -> BrightnessResult:
     for row in metadata[metadata["status"] == "ok"].itertuples(index=False):
         with Image.open(io.BytesIO(run.root.read_bytes(catalog.processed_photo(row.image_id)))) as image:
             level = float(np.asarray(image.convert("L")).mean())
-        rows.append({"source_key": row.source_key, "brightness": level, "status": "dark" if level < 20 else None})
+        rows.append({"source_key": row.source_key, "image_id": row.image_id, "brightness": level,
+                     "status": "dark" if level < 20 else None})
     write_table(run.root, catalog.shard_table("brightness", run.shard, "brightness"), pd.DataFrame(rows))
     return BrightnessResult(shard=run.shard, dark=sum(r["status"] == "dark" for r in rows))
 

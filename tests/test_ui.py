@@ -7,6 +7,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -69,6 +70,12 @@ def test_ui_serves_the_dag_and_runs_it_from_the_rest_api(tmp_path):
         annotated = [t for t in tasks if t["task_id"] == "annotate"]
         assert len(annotated) == 2 and all(t["state"] == "success" and t["pool"] == "gpu" for t in annotated)
         assert (tmp_path / "out" / "datasets" / "final_emotion_dataset.parquet").is_file()
+        # The merged dataset is an Airflow asset: the run posted an event with what it made.
+        events = call(f"{base}/api/v2/assets/events?source_dag_id=emotion_pipeline"
+                      f"&source_run_id={quote(run['dag_run_id'])}", token)["asset_events"]
+        (dataset_event,) = [e for e in events if e["name"] == "emotion_dataset"]
+        assert dataset_event["extra"]["images"] == 4 and dataset_event["extra"]["skipped"] is False
+        assert dataset_event["extra"]["dataset_uri"].endswith("final_emotion_dataset.parquet")
     finally:
         stop_tree(process)
 
