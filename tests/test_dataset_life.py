@@ -159,13 +159,46 @@ def test_incremental_runs_equal_runs_from_scratch(tmp_path):
              ("change the detector", lambda: None, {"detector": "yunet"}),
              ("change embed_input", lambda: None, {"detector": "yunet", "embed_input": "photo"})]
 
-    incremental = tmp_path / "A"
-    rows, vectors, last_fingerprint = outcome(settings(src, incremental))
+    check_against_scratch(steps, lambda name, **knobs: settings(src, tmp_path / name, **knobs))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_incremental_runs_equal_runs_from_scratch_on_gcs(tmp_path, gcs_bucket):
+    """A shorter sequence with the photos and both roots in a bucket (the real client, the emulator)."""
+    source = open_storage(f"gs://{gcs_bucket}/photos")
+    faces = sorted(p.name for p in FACES.glob("img*.jpg"))
+    for name in faces[:6]:
+        source.write_bytes(name, (FACES / name).read_bytes())
+
+    def add_batch_and_edit():
+        for name in faces[6:8]:
+            source.write_bytes(f"batch2/{name}", (FACES / name).read_bytes())
+        rotated = tmp_path / "rotated.jpg"
+        shutil.copy(FACES / faces[1], rotated)
+        rotate_in_place(rotated)
+        source.write_bytes(faces[1], rotated.read_bytes())  # a new generation of the same object
+
+    def rename_delete_and_copy():
+        source.write_bytes("renamed.jpg", source.read_bytes(faces[2]))
+        source.delete(faces[2])
+        source.delete(faces[4])
+        source.write_bytes("0_copy_sorts_first.jpg", source.read_bytes(faces[5]))
+
+    steps = [("add a batch, edit a photo in place", add_batch_and_edit, {}),
+             ("rename one, delete one, add a byte-identical copy", rename_delete_and_copy, {})]
+    check_against_scratch(steps, lambda name, **knobs: settings(source.uri, f"gs://{gcs_bucket}/{name}", **knobs))
+
+
+def check_against_scratch(steps, config_for) -> None:
+    """Apply each (description, change, knobs) to the source; after each, run incrementally on root
+    A and from scratch on a fresh root, and compare rows, vectors and the training fingerprint."""
+    rows, vectors, last_fingerprint = outcome(config_for("A"))
     last_training = training_set(rows, vectors)
     for number, (what, change, knobs) in enumerate(steps):
         change()
-        rows_a, vectors_a, fingerprint_a = outcome(settings(src, incremental, **knobs))
-        rows_b, vectors_b, fingerprint_b = outcome(settings(src, tmp_path / f"B{number}", **knobs))
+        rows_a, vectors_a, fingerprint_a = outcome(config_for("A", **knobs))
+        rows_b, vectors_b, fingerprint_b = outcome(config_for(f"B{number}", **knobs))
         pd.testing.assert_frame_equal(rows_a, rows_b, obj=what)
         assert vectors_a.keys() == vectors_b.keys(), what
         for image_id in vectors_a:
