@@ -16,7 +16,11 @@ names the worker that ran it (`worker`).
 Runs start from the UI's trigger form, the REST API, or an event on the asset `emotion_photos`
 (`POST /api/v2/assets/events` when a new batch has landed in the source): such runs use the
 form's defaults, $EMOTION_PIPELINE_SOURCE and $EMOTION_PIPELINE_ROOT, and without both the DAG
-is started by hand only.
+is started by hand only. With $EMOTION_PIPELINE_SCHEDULE too (a cron expression or preset such as
+`@daily`), runs also start on that schedule (asset event or time, whichever comes first), so that
+`airflow backfill create --from-date ... --to-date ...` and the UI's Backfill work; with
+$EMOTION_PIPELINE_BATCH=`{{ ds }}` a run for date D reads the batch folder `source/D/` only, while the
+dataset, the drift log and the model keep covering every batch seen so far.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import json
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from emotion_pipeline.config import PipelineConfig, form_params
 from emotion_pipeline.registry import STAGES, execution_timeout, stage
@@ -53,7 +57,20 @@ def deployment_default(name: str, default):
 
 # The trigger form, grouped in sections: every knob of emotion_pipeline.config with a section.
 PARAMS = {name: Param(deployment_default(name, default), **schema) for name, (default, schema) in form_params().items()}
-SCHEDULE = [NEW_PHOTOS] if PARAMS["source"].value and PARAMS["root"].value else None
+
+
+def schedule():
+    """Hand-started only, unless the deployment set the defaults a run without params needs (source
+    and root): then an asset event starts a run, and with $EMOTION_PIPELINE_SCHEDULE the clock too."""
+    if not (PARAMS["source"].value and PARAMS["root"].value):
+        return None
+    cron = os.environ.get("EMOTION_PIPELINE_SCHEDULE")
+    if not cron:
+        return [NEW_PHOTOS]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[NEW_PHOTOS])
+
+
+SCHEDULE = schedule()
 
 
 def _config(params) -> PipelineConfig:
@@ -117,14 +134,18 @@ def stage_task(name: str, **options):
 )
 def emotion_pipeline():
     @task(execution_timeout=execution_timeout(stage("discover"), PARAMS["shard_size"].value))
-    def discover(params=None, ti=None) -> list[int]:
+    def discover(params=None, ti=None, **context) -> list[int]:
         """Returns the shards with work left (what the shard tasks map over); the full summary
-        (photos found, new, hashed, all shards) goes to the XCom key ``summary``."""
+        (photos found, new, hashed, all shards) goes to the XCom key ``summary``. The batch folder
+        is rendered with the run's context (``{{ ds }}``: the run's date, a backfill's too)."""
         from emotion_pipeline.airflow_adapter import fail_fast
         from emotion_pipeline.runner import run_stage
 
+        values = dict(params)
+        if values.get("batch"):
+            values["batch"] = context["task"].render_template(values["batch"], context)
         with fail_fast():
-            summary = run_stage("discover", _config(params)).to_dict()
+            summary = run_stage("discover", _config(values)).to_dict()
         ti.xcom_push(key="summary", value=summary)
         return summary["pending"]
 

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(run)
     run.add_argument("--airflow-home", type=Path, help="default: ~/.emotion-pipeline/airflow")
     run.add_argument("--summary-json", type=Path, help="also write the run summary here (automation)")
+    run.add_argument("--verbose", action="store_true",
+                     help="Airflow's and the stages' full log on the terminal instead of a log file")
 
     ui = commands.add_parser("ui", help="Airflow standalone with this DAG: trigger runs from the UI")
     ui.add_argument("--source", default="", help="default 'source' in the trigger form")
@@ -87,12 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
     if args.command == "run":
+        from .run_console import block_stop_signals
+
+        block_stop_signals()  # before any thread starts: the run's console takes Ctrl-C and SIGTERM
         from .local_run import run_locally
 
-        summary = run_locally(config_values(args), airflow_home=args.airflow_home)
+        summary = run_locally(config_values(args), airflow_home=args.airflow_home, verbose=args.verbose)
         if args.summary_json:
             args.summary_json.write_text(json.dumps(summary, indent=2, default=str))
-        return 0 if summary["state"] == "success" else 1
+        return {"success": 0, "interrupted": 130}.get(summary["state"], 1)
     if args.command == "ui":
         from .local_ui import start_ui
 

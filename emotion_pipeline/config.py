@@ -12,7 +12,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # DeepFace's 7 scores
@@ -57,6 +57,10 @@ class PipelineConfig:
                        help="Folder or gs://bucket/prefix with the input photos (read only).")
     root: str = knob(title="Output root", section="Input",
                      help="Folder or gs://bucket/prefix where every output is written.")
+    batch: str = knob("", title="Batch folder", section="Input",
+                      help="This run's batch: a folder under the source, e.g. {{ ds }} (the DAG renders "
+                           "Airflow templates with the run's date). Only it is listed; photos of other "
+                           "batches stay in the dataset as they were. Empty: the whole source.")
     shard_size: int = knob(1000, title="Shard size", section="Input", minimum=1,
                            help="Photos per shard (one task per shard and stage).")
     photo_extensions: tuple[str, ...] = knob(PHOTO_EXTENSIONS, title="Photo extensions", section="Input",
@@ -157,6 +161,9 @@ class PipelineConfig:
         for spec in knobs():
             _validate(spec, getattr(self, spec.name))
         _check("emotion" in self.actions, "the 'emotion' action is required: labels come from it")
+        folder = PurePosixPath(self.batch.strip("/"))
+        _check(not (self.batch.startswith("/") or ".." in folder.parts),
+               f"batch {self.batch!r} must be a folder inside the source (relative, no '..')")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":

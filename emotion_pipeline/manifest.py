@@ -13,8 +13,10 @@ The manifest (``manifest/images.parquet`` under the root) has one row per source
   final dataset calls the original (the first by name, as a run from scratch would) is merge's call.
 * Shards are append-only: rows never move, new files form new shards after the last one. A backfill
   of a new batch therefore touches only the new shards.
-* ``present`` says whether the file was found by the latest discovery; the final dataset holds the
-  present rows, so "discovered" and "rows in the final dataset" reconcile.
+* ``present`` says whether the file was found by the latest discovery that listed its folder; the
+  final dataset holds the present rows, so "discovered" and "rows in the final dataset" reconcile.
+  A run for one batch (``batch``, e.g. the run's date: ``source/2026-11-01/``) lists only that
+  folder; the rows of other batches stay as they were.
 * ``entry_problem`` names an entry that has a photo's name but cannot be read (a broken link, a named
   pipe, a file this process may not read: ``storage.ENTRY_PROBLEMS``). It gets a row like any photo,
   with an id of its own; resize gives it that status without opening it. Such entries are tried again
@@ -32,7 +34,7 @@ from pathlib import PurePosixPath
 import pandas as pd
 
 from .config import PHOTO_EXTENSIONS, PipelineConfig
-from .storage import ObjectInfo, Storage, entry_problem
+from .storage import ObjectInfo, Storage, check_key, entry_problem
 from . import catalog
 from .tables import read_table, write_table
 
@@ -76,11 +78,12 @@ def skip_reason(entry: ObjectInfo, extensions: tuple[str, ...] = PHOTO_EXTENSION
     return f"extension {suffix}" if suffix else "no extension"
 
 
-def list_images(source: Storage, limit: int | None = None,
-                extensions: tuple[str, ...] = PHOTO_EXTENSIONS) -> tuple[list[ObjectInfo], list[tuple[str, str]]]:
-    """The photo entries (sorted, the first ``limit``) and the skipped ones as (key, reason)."""
+def list_images(source: Storage, limit: int | None = None, extensions: tuple[str, ...] = PHOTO_EXTENSIONS,
+                batch: str = "") -> tuple[list[ObjectInfo], list[tuple[str, str]]]:
+    """The photo entries (sorted, the first ``limit``) and the skipped ones as (key, reason), in the
+    folder ``batch`` of the source (the whole source when empty)."""
     found, skipped = [], []
-    for entry in source.list():
+    for entry in source.list(batch_prefix(batch)):
         reason = skip_reason(entry, extensions)
         if reason is None:
             found.append(entry)
@@ -88,6 +91,17 @@ def list_images(source: Storage, limit: int | None = None,
             skipped.append((entry.key, f"{reason}: {entry.error}" if entry.error else reason))
     found.sort(key=lambda o: o.key)
     return (found if limit is None else found[:limit]), skipped
+
+
+def batch_prefix(batch: str) -> str:
+    """The batch folder as a listing prefix: ``2026-11-01`` -> ``2026-11-01`` ("" for the whole source)."""
+    return check_key(batch.strip("/")) if batch.strip("/") else ""
+
+
+def in_batch(keys: pd.Series, batch: str) -> pd.Series:
+    """Which source keys the batch's listing covers (all of them without a batch)."""
+    prefix = batch_prefix(batch)
+    return keys.str.startswith(f"{prefix}/") if prefix else pd.Series(True, index=keys.index)
 
 
 def load_manifest(root: Storage) -> pd.DataFrame:
@@ -101,9 +115,12 @@ def load_manifest(root: Storage) -> pd.DataFrame:
 
 
 def discover(config: PipelineConfig, source: Storage, root: Storage) -> Discovery:
-    """List the source, hash what is new or changed, assign new files to new shards, save."""
+    """List the source (or the run's batch folder), hash what is new or changed, assign new files to
+    new shards, save."""
     previous = load_manifest(root)
-    listed, skipped = list_images(source, config.limit, config.photo_extensions)
+    listed, skipped = list_images(source, config.limit, config.photo_extensions, config.batch)
+    if config.batch and not listed:
+        log.warning("discover: the batch folder %s holds no photos", source.uri_for(batch_prefix(config.batch)))
     known = {  # entries with a problem are not cached: they are tried again every time
         (row.source_key, int(row.size_bytes), row.version): row.image_id
         for row in previous.itertuples(index=False) if not row.entry_problem
@@ -128,7 +145,7 @@ def discover(config: PipelineConfig, source: Storage, root: Storage) -> Discover
         if (i + 1) % 5000 == 0:
             log.info("discover: %d/%d files listed, %d hashed", i + 1, len(listed), rehashed)
 
-    manifest, new_files = _assign_shards(previous, current, source, config.shard_size)
+    manifest, new_files = _assign_shards(previous, current, source, config.shard_size, config.batch)
     if not manifest.equals(previous):
         write_table(root, catalog.MANIFEST, manifest)
     skipped_table = pd.DataFrame(skipped, columns=["source_key", "reason"])
@@ -153,7 +170,7 @@ def skipped_counts(skipped: list[tuple[str, str]]) -> dict[str, int]:
 
 
 def _assign_shards(
-    previous: pd.DataFrame, current: list[tuple[ObjectInfo, str]], source: Storage, shard_size: int
+    previous: pd.DataFrame, current: list[tuple[ObjectInfo, str]], source: Storage, shard_size: int, batch: str = ""
 ) -> tuple[pd.DataFrame, int]:
     seen = {(k, i) for k, i in zip(previous["source_key"], previous["image_id"])}
 
@@ -180,7 +197,10 @@ def _assign_shards(
     # unchanged file with a new mtime is not hashed again next time.
     listed = {(obj.key, image_id): obj for obj, image_id in current}
     keys = list(zip(manifest["source_key"], manifest["image_id"]))
-    manifest["present"] = [k in listed for k in keys]
+    # Only what this listing covered can have gone: rows of other batches keep their presence.
+    listed_here = in_batch(manifest["source_key"], batch)
+    manifest["present"] = [k in listed if here else was for k, here, was in
+                           zip(keys, listed_here, manifest["present"].astype(bool))]
     manifest["version"] = [listed[k].version if k in listed else v for k, v in zip(keys, manifest["version"])]
     manifest = manifest.astype({c: _dtype(c) for c in COLUMNS}).reset_index(drop=True)
     return _choose_processing_names(manifest), len(new_rows)

@@ -9,10 +9,28 @@ from typing import Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
+# Called on every step with (label, done, total, photos per second): `emotion-pipeline run` draws its
+# progress bar from them (run_console.py); in Airflow's workers nobody watches and the log line does.
+Watcher = Callable[[str, int, int, float], None]
+_watchers: list[Watcher] = []
+
+
+def watch(watcher: Watcher) -> Callable[[], None]:
+    """Call ``watcher`` on every step of every Progress in this process; returns the way to stop."""
+    _watchers.append(watcher)
+    return lambda: _watchers.remove(watcher)
+
+
+def eta(done: int, total: int, rate: float) -> str:
+    """Time left at this rate, as m:ss (h:mm:ss past an hour)."""
+    seconds = round((total - done) / rate) if rate > 0 else 0
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+
 
 class Progress:
-    """Logs ``done/total`` with a rate after the first step (an early rate), then at most every ``every``
-    seconds and at the end: long shards show progress."""
+    """Logs ``done/total`` with a rate and the time left after the first step (an early rate), then
+    at most every ``every`` seconds and at the end: long shards show progress."""
 
     def __init__(self, label: str, total: int, every: float = 10.0) -> None:
         self.label, self.total, self.every = label, total, every
@@ -23,10 +41,13 @@ class Progress:
         first = self.done == 0
         self.done += n
         now = time.monotonic()
+        rate = self.done / max(now - self.start, 1e-9)
+        for watcher in list(_watchers):
+            watcher(self.label, self.done, self.total, rate)
         if first or now - self.last >= self.every or self.done == self.total:
             self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            log.info("%s: %d/%d (%.1f/s)", self.label, self.done, self.total, rate)
+            log.info("%s: %d/%d (%.1f/s, %s left)", self.label, self.done, self.total, rate,
+                     eta(self.done, self.total, rate))
 
 
 def in_order_ahead(pool: Executor, fn: Callable, items: Iterable, ahead: int) -> Iterator:

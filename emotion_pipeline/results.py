@@ -36,6 +36,7 @@ class DiscoverResult(StageResult):
     shards: list[int]
     pending: list[int]  # shards a per-shard stage still has to run on: what the DAG maps over
     skipped: dict[str, int] = field(default_factory=dict)  # entries that are not photos, by reason
+    batch: str = ""  # the batch folder this run listed ("": the whole source)
 
 
 @dataclass(kw_only=True)

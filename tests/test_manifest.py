@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from emotion_pipeline.config import PipelineConfig
+from emotion_pipeline.config import ConfigError, PipelineConfig
 from emotion_pipeline.manifest import discover, shard_fingerprint, shard_rows
 from emotion_pipeline.storage import LocalStorage
 
@@ -92,3 +92,26 @@ def test_fingerprint_changes_with_members_and_params(folders):
     assert shard_fingerprint(rows, a=1) != shard_fingerprint(rows.iloc[:1], a=1)
     with pytest.raises(KeyError):
         shard_rows(rows, 9)
+
+
+def test_a_batch_run_lists_its_folder_only_and_leaves_other_batches_as_they_were(folders):
+    """Backfill by date: the run for D reads source/D/; the dataset keeps every batch seen so far."""
+    names = flickr_names(5)
+    copy_photos(FLICKR, folders[2] / "2026-11-01", names[:2])
+    copy_photos(FLICKR, folders[2] / "2026-11-02", names[2:4])
+    copy_photos(FLICKR, folders[2] / "2026-11-010", names[4:])  # a folder whose name extends the first
+    first = run(folders, batch="2026-11-01", shard_size=10)
+    assert sorted(first.manifest["source_key"]) == [f"2026-11-01/{n}" for n in names[:2]]
+    second = run(folders, batch="{}/".format("2026-11-02"), shard_size=10)  # a trailing slash is the same
+    assert second.new_files == 2 and second.manifest["present"].all() and second.shards == [0, 1]
+    # The first batch's folder is gone from this machine (archived): a later batch run keeps its rows,
+    (folders[2] / "2026-11-01" / names[0]).unlink()
+    third = run(folders, batch="2026-11-010", shard_size=10)
+    assert third.manifest.set_index("source_key")["present"].all()
+    # ...and only a run over the whole source sees that it went.
+    whole = run(folders, shard_size=10).manifest.set_index("source_key")["present"]
+    assert not whole[f"2026-11-01/{names[0]}"] and whole.drop(f"2026-11-01/{names[0]}").all()
+    # A batch folder that does not exist is a run with nothing new, not an error.
+    assert run(folders, batch="2026-12-25", shard_size=10).new_files == 0
+    with pytest.raises(ConfigError, match="inside the source"):
+        run(folders, batch="../elsewhere")

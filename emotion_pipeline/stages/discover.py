@@ -34,4 +34,5 @@ def discover(run: StageRun) -> DiscoverResult:
     pending = [s for s in found.shards
                if not all(is_complete(stage, run.config, run.root, found.manifest, s) for stage in shard_stages())]
     return DiscoverResult(images=int(found.manifest["present"].sum()), new_images=found.new_files,
-                          hashed=found.rehashed, shards=found.shards, pending=pending, skipped=found.skipped)
+                          hashed=found.rehashed, shards=found.shards, pending=pending, skipped=found.skipped,
+                          batch=run.config.batch)
