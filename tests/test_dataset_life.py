@@ -248,3 +248,19 @@ def test_a_new_batch_refits_the_champion_and_force_searches_afresh(tmp_path, mon
     assert forced.mode == "search" and forced.mode_reason == "force_train" and forced.trials > 0
     assert len(set((state_home() / "tuner").iterdir()) - searches) == 1  # a fresh search, not the old one
     assert forced.model_version == "3"
+
+
+def test_a_run_before_any_photo_landed_succeeds_with_nothing(tmp_path):
+    """A scheduled run for a date whose batch folder is still empty, on a new root: every stage
+    succeeds (assemble used to fail with "No objects to concatenate" on every retry), no model."""
+    from emotion_pipeline.stages.all import run_all_stages
+
+    (tmp_path / "photos" / "2026-11-02").mkdir(parents=True)  # another date's folder, not this run's
+    config = PipelineConfig(source=str(tmp_path / "photos"), root=str(tmp_path / "out"), batch="2026-11-01",
+                            embed_weights="none")
+    results = run_all_stages(config)
+    root = open_storage(config.root)
+    assert results["discover"].images == 0 and len(catalog.read_dataset(root)) == 0
+    assert results["assemble_features"].vectors == 0
+    assert results["train"].trained is False and results["train"].reason
+    assert results["evaluate"].evaluated is False

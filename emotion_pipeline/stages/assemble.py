@@ -44,7 +44,10 @@ def assemble(run: StageRun) -> FeaturesResult:
     for shard in shards:
         indexes.append(read_table(root, catalog.vector_index(shard)))
         matrices.append(np.load(io.BytesIO(root.read_bytes(catalog.shard_vectors(shard)))))
-    index = pd.concat(indexes, ignore_index=True)
+    # No shard yet (a scheduled run before any photo landed): empty outputs, and training skips.
+    index = pd.concat(indexes, ignore_index=True) if indexes else pd.DataFrame(
+        {"image_id": pd.Series(dtype=object), "source_key": pd.Series(dtype=object),
+         "shard": pd.Series(dtype="int64"), "input": pd.Series(dtype=object)})
     vectors = np.concatenate(matrices) if matrices else np.zeros((0, DIM), dtype=np.float32)
     if len(index) != len(vectors):
         raise AssertionError(f"index has {len(index)} rows but there are {len(vectors)} vectors")
