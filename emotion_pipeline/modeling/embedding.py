@@ -49,15 +49,28 @@ def image_vectors(model, inputs: Sequence[np.ndarray] | np.ndarray, batch_size: 
     A batch of one is padded to two: on CPU, TensorFlow runs a single image through other kernels
     whose results differ in the 6th digit, so the API (often one face) would not match embed.
     """
+    return _run(model, inputs, batch_size)
+
+
+def feature_maps(model, inputs: Sequence[np.ndarray] | np.ndarray, batch_size: int) -> np.ndarray:
+    """(n, 224, 224, 3) inputs -> (n, 7, 7, 2048): ``model``'s (``resnet50()``) last convolutional
+    output, before the average pooling that makes the vectors (SHAP heat maps explain its regions)."""
+    import keras
+
+    unpooled = keras.Model(model.inputs, model.get_layer("avg_pool").input)
+    return _run(unpooled, inputs, batch_size)
+
+
+def _run(model, inputs, batch_size: int) -> np.ndarray:
     from keras.applications.resnet50 import preprocess_input
 
     inputs = np.asarray(inputs)
-    out = np.zeros((len(inputs), DIM), dtype=np.float32)
+    out = np.zeros((len(inputs), *model.output_shape[1:]), dtype=np.float32)
     for start in range(0, len(inputs), max(1, batch_size)):
         batch = inputs[start:start + max(1, batch_size)].astype(np.float32)
         padded = np.concatenate([batch, batch]) if len(batch) == 1 else batch
-        vectors = np.asarray(model.predict_on_batch(preprocess_input(padded)), dtype=np.float32)
-        out[start:start + len(batch)] = vectors[:len(batch)]
+        outputs = np.asarray(model.predict_on_batch(preprocess_input(padded)), dtype=np.float32)
+        out[start:start + len(batch)] = outputs[:len(batch)]
     return out
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from ..config import CLASSES, PipelineConfig
 from . import explain
 from .data import TrainingData
-from .embedding import image_vectors
+from .embedding import feature_maps
 from .metrics import classification_metrics
 
 
@@ -44,12 +44,9 @@ def explain_model(config: PipelineConfig, head, resnet, data: TrainingData, imag
     figures = {"shap_embedding_summary": explain.embedding_summary_plot(
         explain.embedding_importance(head_predict, background, x_test[: config.shap_samples], config.seed))}
     if len(images):
-        def full_model(batch: np.ndarray) -> np.ndarray:
-            return head_predict(image_vectors(resnet, batch, config.embed_batch_size))
-
-        predicted = full_model(images).argmax(1)
-        titles = [f"{CLASSES[p]} (label {label})" for p, label in zip(predicted, labels)]
-        figures["shap_image_heatmaps"] = explain.image_heatmaps(full_model, images, titles, config.shap_image_evals)
+        maps = feature_maps(resnet, images, config.embed_batch_size)
+        figures["shap_image_heatmaps"] = explain.image_heatmaps(head_predict, maps, images, labels,
+                                                               config.shap_image_evals, config.seed)
     if len(data.frame) >= 10:
         figures["tsne"] = explain.tsne_map(data.vectors, data.frame["label"].tolist(), config.seed)
     return figures
