@@ -4,8 +4,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +28,38 @@ def smtp_connection(port: int) -> str:
 def run_pipeline(source: str, root: str, workdir: Path, *args: str, env: dict | None = None) -> dict:
     summary_path = workdir / f"summary-{len(list(workdir.glob('summary-*')))}.json"
     result = subprocess.run(
-        [CLI, "run", "--source", source, "--root", root, "--airflow-home", str(workdir / "airflow"),
+        [CLI, "run", "--source", source, "--root", root, "--airflow-home", str(airflow_home(workdir / "airflow")),
          "--summary-json", str(summary_path), *args],
         env={**_without_mlflow_uri(os.environ), **(env or {})}, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
     assert "photos:" in result.stdout and "drifted shards:" in result.stdout  # the printed summary
-    return json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    # The dataset's labels, also after a run with nothing new (that line used to disappear).
+    labels = ", ".join(f"{k} {v}" for k, v in summary["labels"].items()) or "none"
+    assert f"\nlabels: {labels}\n" in result.stdout, result.stdout[-3000:]
+    return summary
+
+
+_TEMPLATES = Path(tempfile.gettempdir())  # read at import: some tests point tempfile elsewhere later
+_template: Path | None = None
+
+
+def airflow_home(home: Path) -> Path:
+    """``home`` for ``emotion-pipeline run --airflow-home``; a new one gets a copy of a database
+    migrated once per test session (``airflow db migrate`` takes ~12 s, the same for every home)."""
+    global _template
+    if home.exists():
+        return home
+    if _template is None:
+        _template = Path(tempfile.mkdtemp(prefix="airflow-db-template-", dir=_TEMPLATES))
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                        "from emotion_pipeline.local_airflow import configure; configure(Path(sys.argv[1]))",
+                        str(_template)], check=True, capture_output=True, timeout=300)
+    home.mkdir(parents=True)
+    for migrated in [_template / "airflow.db", *_template.glob(".migrated-*")]:
+        shutil.copy2(migrated, home / migrated.name)
+    return home
 
 
 def _without_mlflow_uri(environ) -> dict:

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from .pipeline_run import CLI, _without_mlflow_uri
+from .pipeline_run import CLI, _without_mlflow_uri, airflow_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -15,7 +15,7 @@ def test_a_bucket_that_does_not_exist_fails_discover_once_without_retries(tmp_pa
     summary_path = tmp_path / "summary.json"
     done = subprocess.run(
         [CLI, "run", "--source", "gs://no-such-bucket-anywhere/photos", "--root", str(tmp_path / "out"),
-         "--airflow-home", str(tmp_path / "airflow"), "--summary-json", str(summary_path),
+         "--airflow-home", str(airflow_home(tmp_path / "airflow")), "--summary-json", str(summary_path),
          "--embed-weights", "none"],
         env={**_without_mlflow_uri(os.environ), "STORAGE_EMULATOR_HOST": gcs_emulator},
         capture_output=True, text=True, timeout=500,
