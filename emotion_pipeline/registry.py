@@ -50,7 +50,11 @@ class Stage:
     gpu: bool = False  # runs on the `gpu` queue and pool
     marker: bool = True  # False: the stage keeps its own idempotence (discover lists, drift logs)
     force: str | None = None  # a boolean knob that makes it run even when its marker matches
-    lease: str | None = None  # a root-wide lease held around it: one at a time per root
+    # A root-wide lease held around it: one at a time per root. "dataset" for the stages that
+    # read-modify-write the whole dataset's files (the manifest, the drift log, the dataset, the
+    # vectors): Airflow's max_active_runs=1 does not cover a backfill's runs, which can overlap a
+    # scheduled or manual run.
+    lease: str | None = None
     # Airflow's execution_timeout: ``minutes``, plus ``seconds_per_photo`` x the shard size for a
     # per-shard stage. Generous (about 10x the CPU cost measured on 2 cores): it is there to end a
     # task stuck on a hung mount or service, not to race a slow but working one.
@@ -61,7 +65,8 @@ class Stage:
 
 S = "emotion_pipeline.stages."
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("discover", S + "discover:discover", DiscoverResult, catalog.MANIFEST_FOLDER, marker=False, minutes=120),
+    Stage("discover", S + "discover:discover", DiscoverResult, catalog.MANIFEST_FOLDER, marker=False, minutes=120,
+          lease="dataset"),
     Stage("resize", S + "resize:resize", ResizeResult, catalog.RESIZE_FOLDER, per_shard=True,
           knobs=("image_size", "max_image_pixels"), photo_table=catalog.METADATA_TABLE, seconds_per_photo=0.5),
     Stage("annotate", S + "annotate:annotate", AnnotateResult, catalog.ANNOTATE_FOLDER, per_shard=True,
@@ -75,11 +80,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           knobs=("dedupe_max_distance", "image_size", "max_image_pixels"), photo_table=catalog.NEAR_DUPLICATES,
           minutes=120),
     Stage("check_drift", S + "drift:check_drift", DriftReport, catalog.DRIFT_FOLDER, upstream=("annotate",),
-          marker=False),
+          marker=False, lease="dataset"),
     Stage("merge", S + "merge:merge", MergeResult, catalog.MERGE_FOLDER, reads_photo_tables=True,
-          asset="emotion_dataset"),
+          asset="emotion_dataset", lease="dataset"),
     Stage("assemble_features", S + "assemble:assemble", FeaturesResult, catalog.ASSEMBLE_FOLDER,
-          upstream=("embed",), covers=("embed",), asset="emotion_features"),
+          upstream=("embed",), covers=("embed",), asset="emotion_features", lease="dataset"),
     Stage("check_gold", S + "gold:check_gold", GoldResult, catalog.GOLD_FOLDER, photos=False,
           inputs=S + "gold:gold_files", knobs=("gold", "gold_detector", "detector", "min_face_confidence",
                                                "detect_max_side", "max_image_pixels"), gpu=True, minutes=120),

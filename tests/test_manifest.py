@@ -115,3 +115,31 @@ def test_a_batch_run_lists_its_folder_only_and_leaves_other_batches_as_they_were
     assert run(folders, batch="2026-12-25", shard_size=10).new_files == 0
     with pytest.raises(ConfigError, match="inside the source"):
         run(folders, batch="../elsewhere")
+
+
+def test_two_runs_discovering_at_once_lose_no_batch(tmp_path):
+    """A backfill's run and a scheduled run overlap (Airflow's max_active_runs=1 does not cover
+    backfills): both read-modify-write the manifest; without the root's lease one batch was lost."""
+    import threading
+
+    from emotion_pipeline.runner import run_stage
+
+    src = tmp_path / "src"
+    for batch, offset in (("a", 0), ("b", 200)):
+        copy_photos(FLICKR, src / batch, flickr_names(200, offset=offset))
+    configs = [PipelineConfig(source=str(src), root=str(tmp_path / "root"), batch=b, shard_size=50) for b in "ab"]
+    run_stage("discover", configs[0].replace(root=str(tmp_path / "warm-up")))  # imports done: both really overlap
+    start = threading.Barrier(2)
+
+    def discover_batch(config):
+        start.wait()
+        run_stage("discover", config)
+
+    threads = [threading.Thread(target=discover_batch, args=(c,)) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    manifest = run(folders=(LocalStorage(src), LocalStorage(tmp_path / "root"), src), batch="a", shard_size=50).manifest
+    assert len(manifest) == 400 and manifest["present"].all()
+    assert sorted(manifest["shard"].unique()) == list(range(8))
