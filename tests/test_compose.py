@@ -40,7 +40,8 @@ def test_compose_refuses_to_start_without_the_secrets(tmp_path):
 
 def test_compose_file_validates_and_wires_celery_gpu_and_secrets(tmp_path):
     values = {name: secrets.token_hex(12) for name in SECRETS}
-    env_file = env_from_template(tmp_path, GPU_COUNT="2", **values)
+    env_file = env_from_template(tmp_path, GPU_COUNT="2", EMOTION_PIPELINE_SCHEDULE="@daily",
+                                 EMOTION_PIPELINE_BATCH="{{ ds }}", **values)
     assert compose(env_file, "config", "-q").returncode == 0
     result = compose(env_file, "config")
     assert result.returncode == 0, result.stderr
@@ -49,6 +50,10 @@ def test_compose_file_validates_and_wires_celery_gpu_and_secrets(tmp_path):
     assert AIRFLOW_SERVICES | {"postgres", "redis", "mlflow"} <= set(services)
     envs = {name: services[name]["environment"] for name in AIRFLOW_SERVICES}
     assert {e["AIRFLOW__CORE__EXECUTOR"] for e in envs.values()} == {"CeleryExecutor"}
+    # Backfill by date: the schedule and the batch layout reach the DAG's parsers and workers.
+    for name in ("airflow-scheduler", "airflow-dag-processor", "worker-cpu", "worker-gpu"):
+        assert envs[name]["EMOTION_PIPELINE_SCHEDULE"] == "@daily", name
+        assert envs[name]["EMOTION_PIPELINE_BATCH"] == "{{ ds }}", name
     # One JWT secret and one Fernet key across components, and they are the user's.
     assert {e["AIRFLOW__API_AUTH__JWT_SECRET"] for e in envs.values()} == {values["AIRFLOW_JWT_SECRET"]}
     assert {e["AIRFLOW__CORE__FERNET_KEY"] for e in envs.values()} == {values["AIRFLOW_FERNET_KEY"]}
