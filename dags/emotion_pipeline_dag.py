@@ -137,13 +137,12 @@ def emotion_pipeline():
     def discover(params=None, ti=None, **context) -> list[int]:
         """Returns the shards with work left (what the shard tasks map over); the full summary
         (photos found, new, hashed, all shards) goes to the XCom key ``summary``. The batch folder
-        is rendered with the run's context (``{{ ds }}``: the run's date, a backfill's too)."""
-        from emotion_pipeline.airflow_adapter import fail_fast
+        is rendered with the run's context (``{{ ds }}``: the run's date, a backfill's too); a run
+        without a date reads the folder its asset event names (``extra.batch``), else everything."""
+        from emotion_pipeline.airflow_adapter import fail_fast, run_batch_folder
         from emotion_pipeline.runner import run_stage
 
-        values = dict(params)
-        if values.get("batch"):
-            values["batch"] = context["task"].render_template(values["batch"], context)
+        values = {**params, "batch": run_batch_folder(params.get("batch") or "", context)}
         with fail_fast():
             summary = run_stage("discover", _config(values)).to_dict()
         ti.xcom_push(key="summary", value=summary)

@@ -13,7 +13,7 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import CLASSES, ConfigError, PipelineConfig
 from .faces import MissingWeightsError
@@ -31,6 +31,41 @@ def asset_extra(result, config: PipelineConfig) -> dict[str, Any]:
     metrics, ``skipped``) and the root, small enough for the metadata database."""
     fields = {k: v for k, v in result.to_dict().items() if v is None or isinstance(v, (str, int, float, bool))}
     return {**fields, "root": config.root}
+
+
+def batch_folder(layout: str, has_date: bool, render: Callable[[str], str], event_batches: list[str]) -> str:
+    """The batch folder a run reads (``batch``), from the layout the deployment set.
+
+    Args:
+        layout: the ``batch`` param: "" (the whole source), a folder, or an Airflow template such as
+            ``{{ ds }}``.
+        has_date: whether the run has a logical date (scheduled and backfill runs do; asset-triggered
+            runs and manual ones triggered with ``logical_date: null`` do not).
+        render: renders a template with the run's context.
+        event_batches: ``extra["batch"]`` of the asset events that triggered the run.
+
+    Returns:
+        The rendered folder for a dated run; for a run without a date, the one folder its asset
+        events name (``{"batch": "2026-11-03"}``), else "" (the whole source: every batch).
+    """
+    if not layout or ("{{" not in layout and "{%" not in layout):
+        return layout
+    if has_date:
+        return render(layout).strip()
+    named = sorted({str(b) for b in event_batches if b})
+    if len(named) == 1:
+        return named[0]
+    log.info("batch %r needs a run date; this run has none%s: it reads the whole source", layout,
+             f" and its events name {named}" if named else "")
+    return ""
+
+
+def run_batch_folder(layout: str, context: Any) -> str:
+    """``batch_folder`` for the running task (its Airflow context)."""
+    events = context.get("triggering_asset_events") or {}
+    return batch_folder(layout, context.get("logical_date") is not None,
+                        lambda text: context["task"].render_template(text, context),
+                        [(event.extra or {}).get("batch") for batch in events.values() for event in batch])
 
 
 @contextmanager

@@ -25,3 +25,20 @@ def test_a_bucket_that_does_not_exist_fails_discover_once_without_retries(tmp_pa
     discover = next(t for t in summary["tasks"] if t["task"] == "discover")
     assert discover["state"] == "failed" and discover["tries"] == 1, discover
     assert "does not exist" in done.stdout + done.stderr
+
+
+def test_the_batch_folder_of_runs_with_and_without_a_date():
+    """Scheduled and backfill runs have a date to render {{ ds }} with; an asset-triggered run (or a
+    REST trigger with logical_date null) has none: it reads the folder its event names, else all."""
+    from emotion_pipeline.airflow_adapter import batch_folder
+
+    def render(text):
+        return text.replace("{{ ds }}", "2026-11-02")
+
+    assert batch_folder("{{ ds }}", True, render, []) == "2026-11-02"
+    assert batch_folder("{{ ds }}", False, render, ["2026-11-03"]) == "2026-11-03"
+    assert batch_folder("{{ ds }}", False, render, ["2026-11-03", "2026-11-03", None]) == "2026-11-03"
+    assert batch_folder("{{ ds }}", False, render, ["a", "b"]) == ""  # several batches: every batch
+    assert batch_folder("{{ ds }}", False, render, []) == ""
+    assert batch_folder("incoming", False, render, ["x"]) == "incoming"  # not a template: as it is
+    assert batch_folder("", True, render, ["x"]) == ""
