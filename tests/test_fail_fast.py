@@ -1,7 +1,9 @@
 """Errors no retry can fix fail their task at once, with the reason, through the real DAG."""
 import json
 import os
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +26,25 @@ def test_a_bucket_that_does_not_exist_fails_discover_once_without_retries(tmp_pa
     summary = json.loads(summary_path.read_text())
     discover = next(t for t in summary["tasks"] if t["task"] == "discover")
     assert discover["state"] == "failed" and discover["tries"] == 1, discover
-    assert "does not exist" in done.stdout + done.stderr
+    check_a_failed_run_is_readable(done, summary, "discover", "does not exist")
+
+
+def check_a_failed_run_is_readable(done, summary: dict, task: str, reason: str) -> None:
+    """A failed run fits on a screen, ends with the failed task and why, and leaves the rest of the
+    log in a file. It used to print ~600 lines (a 1-3 KB 'No tasks to run. unrunnable tasks' line
+    every second while waiting for a retry) and end with 'failed' but not why."""
+    shown = (done.stdout + done.stderr).splitlines()
+    assert len(shown) <= 50, "\n".join(shown)
+    assert not [line for line in shown if len(line) > 400], "a line no one can read"
+    assert "unrunnable" not in done.stdout + done.stderr
+    assert re.search(rf"{task} +running", done.stdout) and re.search(rf"{task} +failed", done.stdout)
+    ending = "\n".join(shown[shown.index(f"failed: {task} after 1 try:"):])
+    assert reason in ending, ending
+    assert reason in next(t["error"] for t in summary["tasks"] if t["task"] == task)
+    log_file = Path(re.search(r"^full log: (.+)$", done.stdout, re.M).group(1))
+    assert summary["log_file"] == str(log_file)
+    log = log_file.read_text()
+    assert "Traceback" in log and reason in log and len(log.splitlines()) > len(shown)
 
 
 def test_the_batch_folder_of_runs_with_and_without_a_date():

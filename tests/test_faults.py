@@ -137,8 +137,10 @@ def test_full_disk_and_read_only_folder_fail_clearly_and_keep_the_previous_outpu
 
 
 def outputs(config) -> dict[str, str]:
-    """Digests of every output but the manifest (which a failed run may extend: rows are only added)."""
-    return {k: v for k, v in digests(LocalStorage(config.root), "").items() if not k.startswith("manifest/")}
+    """Digests of every output but the manifest (which a failed run may extend: rows are only added)
+    and the lease files (who held the root last: bookkeeping, not outputs)."""
+    return {k: v for k, v in digests(LocalStorage(config.root), "").items()
+            if not k.startswith(("manifest/", "locks/"))}
 
 
 # -- 5. hostile names ------------------------------------------------------------------------------
