@@ -50,17 +50,22 @@ def drain(fd: int) -> str:
     return seen.decode(errors="replace")
 
 
-def assert_stopped_within_seconds(process: subprocess.Popen, signalled_at: float, root: Path) -> None:
-    process.wait(timeout=60)
-    assert time.monotonic() - signalled_at < 10, f"stopped after {time.monotonic() - signalled_at:.1f} s"
+def assert_stopped_where_it_was(process: subprocess.Popen, after_signal: str, root: Path) -> None:
+    """The run stopped in the task it was in: that task ended interrupted, nothing was retried, no
+    later task started, and nothing partial is left (no timing: the wait only guards against a hang)."""
+    process.wait(timeout=120)
     assert process.returncode == 130
+    states = re.findall(r"^\S*\d\d:\d\d:\d\d +(\S+) +(.+)$", after_signal.replace("\r", "\n"), re.M)
+    assert [task for task, what in states if what.startswith("running")] == [], after_signal
+    assert [(task, what) for task, what in states if not what.startswith("failed")] == [], after_signal
+    assert "try 2" not in after_signal and "annotate[0]" in after_signal, after_signal
     assert not list(root.rglob("*.tmp")), "a partial output was left"
     assert not list((root / "annotations").glob("shard=*/_done.json")), "the interrupted shard was finished?"
 
 
-def test_ctrl_c_and_sigterm_stop_a_run_within_seconds_leaving_nothing_partial(tmp_path):
-    """SIGTERM used to be ignored for over 15 s (Airflow's task runner handles it during a task by
-    calling on_kill only), and Ctrl-C in a task became a failed try that dag.test retried."""
+def test_ctrl_c_and_sigterm_stop_a_run_in_its_task_leaving_nothing_partial(tmp_path):
+    """SIGTERM used to be ignored (Airflow's task runner handles it during a task by calling on_kill
+    only: the task went on), and Ctrl-C in a task became a failed try that dag.test retried."""
     src = tmp_path / "photos"
     copy_photos(FLICKR, src, flickr_names(24, offset=100))
     # No class reaches 1000 rows: training is skipped, this test is about stopping, not the model.
@@ -74,11 +79,11 @@ def test_ctrl_c_and_sigterm_stop_a_run_within_seconds_leaving_nothing_partial(tm
     os.close(child_side)
     shown = read_until(terminal, r"annotate\[0\] +running +\[[#.]{20}\] \d+/24 +[\d.]+ photos/s, \d+:\d\d left", run)
     run.send_signal(signal.SIGINT)
-    signalled = time.monotonic()
-    assert_stopped_within_seconds(run, signalled, root)
-    shown += drain(terminal)
+    run.wait(timeout=120)
+    after = drain(terminal)
     os.close(terminal)
-    assert "\r" in shown and "interrupted" in shown, shown[-2000:]
+    assert_stopped_where_it_was(run, after, root)
+    assert "\r" in shown and "interrupted" in after, after[-2000:]
     assert json.loads((tmp_path / "summary.json").read_text())["state"] == "interrupted"
 
     # Through a pipe (a service manager, a container stop): SIGTERM while annotate works.
@@ -91,8 +96,7 @@ def test_ctrl_c_and_sigterm_stop_a_run_within_seconds_leaving_nothing_partial(tm
             break
     time.sleep(2)  # inside the task: models loading or photos being annotated
     run.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
-    lines += run.stdout.read().splitlines(keepends=True)
-    assert_stopped_within_seconds(run, signalled, root)
-    assert any("SIGTERM" in line for line in lines) and any("interrupted" in line for line in lines), lines
+    after = run.stdout.read()
+    assert_stopped_where_it_was(run, after, root)
+    assert "SIGTERM" in after and "interrupted" in after, after
 
