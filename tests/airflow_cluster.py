@@ -188,6 +188,24 @@ class AirflowCluster:
         return state, self.call(f"{path}/taskInstances?limit=1000")["task_instances"]
 
 
+    def wait_for_runs(self, dag_id: str, run_type: str, count: int = 1, timeout: float = 300) -> list[dict]:
+        """The DAG's runs of ``run_type`` (``scheduled``, ``backfill``, ``asset_triggered``...) once
+        there are ``count`` of them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = [r for r in self.call(f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+                    if r["run_type"] == run_type]
+            if len(runs) >= count:
+                return runs
+            self.check_alive()
+            time.sleep(2)
+        raise TimeoutError(f"fewer than {count} {run_type} runs after {timeout} s\n{self.tail()}")
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, key: str = "return_value"):
+        return self.call(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+                         f"?map_index={map_index}&deserialize=true&stringify=false")["value"]
+
+
 def _fernet_key() -> str:
     from cryptography.fernet import Fernet
 

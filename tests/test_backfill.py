@@ -1,6 +1,5 @@
 """Backfill by date the way Airflow users do it: `airflow backfill create` on the multi-process Celery
 Airflow of the scale-out test, with the deployment's time schedule and a batch folder per date."""
-import time
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -33,14 +32,14 @@ def test_airflow_backfill_create_processes_each_dates_batch_once_in_order(tmp_pa
     with cluster:
         # Unpaused with a schedule, the DAG first runs for today, whose folder holds nothing yet:
         # a run with nothing to do, and it succeeds.
-        today = wait_for_runs(cluster, "scheduled", 1)[0]
+        today = cluster.wait_for_runs(DAG, "scheduled", 1)[0]
         state, tasks = cluster.wait_for_run(DAG, today["dag_run_id"])
         assert state == "success", summary(tasks)
-        assert xcom_summary(cluster, today["dag_run_id"])["batch"] == datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        assert cluster.xcom(DAG, today["dag_run_id"], "discover", key="summary")["batch"] == datetime.now(timezone.utc).strftime("%Y-%m-%d")
 
         cluster.airflow("backfill", "create", "--dag-id", DAG, "--from-date", DATES[0], "--to-date", DATES[-1],
                         "--max-active-runs", "1")
-        runs = sorted(wait_for_runs(cluster, "backfill", len(DATES)), key=lambda r: r["logical_date"])
+        runs = sorted(cluster.wait_for_runs(DAG, "backfill", len(DATES)), key=lambda r: r["logical_date"])
         assert [r["logical_date"][:10] for r in runs] == DATES
         finished = []
         for run in runs:
@@ -54,7 +53,7 @@ def test_airflow_backfill_create_processes_each_dates_batch_once_in_order(tmp_pa
         assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
         # Once: each date's run discovered and resized its own five photos, and nothing else.
         for date, (run, tasks) in zip(DATES, finished):
-            found = xcom_summary(cluster, run["dag_run_id"])
+            found = cluster.xcom(DAG, run["dag_run_id"], "discover", key="summary")
             assert found["batch"] == date and found["new_images"] == 5, found
             resized = [xcom(cluster, run["dag_run_id"], "resize", t["map_index"])
                        for t in tasks if t["task_id"] == "resize" and t["state"] == "success"]
@@ -64,20 +63,3 @@ def test_airflow_backfill_create_processes_each_dates_batch_once_in_order(tmp_pa
         assert sorted(dataset["source_key"]) == sorted(f"{d}/img{i}.jpg" for n, d in enumerate(DATES)
                                                        for i in range(1 + 5 * n, 6 + 5 * n))
         assert (dataset["status"] == "ok").sum() >= 12
-
-
-def wait_for_runs(cluster: AirflowCluster, run_type: str, count: int, timeout: float = 300) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = [r for r in cluster.call(f"/api/v2/dags/{DAG}/dagRuns?limit=100")["dag_runs"]
-                if r["run_type"] == run_type]
-        if len(runs) >= count:
-            return runs
-        cluster.check_alive()
-        time.sleep(2)
-    raise TimeoutError(f"fewer than {count} {run_type} runs after {timeout} s\n{cluster.tail()}")
-
-
-def xcom_summary(cluster: AirflowCluster, run_id: str) -> dict:
-    return cluster.call(f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/discover/xcomEntries/summary"
-                        "?deserialize=true&stringify=false")["value"]

@@ -70,7 +70,7 @@ def test_celery_cluster_routes_gpu_tasks_holds_the_pool_and_matches_the_local_ru
         cluster.call("/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"batch": "batch2"}})
         # ...and someone triggers a run by hand at the same moment: the two take turns on the root.
         manual = cluster.call(f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {}})
-        backfill = wait_for_asset_run(cluster, exclude=run["dag_run_id"])
+        backfill = wait_for_asset_run(cluster)
         state, tasks = cluster.wait_for_run(DAG, backfill)
         assert state == "success", summary(tasks)
         manual_state, manual_tasks = cluster.wait_for_run(DAG, manual["dag_run_id"])
@@ -135,21 +135,13 @@ def check_gpu_pool_never_overlapped(tasks: list[dict]) -> None:
 
 
 def xcom(cluster: AirflowCluster, run_id: str, task_id: str, map_index: int = -1):
-    return cluster.call(f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/"
-                        f"return_value?map_index={map_index}&deserialize=true&stringify=false")["value"]
+    return cluster.xcom(DAG, run_id, task_id, map_index)
 
 
-def wait_for_asset_run(cluster: AirflowCluster, exclude: str, timeout: float = 900) -> str:
+def wait_for_asset_run(cluster: AirflowCluster) -> str:
     """The run the asset event started: the scheduler creates it once no other run of the DAG is active
     (max_active_runs=1), so it may wait for the manual one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = cluster.call(f"/api/v2/dags/{DAG}/dagRuns")["dag_runs"]
-        new = [r["dag_run_id"] for r in runs if r["dag_run_id"] != exclude and r["run_type"] == "asset_triggered"]
-        if new:
-            return new[0]
-        time.sleep(2)
-    raise TimeoutError("no run started from the asset event")
+    return cluster.wait_for_runs(DAG, "asset_triggered", timeout=900)[0]["dag_run_id"]
 
 
 def dataset(root) -> pd.DataFrame:
