@@ -36,7 +36,7 @@ class AirflowCluster:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database = f"airflow_{secrets.token_hex(4)}"
-        self.redis_db = 1 + secrets.randbelow(15)
+        self.redis_db = _claim_redis_db()
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, object] = {}
         self.token: str | None = None
@@ -111,6 +111,7 @@ class AirflowCluster:
         for log in self.logs.values():
             log.close()
         _redis_flush(self.redis_db)
+        _release_redis_db(self.redis_db)
         with _admin() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
@@ -222,6 +223,24 @@ class _admin:
 
     def __exit__(self, *exc):
         self.connection.close()
+
+
+def _claim_redis_db() -> int:
+    """A Redis database (1-15) no other cluster of this machine uses: tests run in parallel (xdist),
+    and two clusters on one broker database would run each other's tasks."""
+    import redis
+
+    claims = redis.Redis(host="127.0.0.1", port=6379, db=0)
+    for db in range(1, 16):
+        if claims.set(f"emotion-pipeline-tests:db{db}", os.getpid(), nx=True, ex=4 * 3600):
+            return db
+    raise RuntimeError("all Redis databases 1-15 are claimed by other test clusters")
+
+
+def _release_redis_db(db: int) -> None:
+    import redis
+
+    redis.Redis(host="127.0.0.1", port=6379, db=0).delete(f"emotion-pipeline-tests:db{db}")
 
 
 def _redis_flush(db: int) -> None:

@@ -146,3 +146,29 @@ def copy_photos(src: Path, dst: Path, names: list[str]) -> list[Path]:
 
 def flickr_names(n: int, offset: int = 0) -> list[str]:
     return sorted(p.name for p in FLICKR.glob("*.jpg"))[offset:offset + n]
+
+
+# `make test` runs the suite on every core (pytest-xdist, --dist loadgroup). Tests sharing an
+# expensive session fixture run on one worker, so it is built once; every other module stays on one
+# worker too (its module fixtures are built once). The longest modules are handed out first (measured:
+# `--durations`), so that the last one to finish does not start last.
+LONGEST_FIRST = ("test_scale_out", "test_pipeline_e2e", "test_backfill", "test_gold", "test_ui",
+                 "test_dataset_life", "test_faults", "test_run_console", "test_fail_fast", "test_faces")
+SHARED_FIXTURES = ("trained_root",)
+
+
+def pytest_collection_modifyitems(config, items):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    for item in items:
+        group = next((f for f in SHARED_FIXTURES if f in getattr(item, "fixturenames", ())), item.module.__name__)
+        item.add_marker(pytest.mark.xdist_group(group))
+        timeout = item.get_closest_marker("timeout")
+        if workers > 1 and timeout and timeout.args:
+            # A hang guard, not a speed bound: two workers share the cores, so allow twice as long.
+            item.add_marker(pytest.mark.timeout(timeout.args[0] * 2), append=False)
+
+    def rank(item):
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
