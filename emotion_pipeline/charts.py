@@ -81,21 +81,25 @@ def drift_timeline_chart(monitor_log: pd.DataFrame, config) -> bytes:
     return _png(plt, fig)
 
 
-def confusion_matrix_chart(matrix: list[list[int]], title: str) -> bytes:
-    """Counts with row-normalised colour: each row shows where the photos of one true class went."""
+def confusion_matrix_chart(matrix: list[list[int]], title: str, truth: str = "DeepFace label") -> bytes:
+    """Counts with row-normalised colour: each row shows where the photos of one true class went.
+    A sixth column, when there is one, holds the photos given no label (``labels.NO_LABEL``)."""
     import numpy as np
 
+    from .labels import NO_LABEL
+
     counts = np.asarray(matrix)
+    columns = [*CLASSES, NO_LABEL][: counts.shape[1]]
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    plt, (fig, ax) = _figure(1, 6, 5)
+    plt, (fig, ax) = _figure(1, 6 + (len(columns) - len(CLASSES)), 5)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(CLASSES)):
-        for j in range(len(CLASSES)):
+        for j in range(len(columns)):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center",
                     color="white" if rates[i, j] > 0.6 else "black")
-    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=30)
+    ax.set_xticks(range(len(columns)), columns, rotation=30)
     ax.set_yticks(range(len(CLASSES)), CLASSES)
     ax.set_xlabel("predicted")
-    ax.set_ylabel("true (DeepFace label)")
+    ax.set_ylabel(f"true ({truth})")
     ax.set_title(title)
     return _png(plt, fig)

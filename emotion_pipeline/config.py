@@ -25,6 +25,7 @@ DETECTORS = (
 DRIFT_REFERENCES = ("earlier_shards", "baseline")
 EMBED_INPUTS = ("face", "photo")
 TUNERS = ("hyperband", "bayesian")
+LABEL_FACES = ("largest", "most_confident")
 # Names with these extensions are photos: each gets a row and a status (those Pillow cannot take get
 # 'unsupported'). Anything else is skipped and counted by discovery, never silently ignored.
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
@@ -87,6 +88,14 @@ class PipelineConfig:
                                     help="age/gender/race need their ~500 MB weight files; emotion is required.")
     min_face_confidence: float = knob(0.9, title="Minimum face confidence", section="Annotation",
                                       minimum=0, maximum=1, help="Faces below this never label a photo.")
+    min_face_size: int = knob(0, title="Minimum face height", section="Annotation", minimum=0,
+                              help="Faces shorter than this many pixels (in the original photo) never label "
+                                   "a photo (see the report's label-policy curves).")
+    min_emotion_margin: float = knob(0.0, title="Minimum emotion margin", section="Annotation", minimum=0,
+                                     maximum=1, help="The dominant emotion must lead the runner-up by this share "
+                                                     "of the scores, else the face gets no label.")
+    label_face: str = knob("largest", title="Label face", section="Annotation", choices=LABEL_FACES,
+                           help="Which eligible face labels a photo: the largest or the most confident.")
     detect_max_side: int = knob(1600, title="Detection size", section="Annotation", minimum=32,
                                 help="Longer photos are downscaled to this side for detection; boxes map back.")
     emotion_batch_size: int = knob(64, title="Emotion batch size", section=None, minimum=1,

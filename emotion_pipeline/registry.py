@@ -64,6 +64,8 @@ class Stage:
 
 
 S = "emotion_pipeline.stages."
+# Which faces may label a photo and how (labels.py): annotate and the gold check apply them alike.
+LABEL_POLICY = ("min_face_size", "min_emotion_margin", "label_face")
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("discover", S + "discover:discover", DiscoverResult, catalog.MANIFEST_FOLDER, marker=False, minutes=120,
           lease="dataset"),
@@ -71,8 +73,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           knobs=("image_size", "max_image_pixels"), photo_table=catalog.METADATA_TABLE, seconds_per_photo=0.5),
     Stage("annotate", S + "annotate:annotate", AnnotateResult, catalog.ANNOTATE_FOLDER, per_shard=True,
           upstream=("resize",), knobs=("detector", "actions", "min_face_confidence", "detect_max_side",
-                                        "max_image_pixels"), photo_table=catalog.ANNOTATIONS_TABLE, gpu=True,
-          seconds_per_photo=5),
+                                        "max_image_pixels", *LABEL_POLICY), photo_table=catalog.ANNOTATIONS_TABLE,
+          gpu=True, seconds_per_photo=5),
     Stage("embed", S + "embed:embed", EmbedResult, catalog.EMBED_FOLDER, per_shard=True, upstream=("annotate",),
           covers=("annotate",), knobs=("embed_input", "embed_weights", "max_image_pixels"), gpu=True,
           seconds_per_photo=2),
@@ -87,7 +89,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           upstream=("embed",), covers=("embed",), asset="emotion_features", lease="dataset"),
     Stage("check_gold", S + "gold:check_gold", GoldResult, catalog.GOLD_FOLDER, photos=False,
           inputs=S + "gold:gold_files", knobs=("gold", "gold_detector", "detector", "min_face_confidence",
-                                               "detect_max_side", "max_image_pixels"), gpu=True, minutes=120),
+                                               "detect_max_side", "max_image_pixels", *LABEL_POLICY),
+          gpu=True, minutes=120),
     Stage("train", S + "train:train", TrainResult, catalog.TRAIN_FOLDER, photos=False,
           upstream=("merge", "assemble_features", "check_gold"), inputs=S + "train:training_data_fingerprint",
           knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class",

@@ -99,10 +99,12 @@ def gold_section(gold: dict[str, Any]) -> str:
     """People's labels against DeepFace's and against the model's, side by side."""
     rows = [[who, gold[key]["accuracy"], gold[key]["macro_f1"],
              *(gold[key]["per_class"][c]["recall"] for c in CLASSES)]
-            for who, key in (("DeepFace (dominant of the five)", "deepface"), ("trained model", "model"))]
+            for who, key in (("DeepFace (the pipeline's label rule)", "deepface"), ("trained model", "model"))]
     table = _table(["labels from", "accuracy", "macro-F1", *(f"recall {c}" for c in CLASSES)], rows)
     return (f"<h2>Gold check: machine labels against people</h2><p>{gold['photos']} photos labelled by people; "
             f"no face found in {gold['no_face_share']:.1%} of them (left out of the figures below). "
+            f"DeepFace gave no label (fear, disgust or a near tie) to {gold.get('no_label_share', 0):.1%} of the "
+            f"photos with a face: they count as misses, in the confusion matrix's 'no label' column. "
             f"This is how far the training labels, and the model trained on them, are from people.</p>{table}")
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from emotion_pipeline.config import CLASSES
+from emotion_pipeline.config import CLASSES, EMOTIONS
 from emotion_pipeline.storage import open_storage
 
 from .conftest import FACES, FLICKR, SHARED, copy_photos, flickr_names
@@ -65,17 +65,21 @@ def test_gold_check_against_people_and_no_leak_into_training(tmp_path, monkeypat
     table = pd.read_parquet(root.uri_for("gold/annotations.parquet"))
     counts = table["label"].value_counts()
     assert len(table) == GOLD and counts["happy"] == PER_CLASS + 5 and (counts[list(CLASSES[1:])] == PER_CLASS).all()
-    assert (table["status"] == "ok").all() and table["deepface_label"].notna().all()
-    scores = table[[f"deepface_{c}" for c in CLASSES]].to_numpy()
-    assert (np.array(CLASSES)[scores.argmax(1)] == table["deepface_label"]).all()
+    assert (table["status"] == "ok").all()
+    # The one label rule, recomputed: the dominant of DeepFace's seven scores, no label for fear/disgust.
+    scores = table[[f"deepface_{e}" for e in EMOTIONS]].to_numpy()
+    dominant = np.array(EMOTIONS)[scores.argmax(1)]
+    expected = np.where(np.isin(dominant, CLASSES), dominant, "no label")
+    assert (expected == table["deepface_label"].fillna("no label")).all()
 
-    # The reported DeepFace figures equal scikit-learn's on the same predictions.
-    reported = results["gold"]["deepface"]
-    assert reported["accuracy"] == pytest.approx(accuracy_score(table["label"], table["deepface_label"]))
+    # The reported DeepFace figures equal scikit-learn's on the same predictions ("no label" a miss).
+    reported, predicted = results["gold"]["deepface"], table["deepface_label"].fillna("no label")
+    assert reported["accuracy"] == pytest.approx(accuracy_score(table["label"], predicted))
     assert reported["macro_f1"] == pytest.approx(
-        f1_score(table["label"], table["deepface_label"], labels=list(CLASSES), average="macro"))
-    recalls = recall_score(table["label"], table["deepface_label"], labels=list(CLASSES), average=None)
+        f1_score(table["label"], predicted, labels=list(CLASSES), average="macro"))
+    recalls = recall_score(table["label"], predicted, labels=list(CLASSES), average=None)
     assert [reported["per_class"][c]["recall"] for c in CLASSES] == pytest.approx(list(recalls))
+    assert results["gold"]["no_label_share"] == pytest.approx((predicted == "no label").mean())
     assert reported["accuracy"] > 0.4  # FER-trained weights on FER crops: far above chance (0.2)
     assert results["gold"]["no_face_share"] == 0.0
 

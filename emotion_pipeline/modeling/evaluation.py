@@ -55,22 +55,32 @@ def explain_model(config: PipelineConfig, head, resnet, data: TrainingData, imag
 def deepface_agreement(gold: pd.DataFrame) -> dict[str, Any]:
     """People's labels against DeepFace's over the gold photos with a face, and the no-face share.
 
-    ``gold`` is the gold check's table (``label``, ``deepface_label``, ``status`` per photo)."""
-    with_face = gold[gold["deepface_label"].notna()]
+    ``gold`` is the gold check's table (``label``, ``deepface_label``, ``status`` per photo). A face
+    DeepFace gives no label (fear, disgust, a near tie) is a miss, in the confusion matrix's
+    "no label" column; ``no_label_share`` is their share of the photos with a face."""
+    with_face = photos_with_face(gold)
     return {
         "no_face_share": float((gold["status"] == "no_face").mean()),
-        "deepface": classification_metrics(class_ids(with_face["label"]), class_ids(with_face["deepface_label"])),
+        "no_label_share": float(with_face["deepface_label"].isna().mean()) if len(with_face) else 0.0,
+        "deepface": classification_metrics(class_ids(with_face["label"]), class_ids(with_face["deepface_label"]),
+                                           no_label=True),
     }
 
 
 def gold_agreement(gold: pd.DataFrame, model_predictions: np.ndarray) -> dict[str, Any]:
     """``deepface_agreement`` plus the model's class per gold photo with a face against people's."""
-    with_face = gold[gold["deepface_label"].notna()]
+    with_face = photos_with_face(gold)
     return {"photos": len(gold), **deepface_agreement(gold),
             "model": classification_metrics(class_ids(with_face["label"]), np.asarray(model_predictions, dtype=int))}
 
 
+def photos_with_face(gold: pd.DataFrame) -> pd.DataFrame:
+    """The gold photos where an eligible face was found (whatever label DeepFace gave it)."""
+    return gold[gold["status"] == "ok"].reset_index(drop=True)
+
+
 def class_ids(labels: pd.Series) -> np.ndarray:
-    return labels.map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=int)
+    """Class indices of ``CLASSES``; a missing label (None) is ``len(CLASSES)``: "no label"."""
+    return labels.map({c: i for i, c in enumerate(CLASSES)}).fillna(len(CLASSES)).to_numpy(dtype=int)
 
 

@@ -8,8 +8,11 @@ import numpy as np
 from ..config import CLASSES
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """Accuracy, macro-F1 over the classes present in ``y_true``, per-class P/R/F1, confusion matrix."""
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, no_label: bool = False) -> dict[str, Any]:
+    """Accuracy, macro-F1 over the classes present in ``y_true``, per-class P/R/F1, confusion matrix.
+
+    With ``no_label``, a prediction ``len(CLASSES)`` means "no label" (``labels.label_of`` gave none):
+    it counts as a miss everywhere and is the confusion matrix's sixth column."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     everything = list(range(len(CLASSES)))
@@ -25,6 +28,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
                 "support": int(support[i])}
             for i, c in enumerate(CLASSES)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=everything).tolist(),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=everything + [len(CLASSES)] * no_label)
+        [: len(CLASSES)].tolist(),
         "n": int(len(y_true)),
     }

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..config import CLASSES, PipelineConfig
 from ..faces import build_models, detect_faces
+from ..labels import label_of
 from ..modeling import tracking
 from ..modeling.embedding import decode_photo, image_vectors, model_input, resnet50
 
@@ -97,7 +98,7 @@ class Predictor:
     def _response(self, boxes, confidences, probabilities) -> dict[str, Any]:
         faces = [
             {"box": {"x": x, "y": y, "w": w, "h": h}, "confidence": round(float(c), 4),
-             "emotion": CLASSES[int(np.argmax(p))],
+             "emotion": label_of(p),  # the model's five probabilities: always a class
              "probabilities": {name: round(float(v), 6) for name, v in zip(CLASSES, p)}}
             for (x, y, w, h), c, p in zip(boxes, confidences, probabilities)
         ]

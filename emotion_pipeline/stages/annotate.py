@@ -5,9 +5,11 @@ Two tables per shard under ``annotations/shard=<k>/``:
 * ``faces``: one row per detected face: box (in original-photo pixels), detector confidence, the 7
   emotion scores, the dominant emotion, and age/gender/race when those actions are on;
 * ``annotations``: one row per photo: status, the number of faces, and the attributes of the
-  *label face* (the largest face at or above ``min_face_confidence``). ``label`` is that face's
-  dominant emotion when it is one of the five project classes; fear and disgust keep their scores
-  but get no label. A photo with no confident face has status ``no_face`` and never a label.
+  *label face*: among the *eligible* faces (at or above ``min_face_confidence`` and ``min_face_size``
+  pixels tall), the largest or the most confident (``label_face``). ``label`` is
+  ``labels.label_of`` of its seven scores: the dominant emotion when it is one of the five project
+  classes and leads the runner-up by ``min_emotion_margin``; fear, disgust or a near tie keep their
+  scores but get no label. A photo with no eligible face has status ``no_face`` and never a label.
 
 Annotation reads the original photo, not the 224 px copy: faces in Flickr30k are small.
 """
@@ -20,9 +22,10 @@ from typing import Any
 import pandas as pd
 
 from .. import catalog
-from ..config import CLASSES, EMOTIONS, PipelineConfig
+from ..config import EMOTIONS, PipelineConfig
 from ..faces import RACES, analyze_crops, build_models, detect_faces, detector_is_thread_safe, face_detector, face_record
 from ..images import ImageError, load_rgb_array, read_photo
+from ..labels import eligible, label_of, pick_label_face
 from ..progress import Progress, in_order_ahead
 from ..results import AnnotateResult
 from ..runner import StageRun, run_stage
@@ -31,7 +34,7 @@ from ..tables import write_table
 
 log = logging.getLogger(__name__)
 
-FACE_COLUMNS = ["image_id", "source_key", "face_index", "x", "y", "w", "h", "confidence", "confident"]
+FACE_COLUMNS = ["image_id", "source_key", "face_index", "x", "y", "w", "h", "confidence", "confident", "eligible"]
 PHOTO_COLUMNS = [
     "image_id", "source_key", "shard", "status", "error", "detector", "n_faces", "n_confident_faces",
     "label", "label_face_index", "face_x", "face_y", "face_w", "face_h", "face_confidence",
@@ -148,6 +151,8 @@ def _detect(config: PipelineConfig, source: Storage, key: str, photo: dict[str, 
                 "w": round(face.w / scale), "h": round(face.h / scale),
                 "confidence": face.confidence,
                 "confident": face.confidence >= config.min_face_confidence,
+                "eligible": eligible(face.confidence, face.h / scale, min_confidence=config.min_face_confidence,
+                                     min_size=config.min_face_size),
             },
         })
 
@@ -162,12 +167,12 @@ def _photo_row(photo: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
     }
     if photo["status"] != "ok":
         return row
-    if not confident:
+    candidates = [f for f in faces if f["eligible"]]
+    if not candidates:
         return {**row, "status": "no_face", "error": None}
-    label_face = max(confident, key=lambda f: f["w"] * f["h"])
+    label_face = pick_label_face(candidates, config.label_face)
     row.update({f"face_{k}": label_face[k] for k in ("x", "y", "w", "h", "confidence")})
     row["label_face_index"] = label_face["face_index"]
     row.update({k: label_face[k] for k in attribute_columns(config.actions)})
-    dominant = row.get("dominant_emotion")
-    row["label"] = dominant if dominant in CLASSES else None
+    row["label"] = label_of({e: label_face[f"emotion_{e}"] for e in EMOTIONS}, min_margin=config.min_emotion_margin)
     return row

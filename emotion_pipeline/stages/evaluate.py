@@ -22,7 +22,7 @@ from ..modeling import tracking
 from ..modeling.classifier import predict_proba_5
 from ..modeling.data import TrainingData, load_training_data
 from ..modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
-from ..modeling.evaluation import compare_on_test, explain_model, gold_agreement
+from ..modeling.evaluation import compare_on_test, explain_model, gold_agreement, photos_with_face
 from ..report import dataset_summary, write_report
 from ..results import EvaluateResult, TrainResult
 from ..runner import StageRun, run_stage
@@ -77,9 +77,9 @@ def evaluate(run: StageRun) -> EvaluateResult:
     gold_check = _gold_check(config, root, model)
     if gold_check:
         figures["gold_confusion_deepface"] = confusion_matrix_chart(
-            gold_check["deepface"]["confusion_matrix"], "Gold set: DeepFace vs people")
+            gold_check["deepface"]["confusion_matrix"], "Gold set: DeepFace vs people", "people's label")
         figures["gold_confusion_model"] = confusion_matrix_chart(
-            gold_check["model"]["confusion_matrix"], f"Gold set: model v{version} vs people")
+            gold_check["model"]["confusion_matrix"], f"Gold set: model v{version} vs people", "people's label")
 
     for name, png in figures.items():
         root.write_bytes(catalog.report_figure(version, name), png)
@@ -131,7 +131,7 @@ def _gold_check(config: PipelineConfig, root: Storage, head) -> dict | None:
     table = catalog.read_gold_annotations(root)
     if table is None:
         return None
-    vectors = _gold_vectors(config, root, table[table["deepface_label"].notna()].reset_index(drop=True))
+    vectors = _gold_vectors(config, root, photos_with_face(table))
     predictions = head.predict(vectors, verbose=0).argmax(1) if len(vectors) else np.zeros(0, dtype=int)
     return gold_agreement(table, predictions)
 

@@ -6,10 +6,13 @@ pipeline). Its photos go through the same detection and emotion model as every p
 (``gold_detector=skip`` for photos that are already face crops: detectors find nothing in 48 px), and,
 once a model is trained, through the model. People's labels are compared with
 
-* DeepFace: its dominant emotion among the five classes (fear and disgust scores left aside), and
+* DeepFace: the label the pipeline would give the photo (``labels.label_of`` on the label face chosen
+  by the same policy as annotate: confidence, size, ``label_face``, margin), where *no label* (fear,
+  disgust, a near tie) is a column of its own and counts as a miss, and
 * the trained model (in the evaluate stage),
 
-over the gold photos where a face was found; the share with no face is reported beside. Gold photos
+over the gold photos where an eligible face was found; the share with no face is reported beside.
+``gold_detector=skip`` (face crops) ignores ``min_face_size``: the crop is the face, whatever its size. Gold photos
 never train the model: training excludes their image_ids (content hashes), wherever they appear.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .. import catalog
 from ..config import CLASSES, EMOTIONS, PipelineConfig
 from ..faces import analyze_crops, build_models, detect_faces
 from ..images import ImageError, load_rgb_array, read_photo
+from ..labels import eligible, label_of, pick_label_face
 from ..manifest import content_id, is_image_name, load_manifest
 from ..modeling.evaluation import deepface_agreement
 from ..results import GoldResult
@@ -34,9 +38,6 @@ from ..storage import Storage, open_storage
 from ..tables import write_table
 
 log = logging.getLogger(__name__)
-
-FIVE = [EMOTIONS.index(c) for c in CLASSES]  # columns of the five classes in DeepFace's 7 scores
-
 
 def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
     """(key, label, image_id, data-source) of every gold photo, from a labelled folder or a CSV."""
@@ -117,26 +118,32 @@ def check_gold(run: StageRun) -> GoldResult:
             data = read_photo(row.storage, row.key)
             record["image_id"] = content_id(data, row.key)
             rgb, scale = load_rgb_array(data, config.max_image_pixels, config.detect_max_side)
-            faces = [f for f in detect_faces(rgb, detector) if f.confidence >= config.min_face_confidence]
+            min_size = 0 if detector == "skip" else config.min_face_size
+            faces = [{"w": f.w / scale, "h": f.h / scale, "confidence": f.confidence, "face": f}
+                     for f in detect_faces(rgb, detector)]
+            faces = [f for f in faces if eligible(f["confidence"], f["h"], min_confidence=config.min_face_confidence,
+                                                  min_size=min_size)]
             if faces:
-                largest = max(faces, key=lambda f: f.w * f.h)
+                chosen = pick_label_face(faces, config.label_face)["face"]
                 record["face_index"] = len(crops)
-                record.update({f"face_{k}": round(getattr(largest, k) / scale) for k in ("x", "y", "w", "h")})
-                crops.append(largest.crop)
+                record.update({f"face_{k}": round(getattr(chosen, k) / scale) for k in ("x", "y", "w", "h")})
+                record["face_confidence"] = chosen.confidence
+                crops.append(chosen.crop)
             else:
                 record["status"] = "no_face"
         except ImageError as err:
             record.update(status=err.status, error=str(err))
         records.append(record)
 
-    scores = analyze_crops(crops, models).get("emotion", np.zeros((0, 7)))
+    scores = analyze_crops(crops, models).get("emotion", np.zeros((0, len(EMOTIONS))))
     table = pd.DataFrame(records)
-    five = scores[:, FIVE] if len(scores) else np.zeros((0, 5))
     position = table["face_index"]
-    table["deepface_label"] = [CLASSES[int(five[int(i)].argmax())] if pd.notna(i) else None for i in position]
-    for k, name in enumerate(CLASSES):
-        table[f"deepface_{name}"] = [float(five[int(i), k] / five[int(i)].sum()) if pd.notna(i) else None
-                                     for i in position]
+    # DeepFace's seven scores of the label face (the label-policy curves re-apply the rule to them)...
+    for k, name in enumerate(EMOTIONS):
+        table[f"deepface_{name}"] = [float(scores[int(i), k]) if pd.notna(i) else None for i in position]
+    # ...and the label the pipeline gives it: None is "no label" (fear, disgust, a near tie) or no face.
+    table["deepface_label"] = [label_of(scores[int(i)], min_margin=config.min_emotion_margin) if pd.notna(i)
+                               else None for i in position]
     table = table.drop(columns=["face_index"])
     write_table(root, catalog.GOLD_ANNOTATIONS, table)
     result = GoldResult(checked=True, photos=len(table), detector=detector, **deepface_agreement(table))

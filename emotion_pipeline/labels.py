@@ -1,0 +1,84 @@
+"""The one label rule: which of the five classes a face's emotion scores say, or no label.
+
+Every place that turns scores into a label calls ``label_of``: annotate (the training labels), the
+gold check, the caption check, the label-policy curves and the API, so that "DeepFace's label" means
+the same thing in every figure.
+
+The rule, on DeepFace's seven scores: the dominant emotion, when it is one of the five classes and
+leads the runner-up by at least ``min_margin`` (scores as shares of 1). Fear or disgust dominant, or a
+near tie, is *no label* (``None``): such a face says nothing the classifier could learn. Scores over
+the five classes only (the trained model's probabilities) follow the same rule without fear and disgust.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .config import CLASSES, EMOTIONS
+
+NO_LABEL = "no label"  # how the checks' tables and charts name a face without a label
+
+
+def label_of(scores: Sequence[float] | np.ndarray | Mapping[str, float], *, min_margin: float = 0.0) -> str | None:
+    """The label of one face, or ``None``.
+
+    Args:
+        scores: DeepFace's 7 emotion scores (in ``EMOTIONS`` order, any scale: percentages or shares),
+            5 scores over ``CLASSES`` (a model's probabilities), or a mapping from emotion name to score.
+        min_margin: the dominant score must lead the runner-up by this much, as shares of the total.
+
+    Returns:
+        One of ``CLASSES``, or ``None`` when fear or disgust dominates, the margin is too small, or
+        there are no scores (NaN).
+    """
+    names, values = _named(scores)
+    if not len(values) or not np.all(np.isfinite(values)) or values.sum() <= 0:
+        return None
+    shares = values / values.sum()
+    order = np.argsort(-shares, kind="stable")
+    dominant = names[order[0]]
+    if dominant not in CLASSES:
+        return None
+    if len(order) > 1 and shares[order[0]] - shares[order[1]] < min_margin:
+        return None
+    return dominant
+
+
+def margin_of(scores: Sequence[float] | np.ndarray | Mapping[str, float]) -> float:
+    """How far the dominant score leads the runner-up, as shares of the total (0 when undefined)."""
+    _, values = _named(scores)
+    if len(values) < 2 or not np.all(np.isfinite(values)) or values.sum() <= 0:
+        return 0.0
+    top = np.sort(values / values.sum())[::-1]
+    return float(top[0] - top[1])
+
+
+def labels_of(scores: np.ndarray, *, min_margin: float = 0.0) -> list[str | None]:
+    """``label_of`` for each row of a (faces x 7) or (faces x 5) score array."""
+    return [label_of(row, min_margin=min_margin) for row in np.asarray(scores, dtype=float)]
+
+
+def _named(scores) -> tuple[tuple[str, ...], np.ndarray]:
+    if isinstance(scores, Mapping):
+        names = tuple(n for n in EMOTIONS if n in scores)
+        return names, np.array([float(scores[n]) for n in names], dtype=float)
+    values = np.asarray(scores, dtype=float).ravel()
+    if len(values) == len(EMOTIONS):
+        return EMOTIONS, values
+    if len(values) == len(CLASSES):
+        return CLASSES, values
+    raise ValueError(f"{len(values)} scores: expected DeepFace's {len(EMOTIONS)} or the {len(CLASSES)} classes'")
+
+
+def eligible(confidence: float, height: float, *, min_confidence: float, min_size: float) -> bool:
+    """May this face label a photo: confident enough and tall enough (pixels of the original photo)."""
+    return confidence >= min_confidence and height >= min_size
+
+
+def pick_label_face(faces: Sequence[Mapping], how: str) -> Mapping:
+    """The face that labels a photo among its eligible ``faces`` (each with w, h, confidence):
+    ``largest`` (by area) or ``most_confident``; ties go to the first detected."""
+    if how == "most_confident":
+        return max(faces, key=lambda f: f["confidence"])
+    return max(faces, key=lambda f: f["w"] * f["h"])
