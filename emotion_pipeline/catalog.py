@@ -159,6 +159,16 @@ def read_features(root: "Storage") -> "tuple[np.ndarray, pd.DataFrame]":
     return np.load(io.BytesIO(root.read_bytes(IMAGE_VECTORS))), read_table(root, IMAGE_INDEX)
 
 
+def read_faces(root: "Storage", shards) -> "pd.DataFrame":
+    """Every face annotate found in ``shards`` (one table; shards not annotated are left out)."""
+    import pandas as pd
+
+    from .tables import read_table
+
+    tables = [t for t in (read_table(root, faces(int(s))) for s in sorted(set(shards))) if t is not None]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
 def read_gold_annotations(root: "Storage") -> "pd.DataFrame | None":
     from .tables import read_table
 

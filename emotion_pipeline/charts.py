@@ -14,12 +14,17 @@ CLASS_COLORS = {
 }
 
 
-def _figure(ncols: int, width: float, height: float):
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on workers
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure(ncols: int, width: float, height: float):
+    plt = _pyplot()
     return plt, plt.subplots(1, ncols, figsize=(width, height))
 
 
@@ -102,4 +107,52 @@ def confusion_matrix_chart(matrix: list[list[int]], title: str, truth: str = "De
     ax.set_xlabel("predicted")
     ax.set_ylabel(f"true ({truth})")
     ax.set_title(title)
+    return _png(plt, fig)
+
+
+def boxed_photos_chart(examples: list[tuple[Any, tuple[float, float, float, float], str]]) -> bytes:
+    """Photos side by side, each with one face boxed and a title: (PIL image, (x, y, w, h), title)."""
+    from matplotlib.patches import Rectangle
+
+    columns = min(3, len(examples))
+    rows = -(-len(examples) // columns)
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.4 * rows), squeeze=False)
+    for ax, (photo, box, title) in zip(axes.ravel(), examples):
+        ax.imshow(photo)
+        if not any(pd.isna(v) for v in box):
+            x, y, w, h = box
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="red", linewidth=2))
+        ax.set_title(title, fontsize=9)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return _png(plt, fig)
+
+
+def label_policy_chart(curves: dict[str, list[dict[str, Any]]], chosen: dict[str, dict[str, Any]]) -> bytes:
+    """Per label-policy knob: agreement (gold, captions) against coverage, each point its threshold,
+    the run's own setting starred."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.4), squeeze=False)
+    for ax, (knob, points) in zip(axes[0], curves.items()):
+        for reference, marker in (("gold", "o"), ("caption", "s")):
+            shown = [p for p in points if p.get(f"{reference}_agreement") is not None]
+            if not shown:
+                continue
+            xs, ys = [p["coverage"] for p in shown], [p[f"{reference}_agreement"] for p in shown]
+            ax.plot(xs, ys, marker=marker, label=f"{reference} ({max(p[f'{reference}_n'] for p in shown)} photos)")
+            for p, x, y in zip(shown, xs, ys):
+                ax.annotate(f"{p['value']:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            mine = chosen[knob]
+            if mine.get(f"{reference}_agreement") is not None:
+                ax.scatter([mine["coverage"]], [mine[f"{reference}_agreement"]], marker="*", s=220, color="red",
+                           zorder=3)
+        ax.set_title(f"{knob} (star: this run's setting, {chosen[knob]['value']:g})", fontsize=10)
+        ax.set_xlabel("coverage: share of annotated photos with a label")
+        ax.set_ylabel("agreement of the labels kept")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return _png(plt, fig)

@@ -32,7 +32,8 @@ PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", "
                     ".heic", ".heif", ".avif")
 
 # The trigger form's sections, in the order the form shows them.
-SECTIONS = ("Input", "Annotation", "Drift and alerts", "Embedding", "Training", "Gold check", "Report")
+SECTIONS = ("Input", "Annotation", "Drift and alerts", "Embedding", "Training", "Gold check", "Caption check",
+            "Report")
 
 
 def state_home() -> Path:
@@ -157,6 +158,17 @@ class PipelineConfig:
     gold_detector: str | None = knob(None, title="Gold detector", section="Gold check", choices=DETECTORS,
                                      help="Detector for the gold photos (default: the detector; 'skip' for "
                                           "face crops).")
+
+    # Caption check: people's captions of the photos (Flickr30k's results.csv), weak labels to check against
+    captions: str | None = knob(None, title="Captions", section="Caption check",
+                                help="Captions of the source's photos: Flickr30k's results.csv (image_name, "
+                                     "comment_number, comment) or a CSV with caption and path or image_id.")
+    caption_lexicon: str | None = knob(None, title="Caption lexicon", section="Caption check",
+                                       help="CSV of emotion,pattern (regular expressions) naming emotions in "
+                                            "captions; default: the packaged data/caption_lexicon.csv.")
+    caption_min_agree: int = knob(2, title="Captions that must agree", section="Caption check", minimum=1,
+                                  help="A photo's caption label needs this many of its captions naming "
+                                       "the emotion.")
 
     # Report
     shap_samples: int = knob(50, title="SHAP rows", section="Report", minimum=1,

@@ -96,8 +96,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class",
                  "registered_model"), force="force_train", lease="train", minutes=360, asset="emotion_model"),
     Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE_FOLDER, photos=False,
-          upstream=("train",), covers=("train",), knobs=("shap_samples", "shap_images", "shap_image_evals", "seed"),
-          gpu=True, minutes=120),
+          upstream=("train",), covers=("train",), inputs=S + "evaluate:caption_files",
+          knobs=("shap_samples", "shap_images", "shap_image_evals", "seed", "captions", "caption_lexicon",
+                 "caption_min_agree"), gpu=True, minutes=120),
 )}
 ALIASES = {"drift": "check_drift", "assemble": "assemble_features", "gold": "check_gold"}  # CLI shorthands
 

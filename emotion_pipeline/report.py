@@ -17,6 +17,11 @@ FIGURE_CAPTIONS = {
     "tsne": "The vectors in 2-D (t-SNE), coloured by DeepFace label.",
     "gold_confusion_deepface": "Gold set: DeepFace's label against people's.",
     "gold_confusion_model": "Gold set: the trained model's prediction against people's.",
+    "caption_confusion_deepface": "Captions: DeepFace's label against the captions' (rows: what the captions say).",
+    "caption_disagreements": "Photos where DeepFace's label and the captions disagree (the label face boxed).",
+    "label_policy": "Label policy: for each knob (others at this run's settings), the share of photos that keep a "
+                    "label against how often those labels agree with people (gold) and captions; numbers are the "
+                    "thresholds, the star this run's setting. Pick thresholds here, then set them as knobs.",
 }
 
 STYLE = """
@@ -64,6 +69,8 @@ def render(version, dataset, evaluation, training, figures, note) -> str:
         parts.append(_metrics_section(evaluation, training or {}))
         if evaluation.get("gold"):
             parts.append(gold_section(evaluation["gold"]))
+        if evaluation.get("captions"):
+            parts.append(caption_section(evaluation["captions"]))
     for name, png in figures.items():
         data = base64.b64encode(png).decode()
         parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
@@ -106,6 +113,26 @@ def gold_section(gold: dict[str, Any]) -> str:
             f"DeepFace gave no label (fear, disgust or a near tie) to {gold.get('no_label_share', 0):.1%} of the "
             f"photos with a face: they count as misses, in the confusion matrix's 'no label' column. "
             f"This is how far the training labels, and the model trained on them, are from people.</p>{table}")
+
+
+def caption_section(check: dict[str, Any]) -> str:
+    """Per emotion: how many photos the captions label, and how often DeepFace and the model agree."""
+    per_class = check["per_class"]
+    rows = [[c, per_class[c]["covered"], per_class[c]["with_face"], check["deepface"]["per_class"][c]["recall"],
+             per_class[c]["deepface_no_label"], check["model"]["per_class"][c]["recall"],
+             check["model_held_out"]["per_class"][c]["recall"]] for c in CLASSES]
+    rows.append(["all", check["covered"], check["with_face"], check["deepface"]["accuracy"],
+                 sum(v["deepface_no_label"] for v in per_class.values()), check["model"]["accuracy"],
+                 check["model_held_out"]["accuracy"]])
+    table = _table(["caption label", "photos", "with a face", "DeepFace agrees", "DeepFace: no label",
+                    "model agrees", f"model agrees (not trained on, {check['model_held_out']['n']})"], rows)
+    return (f"<h2>Caption check: labels against what people wrote</h2><p>{check['photos']} photos have captions; "
+            f"in {check['covered']} ({check['coverage']:.1%}) at least {check['min_agree']} captions name the same "
+            f"emotion (the caption label; {check['conflicts']} photos named two emotions equally and have none); "
+            f"{check['no_face']} of those have no face the pipeline may label by. Captions are weak labels: they "
+            f"name smiles and tears far more often than anger or surprise, almost never a neutral face, and they "
+            f"describe the photo, not the one face it is labelled by. Read the agreement as a floor, per emotion."
+            f"</p>{table}")
 
 
 def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> str:

@@ -126,7 +126,9 @@ def trained_root(tmp_path_factory):
     copy_photos(FLICKR, src, flickr_names(40, offset=200))
     copy_photos(FACES, src / "faces", sorted(p.name for p in FACES.glob("img*.jpg"))[:30])
     config = PipelineConfig(source=str(src), root=str(base / "out"), shard_size=40, embed_weights="none",
-                            tuner_max_epochs=2, shap_images=1, shap_image_evals=40, min_rows_per_class=3)
+                            tuner_max_epochs=2, shap_images=1, shap_image_evals=40, min_rows_per_class=3,
+                            captions=str(SHARED / "data" / "flickr30k_sample" / "captions.csv"),
+                            caption_min_agree=1)  # 5 of these 40 photos have a caption label at 1, 1 at 2
     # Every temp file or folder any stage (or MLflow, Keras, SHAP under it) makes lands here, so that
     # test_stages_leave_no_temp_files can see what was left behind.
     (base / "tmp").mkdir()
@@ -154,7 +156,7 @@ def flickr_names(n: int, offset: int = 0) -> list[str]:
 # `--durations`), so that the last one to finish does not start last.
 LONGEST_FIRST = ("test_scale_out", "test_pipeline_e2e", "test_backfill", "test_gold", "test_ui",
                  "test_dataset_life", "test_faults", "test_run_console", "test_fail_fast", "test_faces")
-SHARED_FIXTURES = ("trained_root",)
+SHARED_FIXTURES = ("trained_root",)  # test_api, test_dashboard, test_captions, test_model_input, ...
 
 
 def pytest_collection_modifyitems(config, items):

@@ -140,12 +140,26 @@ def page_model(uri: str) -> None:
         st.dataframe(pd.DataFrame({who: {"accuracy": gold[who]["accuracy"], "macro-F1": gold[who]["macro_f1"],
                                          **{f"recall {c}": gold[who]["per_class"][c]["recall"] for c in CLASSES}}
                                    for who in ("deepface", "model")}).T)
+    if report.get("captions"):
+        check = report["captions"]
+        st.subheader("Caption check: labels against what people wrote")
+        st.write(f"{check['covered']} of {check['photos']} captioned photos have a caption label (at least "
+                 f"{check['min_agree']} captions naming one emotion). Captions are weak labels: they name smiles "
+                 f"and tears far more than other emotions and almost never a neutral face.")
+        st.dataframe(pd.DataFrame({c: {"photos": check["per_class"][c]["covered"],
+                                       "with a face": check["per_class"][c]["with_face"],
+                                       "DeepFace agrees": check["deepface"]["per_class"][c]["recall"],
+                                       "DeepFace: no label": check["per_class"][c]["deepface_no_label"],
+                                       "model agrees": check["model"]["per_class"][c]["recall"]}
+                                   for c in CLASSES}).T)
     for name, caption in (("confusion_matrix", "Confusion matrix"),
                           ("shap_embedding_summary", "SHAP: embedding dimensions per emotion"),
                           ("shap_image_heatmaps", "SHAP: where the emotion comes from"),
                           ("tsne", "t-SNE of the vectors"),
                           ("gold_confusion_deepface", "Gold set: DeepFace vs people"),
-                          ("gold_confusion_model", "Gold set: model vs people")):
+                          ("gold_confusion_model", "Gold set: model vs people"),
+                          ("caption_confusion_deepface", "Captions: DeepFace vs captions"),
+                          ("caption_disagreements", "Where DeepFace and the captions disagree")):
         png = read_png(uri, catalog.report_figure(version, name))
         if png:
             st.image(png, caption=caption)

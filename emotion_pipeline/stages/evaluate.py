@@ -15,14 +15,16 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .. import catalog
-from ..charts import confusion_matrix_chart
+from .. import captions, catalog, label_policy
+from ..charts import boxed_photos_chart, confusion_matrix_chart, label_policy_chart
 from ..config import CLASSES, PipelineConfig
 from ..modeling import tracking
 from ..modeling.classifier import predict_proba_5
 from ..modeling.data import TrainingData, load_training_data
 from ..modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
 from ..modeling.evaluation import compare_on_test, explain_model, gold_agreement, photos_with_face
+from ..images import read_photo
+from ..labels import NO_LABEL
 from ..report import dataset_summary, write_report
 from ..results import EvaluateResult, TrainResult
 from ..runner import StageRun, run_stage
@@ -75,6 +77,11 @@ def evaluate(run: StageRun) -> EvaluateResult:
     figures.update(explain_model(config, model, resnet50(config.embed_weights, config.mixed_precision), data,
                                  images, labels))
     gold_check = _gold_check(config, root, model)
+    caption_check, caption_figures, caption_by_id = _caption_check(config, source, root, model, data)
+    figures.update(caption_figures)
+    curves = _label_policy_curves(config, root, caption_by_id)
+    if curves:
+        figures["label_policy"] = label_policy_chart(curves, label_policy.chosen_points(config, curves))
     if gold_check:
         figures["gold_confusion_deepface"] = confusion_matrix_chart(
             gold_check["deepface"]["confusion_matrix"], "Gold set: DeepFace vs people", "people's label")
@@ -84,11 +91,12 @@ def evaluate(run: StageRun) -> EvaluateResult:
     for name, png in figures.items():
         root.write_bytes(catalog.report_figure(version, name), png)
     document = {"model_version": version, "run_id": trained.run_id, "majority_class": CLASSES[majority],
-                "counts": data.counts(), "metrics": metrics, "gold": gold_check}
+                "counts": data.counts(), "metrics": metrics, "gold": gold_check, "captions": caption_check,
+                "label_policy": curves}
     write_json(root, catalog.report_file(version, catalog.REPORT_METRICS), document)
     report_uri = write_report(root, version, dataset=dataset_summary(root), evaluation=document,
                               training=trained.to_dict(), figures=figures)
-    _log_to_mlflow(mlflow, trained, metrics, gold_check, document, figures, root.read_bytes(
+    _log_to_mlflow(mlflow, trained, metrics, gold_check, caption_check, document, figures, root.read_bytes(
         catalog.report_file(version, catalog.REPORT_PAGE)).decode())
     log.info("evaluate: model macro-F1 %.3f, baseline %.3f, majority %.3f -> %s", metrics["model"]["macro_f1"],
              metrics["baseline"]["macro_f1"], metrics["majority"]["macro_f1"], report_uri)
@@ -96,7 +104,8 @@ def evaluate(run: StageRun) -> EvaluateResult:
                           macro_f1=metrics["model"]["macro_f1"])
 
 
-def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, document, figures, page: str) -> None:
+def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, caption_check, document, figures,
+                   page: str) -> None:
     """Everything the report shows, into the training's MLflow run."""
     with mlflow.start_run(run_id=trained.run_id):
         for who, m in metrics.items():
@@ -108,10 +117,73 @@ def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, document, 
             mlflow.log_metrics({f"gold.{who}.recall.{c}": v["recall"] for who in ("deepface", "model")
                                 for c, v in gold_check[who]["per_class"].items()})
             mlflow.log_metric("gold.no_face_share", gold_check["no_face_share"])
+            mlflow.log_metric("gold.no_label_share", gold_check["no_label_share"])
+        if caption_check:
+            mlflow.log_metrics({"captions.coverage": caption_check["coverage"],
+                                "captions.covered": caption_check["covered"],
+                                "captions.with_face": caption_check["with_face"]})
+            for who in ("deepface", "model", "model_held_out"):
+                mlflow.log_metric(f"captions.{who}.agreement", caption_check[who]["accuracy"])
+                mlflow.log_metrics({f"captions.{who}.agreement.{c}": v["recall"]
+                                    for c, v in caption_check[who]["per_class"].items() if v["support"]})
         mlflow.log_dict(document, f"{catalog.MLFLOW_EVALUATION}/{catalog.REPORT_METRICS}")
         for name, png in figures.items():
             mlflow.log_image(_image(png), f"{catalog.MLFLOW_EVALUATION}/{name}.png")
         mlflow.log_text(page, f"{catalog.MLFLOW_EVALUATION}/{catalog.REPORT_PAGE}")
+
+
+def caption_files(run: StageRun) -> str:
+    """The evaluation's inputs besides its settings and the model: the captions file and lexicon."""
+    return captions.fingerprint(run.config.captions, run.config.caption_lexicon)
+
+
+def _caption_check(config: PipelineConfig, source: Storage, root: Storage, head,
+                   data: TrainingData) -> tuple[dict | None, dict[str, bytes], pd.Series | None]:
+    """DeepFace's labels and the model's predictions against the captions' (``captions.py``), the
+    figures (the confusion matrix, photos where DeepFace and the captions disagree), and the caption
+    label of each covered photo by image_id."""
+    if not config.captions:
+        return None, {}, None
+    labels = captions.caption_labels(captions.read_captions(config.captions),
+                                     captions.read_lexicon(config.caption_lexicon), config.caption_min_agree)
+    matched = captions.match_photos(labels, catalog.read_dataset(root))
+    judged = matched[matched["caption_label"].notna() & (matched["status"] == "ok")].reset_index(drop=True)
+    vectors, index = catalog.read_features(root)
+    rows = judged[["image_id"]].merge(index[["image_id", "row"]].drop_duplicates("image_id"), how="left")["row"]
+    if rows.isna().any():
+        raise RuntimeError(f"{int(rows.isna().sum())} captioned photos have no vector: run assemble_features first")
+    predictions = (head.predict(vectors[rows.to_numpy(dtype=int)], verbose=0).argmax(1) if len(judged)
+                   else np.zeros(0, dtype=int))
+    trained_on = set(data.frame.loc[data.frame["split"] == "train", "image_id"])
+    check = captions.caption_check(matched, predictions, trained_on, config.caption_min_agree)
+    figures = {"caption_confusion_deepface": confusion_matrix_chart(
+        check["deepface"]["confusion_matrix"], "Captions: DeepFace's label vs the captions'", "caption label")}
+    judged["model_label"] = [CLASSES[int(p)] for p in predictions]
+    disagreeing = judged[judged["label"] != judged["caption_label"]].head(6)
+    if len(disagreeing):
+        examples = [(decode_photo(read_photo(source, row.source_key), config.max_image_pixels),
+                     (row.face_x, row.face_y, row.face_w, row.face_h),
+                     f"captions: {row.caption_label} ({getattr(row, 'votes_' + row.caption_label)}/{row.captions})\n"
+                     f"DeepFace: {row.label if isinstance(row.label, str) else NO_LABEL} · model: {row.model_label}")
+                    for row in disagreeing.itertuples(index=False)]
+        figures["caption_disagreements"] = boxed_photos_chart(examples)
+    log.info("captions: %d of %d photos covered, DeepFace agrees on %.1f%%, the model on %.1f%%", check["covered"],
+             check["photos"], 100 * check["deepface"]["accuracy"], 100 * check["model"]["accuracy"])
+    covered = matched[matched["caption_label"].notna()].drop_duplicates("image_id")
+    return check, figures, covered.set_index("image_id")["caption_label"]
+
+
+def _label_policy_curves(config: PipelineConfig, root: Storage, caption_by_id: pd.Series | None) -> dict | None:
+    """Coverage against agreement (gold, captions) per label-policy knob; None without either reference."""
+    gold = catalog.read_gold_annotations(root)
+    if gold is None and caption_by_id is None:
+        return None
+    dataset = catalog.read_dataset(root)
+    annotated = dataset[dataset["status"].isin(["ok", "no_face"])].drop_duplicates("image_id")
+    faces = catalog.read_faces(root, annotated["shard"].unique())
+    faces = faces[faces["image_id"].isin(annotated["image_id"])] if len(faces) else faces
+    return label_policy.policy_curves(config, annotated["image_id"], faces, gold, caption_by_id,
+                                      gold_sizes=(config.gold_detector or config.detector) != "skip")
 
 
 def _heatmap_photos(config: PipelineConfig, source: Storage, root: Storage, data: TrainingData):
