@@ -102,6 +102,7 @@ class GoldResult(StageResult):
     photos: int = 0
     detector: str | None = None
     no_face_share: float | None = None
+    no_label_share: float | None = None  # of the photos with a face: DeepFace gave no label (a miss)
     deepface: dict[str, Any] | None = None  # DeepFace's figures against people's labels
 
 

@@ -11,6 +11,7 @@ from emotion_pipeline.storage import open_storage
 
 from .conftest import FACES, FLICKR, SHARED, copy_photos, flickr_names
 from .pipeline_run import MIN_ROWS_PER_CLASS, SECOND_HALF_ARGS, run_pipeline
+from .test_captions import FLICKR_CAPTIONS, independent_caption_labels
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 LABELLED = SHARED / "data" / "labeled_faces"
@@ -55,7 +56,8 @@ def test_gold_check_against_people_and_no_leak_into_training(tmp_path, monkeypat
     for name in leaked:
         shutil.copy2(FACES / name, gold / "happy" / name)
     summary = run_pipeline(str(src), str(tmp_path / "out"), tmp_path, "--gold", str(gold), "--gold-detector",
-                           "skip", "--shard-size", "30", *SECOND_HALF_ARGS)
+                           "skip", "--shard-size", "30", "--captions", str(FLICKR_CAPTIONS),
+                           "--caption-min-agree", "1", *SECOND_HALF_ARGS)
     assert summary["state"] == "success"
     results = {t["task"]: t["result"] for t in summary["tasks"] if t["map_index"] == -1}
     results["gold"] = results["check_gold"]
@@ -99,6 +101,18 @@ def test_gold_check_against_people_and_no_leak_into_training(tmp_path, monkeypat
     assert model_figures["accuracy"] == pytest.approx(accuracy_score(table["label"], predictions), abs=2 / GOLD)
     assert model_figures["macro_f1"] == pytest.approx(
         f1_score(table["label"], predictions, labels=list(CLASSES), average="macro"), abs=0.03)
+
+    # The CLI's --captions reached evaluate (the figures themselves: test_captions), and the
+    # label-policy curves measure agreement with people (crops: the size knob leaves gold alone).
+    assert metrics["captions"]["covered"] == len(independent_caption_labels(1).keys() & set(flickr_names(30, 300)))
+    curves = metrics["label_policy"]
+    at_default = next(p for p in curves["min_emotion_margin"] if p["value"] == 0)
+    assert at_default["gold_n"] == int((table["deepface_label"].notna()).sum())
+    assert at_default["gold_agreement"] == pytest.approx(
+        (table["deepface_label"] == table["label"]).sum() / at_default["gold_n"])
+    assert {p["gold_n"] for p in curves["min_face_size"]} == {at_default["gold_n"]}
+    assert [p["gold_n"] for p in curves["min_emotion_margin"]] == sorted(
+        (p["gold_n"] for p in curves["min_emotion_margin"]), reverse=True)
 
     # Gold photos never train: the 5 shared photos are labelled in the dataset but not in training.
     dataset = pd.read_parquet(root.uri_for("datasets/final_emotion_dataset.parquet"))

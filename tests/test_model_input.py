@@ -1,5 +1,10 @@
 """One model-input path: embed, evaluate (SHAP heat maps and the gold check) and the API turn the same
-photo into the same vector, bit for bit (a training/serving skew would show here first)."""
+photo into the same vector (a training/serving skew would show here first).
+
+"The same" is up to float32 rounding: on some CPUs (seen on AMD EPYC, not on Intel Xeon) oneDNN rounds
+a row differently depending on the batch it is computed in, by ~1e-7 of the vector's scale. Any real
+skew (another crop, resize, colour order or normalisation) moves a vector by more than 1e-2 of it.
+"""
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,8 +24,8 @@ def test_a_vector_does_not_depend_on_the_batch_it_was_computed_in():
     inputs = np.random.default_rng(0).integers(0, 256, (5, 224, 224, 3), dtype=np.uint8)
     together = image_vectors(model, inputs, batch_size=32)
     for batch_size in (1, 2, 3):
-        assert image_vectors(model, inputs, batch_size).tobytes() == together.tobytes(), batch_size
-    assert image_vectors(model, inputs[2:3], batch_size=32).tobytes() == together[2].tobytes()  # one alone
+        assert_same_vectors(image_vectors(model, inputs, batch_size), together)
+    assert_same_vectors(image_vectors(model, inputs[2:3], batch_size=32)[0], together[2])  # one alone
 
 
 @pytest.mark.integration
@@ -48,10 +53,16 @@ def test_the_same_photo_gets_the_same_vector_in_embed_evaluate_and_the_api(train
         assert box in boxes, (box, boxes)
         served = api_vectors[boxes.index(box)]
         assert np.abs(embedded).sum() > 0
-        assert embedded.tobytes() == heatmap.tobytes() == gold.tobytes() == served.tobytes(), entry.image_id
+        for other in (heatmap, gold, served):
+            assert_same_vectors(other, embedded)
 
     # A photo without a face is embedded whole, and evaluate's loader agrees.
     whole = index[index["input"] == "photo"].iloc[0]
     note = dataset.loc[whole["image_id"]]
     again = image_vectors(resnet, input_of(config, source, note, "photo")[None], config.embed_batch_size)[0]
-    assert vectors[whole["row"]].tobytes() == again.tobytes()
+    assert_same_vectors(again, vectors[whole["row"]])
+
+
+def assert_same_vectors(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Equal up to float32 rounding of the kernels (see the module's docstring)."""
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6 * float(np.abs(expected).max()))
