@@ -58,7 +58,7 @@ def test_dag_parses_with_the_expected_wiring(tmp_path):
     # The trigger form: every param titled and in one of the sections, in their order.
     assert all(title and section for title, section in parsed["form"].values())
     assert list(dict.fromkeys(section for _, section in parsed["form"].values())) == [
-        "Input", "Annotation", "Drift and alerts", "Embedding", "Training", "Gold check", "Report"]
+        "Input", "Annotation", "Drift and alerts", "Embedding", "Training", "Gold check", "Caption check", "Report"]
     assert parsed["form"]["source"] == ["Source", "Input"]
 
 

@@ -33,7 +33,8 @@ def test_every_page_renders_with_apptest(trained_root, monkeypatch):
     assert not app.exception and app.header[0].value == "Model"
     version = results["train"].model_version
     assert any(f"Model version {version}" in s.value for s in app.subheader)
-    assert len(app.dataframe) == 3  # metrics, per-class, MLflow runs
+    assert len(app.dataframe) == 4  # metrics, per-class, the caption check, MLflow runs
+    assert any("Caption check" in s.value for s in app.subheader)
 
     app.sidebar.radio[0].set_value("Try it").run()
     assert not app.exception and app.header[0].value == "Try it"
@@ -54,7 +55,7 @@ def test_pages_in_a_real_browser(trained_root, tmp_path):
         expected = {
             "Dataset": ["Photos by status", "Examples per emotion", "no-face rate"],
             "Monitoring": ["Alerted shards", "Drift timeline"],
-            "Model": [f"Model version {results['train'].model_version}", "Training runs (MLflow)"],
+            "Model": [f"Model version {results['train'].model_version}", "Caption check", "Training runs (MLflow)"],
             "Try it": ["A photo with people"],
         }
         for page, texts in expected.items():
