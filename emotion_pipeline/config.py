@@ -144,6 +144,9 @@ class PipelineConfig:
                                 help="New data refits the champion's hyperparameters (warm-started); a full "
                                      "tuner search runs again once the training rows reach this multiple of "
                                      "the last search's, when the embedding changed, or when forced.")
+    soft_labels: bool = knob(False, title="Soft labels too", section="Training",
+                             help="Also train a head on DeepFace's scores over the five classes (distillation) "
+                                  "with the registered head's hyperparameters; the report compares the two.")
     min_rows_per_class: int = knob(10, title="Minimum rows per class", section="Training", minimum=3,
                                    help="Classes with fewer labelled photos are left out of training.")
     mlflow_tracking_uri: str | None = knob(None, title="MLflow tracking URI", section=None,

@@ -93,7 +93,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           gpu=True, minutes=120),
     Stage("train", S + "train:train", TrainResult, catalog.TRAIN_FOLDER, photos=False,
           upstream=("merge", "assemble_features", "check_gold"), inputs=S + "train:training_data_fingerprint",
-          knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class",
+          knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class", "soft_labels",
                  "registered_model"), force="force_train", lease="train", minutes=360, asset="emotion_model"),
     Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE_FOLDER, photos=False,
           upstream=("train",), covers=("train",), inputs=S + "evaluate:caption_files",

@@ -106,7 +106,8 @@ def gold_section(gold: dict[str, Any]) -> str:
     """People's labels against DeepFace's and against the model's, side by side."""
     rows = [[who, gold[key]["accuracy"], gold[key]["macro_f1"],
              *(gold[key]["per_class"][c]["recall"] for c in CLASSES)]
-            for who, key in (("DeepFace (the pipeline's label rule)", "deepface"), ("trained model", "model"))]
+            for who, key in (("DeepFace (the pipeline's label rule)", "deepface"), ("trained model", "model"),
+                             ("model trained on DeepFace's scores (soft labels)", "model_soft")) if key in gold]
     table = _table(["labels from", "accuracy", "macro-F1", *(f"recall {c}" for c in CLASSES)], rows)
     return (f"<h2>Gold check: machine labels against people</h2><p>{gold['photos']} photos labelled by people; "
             f"no face found in {gold['no_face_share']:.1%} of them (left out of the figures below). "
@@ -118,14 +119,16 @@ def gold_section(gold: dict[str, Any]) -> str:
 def caption_section(check: dict[str, Any]) -> str:
     """Per emotion: how many photos the captions label, and how often DeepFace and the model agree."""
     per_class = check["per_class"]
+    heads = [("model agrees", "model"), (f"model agrees (not trained on, {check['model_held_out']['n']})",
+                                         "model_held_out"), ("soft-label model agrees", "model_soft")]
+    heads = [(title, key) for title, key in heads if key in check]
     rows = [[c, per_class[c]["covered"], per_class[c]["with_face"], check["deepface"]["per_class"][c]["recall"],
-             per_class[c]["deepface_no_label"], check["model"]["per_class"][c]["recall"],
-             check["model_held_out"]["per_class"][c]["recall"]] for c in CLASSES]
+             per_class[c]["deepface_no_label"], *(check[key]["per_class"][c]["recall"] for _, key in heads)]
+            for c in CLASSES]
     rows.append(["all", check["covered"], check["with_face"], check["deepface"]["accuracy"],
-                 sum(v["deepface_no_label"] for v in per_class.values()), check["model"]["accuracy"],
-                 check["model_held_out"]["accuracy"]])
+                 sum(v["deepface_no_label"] for v in per_class.values()), *(check[key]["accuracy"] for _, key in heads)])
     table = _table(["caption label", "photos", "with a face", "DeepFace agrees", "DeepFace: no label",
-                    "model agrees", f"model agrees (not trained on, {check['model_held_out']['n']})"], rows)
+                    *(title for title, _ in heads)], rows)
     return (f"<h2>Caption check: labels against what people wrote</h2><p>{check['photos']} photos have captions; "
             f"in {check['covered']} ({check['coverage']:.1%}) at least {check['min_agree']} captions name the same "
             f"emotion (the caption label; {check['conflicts']} photos named two emotions equally and have none); "
@@ -139,7 +142,8 @@ def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> st
     metrics = evaluation["metrics"]
     names = {"model": f"ResNet50 + tuned head (v{evaluation['model_version']})",
              "baseline": "logistic regression baseline",
-             "majority": f"majority class ({evaluation['majority_class']})"}
+             "majority": f"majority class ({evaluation['majority_class']})",
+             "soft": "the same head trained on DeepFace's scores (soft labels)"}
     rows = [[names[k], m["accuracy"], m["macro_f1"], m["n"]] for k, m in metrics.items()]
     overview = _table(["model", "test accuracy", "test macro-F1", "test photos"], rows, best_row=0)
     model = metrics["model"]["per_class"]

@@ -124,6 +124,7 @@ class TrainResult(StageResult):
     data_fingerprint: str | None = None
     tracking_uri: str | None = None
     gold_excluded: int = 0
+    soft_model_uri: str | None = None  # the head trained on soft labels (soft_labels), not registered
 
 
 @dataclass(kw_only=True)

@@ -128,7 +128,8 @@ def trained_root(tmp_path_factory):
     config = PipelineConfig(source=str(src), root=str(base / "out"), shard_size=40, embed_weights="none",
                             tuner_max_epochs=2, shap_images=1, shap_image_evals=40, min_rows_per_class=3,
                             captions=str(SHARED / "data" / "flickr30k_sample" / "captions.csv"),
-                            caption_min_agree=1)  # 5 of these 40 photos have a caption label at 1, 1 at 2
+                            caption_min_agree=1,  # 5 of these 40 photos have a caption label at 1, 1 at 2
+                            soft_labels=True)  # a second head on DeepFace's scores, compared in the report
     # Every temp file or folder any stage (or MLflow, Keras, SHAP under it) makes lands here, so that
     # test_stages_leave_no_temp_files can see what was left behind.
     (base / "tmp").mkdir()

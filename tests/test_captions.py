@@ -106,7 +106,7 @@ def independent_caption_labels(min_agree: int) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_the_caption_check_is_in_the_report_metrics_and_mlflow(trained_root):
+def test_the_caption_check_is_in_the_report_metrics_and_mlflow(trained_root, monkeypatch):
     """trained_root ran with the shared captions (min_agree 1): the figures, recomputed here."""
     import mlflow
 
@@ -140,4 +140,18 @@ def test_the_caption_check_is_in_the_report_metrics_and_mlflow(trained_root):
     run = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(config)).get_run(results["train"].run_id)
     assert run.data.metrics["captions.deepface.agreement"] == pytest.approx(check["deepface"]["accuracy"])
     assert run.data.metrics["captions.covered"] == check["covered"]
-    assert "captions.model.agreement" in run.data.metrics
+
+    # The model and the soft-label head (soft_labels=True), each recomputed from its own MLflow copy.
+    vectors, index = catalog.read_features(root)
+    rows = with_face[["image_id"]].merge(index.drop_duplicates("image_id"), how="left")["row"].to_numpy()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(config))  # undone after the test
+    mlflow.set_tracking_uri(tracking.tracking_uri(config))  # (it also exports MLFLOW_TRACKING_URI)
+    for who, uri in (("model", results["train"].model_uri), ("model_soft", results["train"].soft_model_uri)):
+        head = mlflow.keras.load_model(uri)
+        predicted = np.array(CLASSES)[head.predict(vectors[rows], verbose=0).argmax(1)] if len(rows) else []
+        assert check[who]["accuracy"] == pytest.approx((predicted == with_face["caption"].to_numpy()).mean()
+                                                       if len(rows) else 0.0), who
+        assert run.data.metrics[f"captions.{who}.agreement"] == pytest.approx(check[who]["accuracy"])
+    assert "soft-label model agrees" in page
+    metrics = json.loads(root.read_bytes(catalog.report_file(version, catalog.REPORT_METRICS)))["metrics"]
+    assert metrics["soft"]["n"] == metrics["model"]["n"] and "soft.test_macro_f1" in run.data.metrics

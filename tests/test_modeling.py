@@ -79,3 +79,38 @@ def test_each_root_keeps_its_own_mlflow_store(tmp_path, monkeypatch):
     assert tracking.tracking_uri(second) == f"sqlite:///{tmp_path / 'b' / 'mlflow' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert tracking.tracking_uri(second) == "http://mlflow.example:5000"  # a user's server still wins
+
+
+def test_a_soft_label_head_learns_deepface_s_distribution_not_only_its_argmax():
+    """Every photo's label is happy, but DeepFace's scores say 60% happy, 40% neutral: the hard head
+    learns 'happy, surely', the soft head the 60/40 split (distillation)."""
+    import pandas as pd
+
+    from emotion_pipeline.config import CLASSES, PipelineConfig
+    from emotion_pipeline.modeling.classifier import refit, refit_soft
+    from emotion_pipeline.modeling.data import TrainingData
+
+    rng = np.random.default_rng(0)
+    n = 300
+    scores = {f"score_{c}": {"happy": 60.0, "neutral": 40.0}.get(c, 0.0) for c in CLASSES}
+    labels = ["happy"] * (n - 30) + ["sad"] * 30  # the hard head needs two classes
+    frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "label": labels,
+                          "split": ["train"] * 200 + ["val"] * 50 + ["test"] * 50,
+                          "y": [CLASSES.index(label) for label in labels], **scores})
+    frame.loc[frame["label"] == "sad", "score_happy"], frame.loc[frame["label"] == "sad", "score_sad"] = 10.0, 90.0
+    frame.loc[frame["label"] == "sad", "score_neutral"] = 0.0
+    frame = frame.sample(frac=1, random_state=0).reset_index(drop=True)
+    frame["split"] = ["train"] * 200 + ["val"] * 50 + ["test"] * 50
+    vectors = rng.normal(size=(n, 2048)).astype(np.float32)
+    vectors[frame["label"] == "sad", :8] += 4.0  # sad photos are told apart by their vectors
+    data = TrainingData(frame=frame, vectors=vectors)
+    config = PipelineConfig(source="s", root="r", tuner_max_epochs=60)
+    hp = {"l2": 1e-6, "units": 64, "dropout": 0.0, "learning_rate": 3e-3}
+
+    x_test, _ = data.part("test")
+    happy = (frame.loc[frame["split"] == "test", "label"] == "happy").to_numpy()
+    soft = refit_soft(config, data, hp).predict(x_test[happy], verbose=0).mean(axis=0)
+    hard = refit(config, data, hp).predict(x_test[happy], verbose=0).mean(axis=0)
+    i_happy, i_neutral = CLASSES.index("happy"), CLASSES.index("neutral")
+    assert abs(soft[i_happy] - 0.6) < 0.15 and abs(soft[i_neutral] - 0.4) < 0.15, soft
+    assert hard[i_neutral] < 0.1 < soft[i_neutral], (hard, soft)

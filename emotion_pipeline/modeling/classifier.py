@@ -82,6 +82,29 @@ def refit(config: PipelineConfig, data: TrainingData, hyperparameters: dict, war
     return head
 
 
+def refit_soft(config: PipelineConfig, data: TrainingData, hyperparameters: dict):
+    """A head with ``hyperparameters`` trained on DeepFace's score distributions over the five classes
+    (``TrainingData.soft_part``) instead of the hard labels: distillation. Weighted by the hard labels'
+    class weights, as the hard head is. Returns the fitted head."""
+    import keras
+    import keras_tuner
+
+    keras.utils.set_random_seed(config.seed)
+    hp = keras_tuner.HyperParameters()
+    for name, value in hyperparameters.items():
+        hp.Fixed(name, value)
+    head = build_head(hp)
+    head.compile(optimizer=keras.optimizers.Adam(hyperparameters.get("learning_rate", 1e-3)),
+                 loss="categorical_crossentropy", metrics=["accuracy"])
+    x_train, targets = data.soft_part("train")
+    _, y_train = data.part("train")
+    weights = class_weights(y_train)
+    head.fit(x_train, targets, sample_weight=np.array([weights[int(y)] for y in y_train]),
+             validation_data=data.soft_part("val"), epochs=config.tuner_max_epochs, verbose=0,
+             callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)])
+    return head
+
+
 def fit_baseline(config: PipelineConfig, x: np.ndarray, y: np.ndarray):
     """Standardised logistic regression with balanced class weights: what the head must beat."""
     from sklearn.linear_model import LogisticRegression

@@ -25,12 +25,19 @@ SPLITS = {"test": (0.0, 0.15), "val": (0.15, 0.30), "train": (0.30, 1.0)}
 
 @dataclass
 class TrainingData:
-    frame: pd.DataFrame  # image_id, source_key, label, split, y, row (into vectors)
+    frame: pd.DataFrame  # image_id, source_key, label, split, y, row (into vectors), score_<class>
     vectors: np.ndarray  # aligned with frame
 
     def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         mask = (self.frame["split"] == split).to_numpy()
         return self.vectors[mask], self.frame["y"].to_numpy()[mask]
+
+    def soft_part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and DeepFace's scores of the label face over the five classes, as shares of 1:
+        the targets of a head trained on soft labels."""
+        mask = (self.frame["split"] == split).to_numpy()
+        scores = self.frame.loc[mask, [f"score_{c}" for c in CLASSES]].to_numpy(dtype=np.float32)
+        return self.vectors[mask], scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-9)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -85,7 +92,8 @@ def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = fro
     vectors, index = catalog.read_features(root)
     labelled = dataset[dataset["label"].isin(CLASSES) & (dataset["status"] == "ok")]
     labelled = labelled[~labelled["image_id"].isin(exclude_ids)].drop_duplicates("image_id")
-    frame = labelled[["image_id", "source_key", "label"]].merge(
+    scores = labelled[[f"emotion_{c}" for c in CLASSES]].set_axis([f"score_{c}" for c in CLASSES], axis=1)
+    frame = pd.concat([labelled[["image_id", "source_key", "label"]], scores], axis=1).merge(
         index[["image_id", "row"]].drop_duplicates("image_id"), on="image_id", how="inner")
     counts = frame["label"].value_counts()
     frame = frame[frame["label"].map(counts) >= min_rows].sort_values("image_id").reset_index(drop=True)

@@ -22,7 +22,8 @@ from ..modeling import tracking
 from ..modeling.classifier import predict_proba_5
 from ..modeling.data import TrainingData, load_training_data
 from ..modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
-from ..modeling.evaluation import compare_on_test, explain_model, gold_agreement, photos_with_face
+from ..modeling.evaluation import class_ids, compare_on_test, explain_model, gold_agreement, photos_with_face
+from ..modeling.metrics import classification_metrics
 from ..images import read_photo
 from ..labels import NO_LABEL
 from ..report import dataset_summary, write_report
@@ -70,14 +71,17 @@ def evaluate(run: StageRun) -> EvaluateResult:
     _, y_train = data.part("train")
     metrics, majority = compare_on_test(y_train, y_test, model.predict(x_test, verbose=0),
                                         predict_proba_5(baseline, x_test))
+    soft = tracking.load_model(trained.soft_model_uri) if trained.soft_model_uri else None
+    if soft is not None:  # the head trained on DeepFace's scores (soft_labels), side by side
+        metrics["soft"] = classification_metrics(y_test, soft.predict(x_test, verbose=0).argmax(1))
 
     figures = {"confusion_matrix": confusion_matrix_chart(
         metrics["model"]["confusion_matrix"], f"Model v{version} on the test split")}
     images, labels = _heatmap_photos(config, source, root, data)
     figures.update(explain_model(config, model, resnet50(config.embed_weights, config.mixed_precision), data,
                                  images, labels))
-    gold_check = _gold_check(config, root, model)
-    caption_check, caption_figures, caption_by_id = _caption_check(config, source, root, model, data)
+    gold_check = _gold_check(config, root, model, soft)
+    caption_check, caption_figures, caption_by_id = _caption_check(config, source, root, model, data, soft)
     figures.update(caption_figures)
     curves = _label_policy_curves(config, root, caption_by_id)
     if curves:
@@ -112,8 +116,8 @@ def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, caption_ch
             mlflow.log_metrics({f"{who}.test_accuracy": m["accuracy"], f"{who}.test_macro_f1": m["macro_f1"]})
             mlflow.log_metrics({f"{who}.test_f1.{c}": v["f1"] for c, v in m["per_class"].items()})
         if gold_check:
-            mlflow.log_metrics({f"gold.{who}.{m}": gold_check[who][m] for who in ("deepface", "model")
-                                for m in ("accuracy", "macro_f1")})
+            heads = [w for w in ("deepface", "model", "model_soft") if w in gold_check]
+            mlflow.log_metrics({f"gold.{who}.{m}": gold_check[who][m] for who in heads for m in ("accuracy", "macro_f1")})
             mlflow.log_metrics({f"gold.{who}.recall.{c}": v["recall"] for who in ("deepface", "model")
                                 for c, v in gold_check[who]["per_class"].items()})
             mlflow.log_metric("gold.no_face_share", gold_check["no_face_share"])
@@ -122,7 +126,7 @@ def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, caption_ch
             mlflow.log_metrics({"captions.coverage": caption_check["coverage"],
                                 "captions.covered": caption_check["covered"],
                                 "captions.with_face": caption_check["with_face"]})
-            for who in ("deepface", "model", "model_held_out"):
+            for who in [w for w in ("deepface", "model", "model_held_out", "model_soft") if w in caption_check]:
                 mlflow.log_metric(f"captions.{who}.agreement", caption_check[who]["accuracy"])
                 mlflow.log_metrics({f"captions.{who}.agreement.{c}": v["recall"]
                                     for c, v in caption_check[who]["per_class"].items() if v["support"]})
@@ -137,8 +141,8 @@ def caption_files(run: StageRun) -> str:
     return captions.fingerprint(run.config.captions, run.config.caption_lexicon)
 
 
-def _caption_check(config: PipelineConfig, source: Storage, root: Storage, head,
-                   data: TrainingData) -> tuple[dict | None, dict[str, bytes], pd.Series | None]:
+def _caption_check(config: PipelineConfig, source: Storage, root: Storage, head, data: TrainingData,
+                   soft=None) -> tuple[dict | None, dict[str, bytes], pd.Series | None]:
     """DeepFace's labels and the model's predictions against the captions' (``captions.py``), the
     figures (the confusion matrix, photos where DeepFace and the captions disagree), and the caption
     label of each covered photo by image_id."""
@@ -152,10 +156,12 @@ def _caption_check(config: PipelineConfig, source: Storage, root: Storage, head,
     rows = judged[["image_id"]].merge(index[["image_id", "row"]].drop_duplicates("image_id"), how="left")["row"]
     if rows.isna().any():
         raise RuntimeError(f"{int(rows.isna().sum())} captioned photos have no vector: run assemble_features first")
-    predictions = (head.predict(vectors[rows.to_numpy(dtype=int)], verbose=0).argmax(1) if len(judged)
-                   else np.zeros(0, dtype=int))
+    judged_vectors = vectors[rows.to_numpy(dtype=int)]
+    predictions = _classes(head, judged_vectors)
     trained_on = set(data.frame.loc[data.frame["split"] == "train", "image_id"])
     check = captions.caption_check(matched, predictions, trained_on, config.caption_min_agree)
+    if soft is not None:
+        check["model_soft"] = classification_metrics(class_ids(judged["caption_label"]), _classes(soft, judged_vectors))
     figures = {"caption_confusion_deepface": confusion_matrix_chart(
         check["deepface"]["confusion_matrix"], "Captions: DeepFace's label vs the captions'", "caption label")}
     judged["model_label"] = [CLASSES[int(p)] for p in predictions]
@@ -198,14 +204,23 @@ def _heatmap_photos(config: PipelineConfig, source: Storage, root: Storage, data
     return images, test["label"].tolist()
 
 
-def _gold_check(config: PipelineConfig, root: Storage, head) -> dict | None:
-    """People's labels vs DeepFace and vs the trained model, on the gold photos with a face."""
+def _gold_check(config: PipelineConfig, root: Storage, head, soft=None) -> dict | None:
+    """People's labels vs DeepFace and vs the trained model (and the soft-label head), on the gold
+    photos with a face."""
     table = catalog.read_gold_annotations(root)
     if table is None:
         return None
-    vectors = _gold_vectors(config, root, photos_with_face(table))
-    predictions = head.predict(vectors, verbose=0).argmax(1) if len(vectors) else np.zeros(0, dtype=int)
-    return gold_agreement(table, predictions)
+    with_face = photos_with_face(table)
+    vectors = _gold_vectors(config, root, with_face)
+    check = gold_agreement(table, _classes(head, vectors))
+    if soft is not None:
+        check["model_soft"] = classification_metrics(class_ids(with_face["label"]), _classes(soft, vectors))
+    return check
+
+
+def _classes(head, vectors: np.ndarray) -> np.ndarray:
+    """A head's class index per vector."""
+    return head.predict(vectors, verbose=0).argmax(1) if len(vectors) else np.zeros(0, dtype=int)
 
 
 def _gold_vectors(config: PipelineConfig, root: Storage, with_face: pd.DataFrame) -> np.ndarray:

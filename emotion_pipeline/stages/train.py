@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import catalog
 from ..config import CLASSES, PipelineConfig, state_home
-from ..modeling import tracking
+from ..modeling import classifier, tracking
 from ..modeling.data import load_training_data, record_split_assignments
 from ..modeling.metrics import classification_metrics
 from ..modeling.training import FittedModels, fit_models, not_trainable_reason, refit_models, training_mode
@@ -97,6 +97,7 @@ def train(run: StageRun) -> TrainResult:
             search_rows = int(float(current["params"].get("training.search_rows") or len(data.frame)))
         mlflow.log_params({"training.mode": mode, "training.reason": why, "training.search_rows": search_rows})
         version = _log_and_register(mlflow, config, fitted, data)
+        soft_uri = _log_soft_head(mlflow, config, fitted, data) if config.soft_labels else None
         champion = _promote_if_better(mlflow, config, root, version, fitted, data)
         mlflow.set_tags({"model_version": version, "champion": str(champion)})
 
@@ -110,6 +111,7 @@ def train(run: StageRun) -> TrainResult:
         trials=len(fitted.tuner.oracle.trials) if fitted.tuner else 0, mode=mode, mode_reason=why,
         best_hyperparameters=fitted.best_hyperparameters, counts=counts,
         data_fingerprint=data.fingerprint(), tracking_uri=tracking.tracking_uri(config), gold_excluded=len(excluded),
+        soft_model_uri=soft_uri,
     )
     log.info("train: model version %s, test macro-F1 %.3f, champion=%s", version, result.test_macro_f1, champion)
     return result
@@ -136,6 +138,18 @@ def _log_and_register(mlflow, config: PipelineConfig, fitted: FittedModels, data
                                   pip_requirements=tracking.pinned_requirements("tensorflow", "keras"),
                                   registered_model_name=config.registered_model)
     return str(info.registered_model_version)
+
+
+def _log_soft_head(mlflow, config: PipelineConfig, fitted: FittedModels, data) -> str:
+    """The soft-label head (same hyperparameters, DeepFace's scores as targets) into the active run,
+    beside the registered one; its test metrics against the hard labels as ``soft.*``."""
+    head = classifier.refit_soft(config, data, fitted.best_hyperparameters)
+    x_test, y_test = data.part("test")
+    test = classification_metrics(y_test, head.predict(x_test, verbose=0).argmax(1))
+    mlflow.log_metrics({"soft.test_macro_f1": test["macro_f1"], "soft.test_accuracy": test["accuracy"]})
+    mlflow.keras.log_model(head, name="soft_model",
+                           pip_requirements=tracking.pinned_requirements("tensorflow", "keras"))
+    return f"runs:/{mlflow.active_run().info.run_id}/soft_model"
 
 
 def _forced_project(run: StageRun) -> str:
