@@ -155,3 +155,14 @@ def test_the_caption_check_is_in_the_report_metrics_and_mlflow(trained_root, mon
     assert "soft-label model agrees" in page
     metrics = json.loads(root.read_bytes(catalog.report_file(version, catalog.REPORT_METRICS)))["metrics"]
     assert metrics["soft"]["n"] == metrics["model"]["n"] and "soft.test_macro_f1" in run.data.metrics
+
+
+def test_no_held_out_captioned_photo_is_zero_not_an_error():
+    """Found by the gold test's run: every captioned photo was a training photo, and the held-out
+    agreement crashed evaluate (scikit-learn refuses empty arrays)."""
+    matched = pd.DataFrame({"source_key": ["a.jpg"], "image_id": ["ia"], "status": ["ok"], "label": ["happy"],
+                            "captions": [5], "caption_label": ["happy"], "conflict": [False]})
+    check = captions.caption_check(matched, np.array([0]), trained_on={"ia"}, min_agree=1)
+    assert check["model_held_out"]["n"] == 0 and check["model_held_out"]["accuracy"] == 0.0
+    assert np.array(check["model_held_out"]["confusion_matrix"]).shape == (len(CLASSES), len(CLASSES))
+    assert check["model"]["accuracy"] == 1.0
