@@ -1,7 +1,9 @@
 """Shared fixtures: the real photos in ../shared (read only), and real services on loopback."""
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -117,11 +119,27 @@ def smtp_sink(tmp_path):
 
 @pytest.fixture(scope="session")
 def trained_root(tmp_path_factory):
-    """A storage root the whole pipeline ran on (in-process): a registered champion model, a report."""
+    """A storage root the whole pipeline ran on (in-process): a registered champion model, a report.
+
+    Built once per test run: under pytest-xdist the first worker that needs it builds it in the run's
+    shared folder while holding a lock, the others wait and read it (its users only read)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    with open(shared / "trained.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        base, built = shared / "trained", shared / "trained" / "results.pickle"
+        if not built.exists():
+            results = _train_a_root(base)
+            built.write_bytes(pickle.dumps(results))
+        config, results = pickle.loads(built.read_bytes())
+    assert results["train"].trained, results["train"]
+    return config, results
+
+
+def _train_a_root(base: Path):
     from emotion_pipeline.config import PipelineConfig
     from emotion_pipeline.stages.all import run_all_stages
 
-    base = tmp_path_factory.mktemp("trained")
     src = base / "photos"
     copy_photos(FLICKR, src, flickr_names(40, offset=200))
     copy_photos(FACES, src / "faces", sorted(p.name for p in FACES.glob("img*.jpg"))[:30])
@@ -132,13 +150,12 @@ def trained_root(tmp_path_factory):
                             soft_labels=True)  # a second head on DeepFace's scores, compared in the report
     # Every temp file or folder any stage (or MLflow, Keras, SHAP under it) makes lands here, so that
     # test_stages_leave_no_temp_files can see what was left behind.
-    (base / "tmp").mkdir()
+    (base / "tmp").mkdir(parents=True)
     saved, tempfile.tempdir = tempfile.tempdir, str(base / "tmp")
     try:
         results = run_all_stages(config)
     finally:
         tempfile.tempdir = saved
-    assert results["train"].trained, results["train"]
     return config, results
 
 
@@ -151,24 +168,20 @@ def flickr_names(n: int, offset: int = 0) -> list[str]:
     return sorted(p.name for p in FLICKR.glob("*.jpg"))[offset:offset + n]
 
 
-# `make test` runs the suite on every core (pytest-xdist, --dist loadgroup). Tests sharing an
-# expensive session fixture run on one worker, so it is built once; every other module stays on one
-# worker too (its module fixtures are built once). The longest modules are handed out first (measured:
-# `--durations`), so that the last one to finish does not start last.
+# `make test` runs the suite on every core (pytest-xdist, --dist loadfile: a module's tests share a
+# worker, so its module fixtures are built once). The longest modules are handed out first (measured
+# with `--durations`), so that the last one to finish does not start last.
 LONGEST_FIRST = ("test_scale_out", "test_pipeline_e2e", "test_backfill", "test_gold", "test_ui",
                  "test_dataset_life", "test_faults", "test_run_console", "test_fail_fast", "test_faces")
-SHARED_FIXTURES = ("trained_root",)  # test_api, test_dashboard, test_captions, test_model_input, ...
 
 
 def pytest_collection_modifyitems(config, items):
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    for item in items:
-        group = next((f for f in SHARED_FIXTURES if f in getattr(item, "fixturenames", ())), item.module.__name__)
-        item.add_marker(pytest.mark.xdist_group(group))
-        timeout = item.get_closest_marker("timeout")
-        if workers > 1 and timeout and timeout.args:
-            # A hang guard, not a speed bound: two workers share the cores, so allow twice as long.
-            item.add_marker(pytest.mark.timeout(timeout.args[0] * 2), append=False)
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        for item in items:
+            timeout = item.get_closest_marker("timeout")
+            if timeout and timeout.args:
+                # A hang guard, not a speed bound: two workers share the cores, so allow twice as long.
+                item.add_marker(pytest.mark.timeout(timeout.args[0] * 2), append=False)
 
     def rank(item):
         name = item.module.__name__.rsplit(".", 1)[-1]
