@@ -203,7 +203,11 @@ def check_against_scratch(steps, config_for) -> None:
         assert vectors_a.keys() == vectors_b.keys(), what
         for image_id in vectors_a:
             np.testing.assert_allclose(vectors_a[image_id], vectors_b[image_id], atol=1e-5, err_msg=what)
-        assert fingerprint_a == fingerprint_b, what
+        # The training rows' part of the fingerprint must match; its vectors' part hashes their bytes,
+        # which match across roots only where the CPU's kernels round a row the same whatever batch it
+        # is embedded in (Intel Xeon: yes; AMD EPYC: ~1e-7 apart, compared above to 1e-5). Within one
+        # root a photo's vector is never recomputed, so its bytes, and the retraining decision, hold.
+        assert fingerprint_a.split("-")[0] == fingerprint_b.split("-")[0], what
         # Training would run again exactly when its rows (id, label, split) or their vectors changed.
         ids, by_id = training_set(rows_a, vectors_a)
         changed = ids != last_training[0] or any(
