@@ -1,5 +1,6 @@
 """Stage: evaluate the trained model against the baseline and a majority-class predictor on the
-test split, explain it with SHAP, and write ``reports/<model version>/`` with ``report.html``.
+test split, explain it with SHAP, check labels and model against people (the gold set) and against
+captions, plot the label-policy curves, and write ``reports/<model version>/`` with ``report.html``.
 
 The computation is ``modeling.evaluation`` and ``modeling.explain``; this module is its shell: the
 models from MLflow, the data from storage, the results to the report, storage and MLflow.
@@ -22,10 +23,10 @@ from ..modeling import tracking
 from ..modeling.classifier import predict_proba_5
 from ..modeling.data import TrainingData, load_training_data
 from ..modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
-from ..modeling.evaluation import class_ids, compare_on_test, explain_model, gold_agreement, photos_with_face
-from ..modeling.metrics import classification_metrics
 from ..images import read_photo
 from ..labels import NO_LABEL
+from ..modeling.evaluation import class_ids, compare_on_test, explain_model, gold_agreement, photos_with_face
+from ..modeling.metrics import classification_metrics
 from ..report import dataset_summary, write_report
 from ..results import EvaluateResult, TrainResult
 from ..runner import StageRun, run_stage
