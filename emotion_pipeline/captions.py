@@ -79,7 +79,7 @@ def read_captions(uri: str) -> pd.DataFrame:
                            f"or a 'caption' column with a 'path' or 'image_id' column; found {list(table.columns)}")
     photos = table[columns[key]].str.strip()
     if key == "path":
-        photos = photos.map(lambda p: PurePosixPath(p.replace("\\", "/").lstrip("./")).as_posix())
+        photos = photos.map(lambda p: PurePosixPath(re.sub(r"^(\./)+", "", p.replace("\\", "/"))).as_posix())
     return pd.DataFrame({"photo": photos, "caption": table[columns["caption"]], "by": key})
 
 

@@ -27,9 +27,10 @@ def test_flickr30k_captions_keep_commas_inside_comments(tmp_path):
 
 
 def test_a_generic_csv_names_photos_by_path_or_image_id(tmp_path):
-    (tmp_path / "by_path.csv").write_text('path,caption\n./batch1\\a.jpg,"a man, crying"\nb.jpg,hello\n')
+    (tmp_path / "by_path.csv").write_text('path,caption\n./batch1\\a.jpg,"a man, crying"\nb.jpg,hello\n'
+                                          '.hidden/c.jpg,a smile\n')
     table = captions.read_captions(str(tmp_path / "by_path.csv"))
-    assert table["photo"].tolist() == ["batch1/a.jpg", "b.jpg"] and (table["by"] == "path").all()
+    assert table["photo"].tolist() == ["batch1/a.jpg", "b.jpg", ".hidden/c.jpg"] and (table["by"] == "path").all()
     (tmp_path / "by_id.csv").write_text("image_id,caption\nabc123,a smile\n")
     assert captions.read_captions(str(tmp_path / "by_id.csv"))["by"].tolist() == ["image_id"]
     (tmp_path / "bad.csv").write_text("file,text\na.jpg,hi\n")
