@@ -45,7 +45,7 @@ system-deps:
 # Tests read the real photos and DeepFace weights in ../shared (override with SHARED=...).
 # On every core: while one test waits on Airflow's scheduler or a service, another computes.
 test: install system-deps
-	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install
 	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
