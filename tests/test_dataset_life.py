@@ -117,7 +117,10 @@ def outcome(config: PipelineConfig) -> tuple[pd.DataFrame, dict[str, np.ndarray]
     rows = rows.astype(object).where(rows.notna(), None)
     vectors, index = catalog.read_features(root)
     present = set(rows["image_id"])
-    by_id = {i: vectors[r] for i, r in zip(index["image_id"], index["row"]) if i in present}
+    # One vector per photo, as training reads them: the first row of an image_id (a moved photo is
+    # embedded again under its new name; on some CPUs its new vector differs from the first by ~1e-7).
+    first = index.drop_duplicates("image_id")
+    by_id = {i: vectors[r] for i, r in zip(first["image_id"], first["row"]) if i in present}
     return rows, by_id, training_data_fingerprint(_Run(root, config))
 
 

@@ -37,6 +37,9 @@ class TrainingData:
         the targets of a head trained on soft labels."""
         mask = (self.frame["split"] == split).to_numpy()
         scores = self.frame.loc[mask, [f"score_{c}" for c in CLASSES]].to_numpy(dtype=np.float32)
+        if not np.isfinite(scores).all():
+            raise ValueError("soft labels need DeepFace's emotion scores for every training row (the 'emotion' "
+                             "action's emotion_<class> columns of the dataset)")
         return self.vectors[mask], scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-9)
 
     def fingerprint(self) -> str:
@@ -92,7 +95,9 @@ def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = fro
     vectors, index = catalog.read_features(root)
     labelled = dataset[dataset["label"].isin(CLASSES) & (dataset["status"] == "ok")]
     labelled = labelled[~labelled["image_id"].isin(exclude_ids)].drop_duplicates("image_id")
-    scores = labelled[[f"emotion_{c}" for c in CLASSES]].set_axis([f"score_{c}" for c in CLASSES], axis=1)
+    # DeepFace's scores of the label face (soft labels); absent from a dataset nothing was annotated in.
+    scores = labelled.reindex(columns=[f"emotion_{c}" for c in CLASSES]).set_axis(
+        [f"score_{c}" for c in CLASSES], axis=1)
     frame = pd.concat([labelled[["image_id", "source_key", "label"]], scores], axis=1).merge(
         index[["image_id", "row"]].drop_duplicates("image_id"), on="image_id", how="inner")
     counts = frame["label"].value_counts()
