@@ -167,3 +167,18 @@ def test_no_held_out_captioned_photo_is_zero_not_an_error():
     assert check["model_held_out"]["n"] == 0 and check["model_held_out"]["accuracy"] == 0.0
     assert np.array(check["model_held_out"]["confusion_matrix"]).shape == (len(CLASSES), len(CLASSES))
     assert check["model"]["accuracy"] == 1.0
+
+
+def test_captions_and_a_lexicon_read_from_gcs(gcs_bucket):
+    """--captions and --caption-lexicon take gs:// URIs (here: the real client against the emulator)."""
+    from emotion_pipeline.storage import _gcs_client
+
+    bucket = _gcs_client().bucket(gcs_bucket)
+    bucket.blob("meta/results.csv").upload_from_string(FLICKR_CAPTIONS.read_bytes())
+    bucket.blob("meta/lexicon.csv").upload_from_string(b"emotion,pattern\nhappy,smil(e|es|ing)\n")
+    table = captions.read_captions(f"gs://{gcs_bucket}/meta/results.csv")
+    assert len(table) == 2000 and table["photo"].nunique() == 400
+    lexicon = captions.read_lexicon(f"gs://{gcs_bucket}/meta/lexicon.csv")
+    assert [len(lexicon[c]) for c in CLASSES] == [1, 0, 0, 0, 0]
+    assert captions.fingerprint(f"gs://{gcs_bucket}/meta/results.csv", f"gs://{gcs_bucket}/meta/lexicon.csv") != \
+        captions.fingerprint(f"gs://{gcs_bucket}/meta/results.csv", None)  # a new lexicon re-evaluates
