@@ -65,20 +65,12 @@ def search(config: PipelineConfig, data: TrainingData, directory: Path, project:
 def refit(config: PipelineConfig, data: TrainingData, hyperparameters: dict, warm_start: list | None = None):
     """One head with fixed ``hyperparameters`` (the champion's), trained like a tuner trial; started
     from ``warm_start`` weights (the champion's) when their shapes match. Returns the fitted head."""
-    import keras
-    import keras_tuner
-
-    keras.utils.set_random_seed(config.seed)
-    hp = keras_tuner.HyperParameters()
-    for name, value in hyperparameters.items():
-        hp.Fixed(name, value)
-    head = build_head(hp)
+    head = _fixed_head(config, hyperparameters)
     if warm_start is not None and [w.shape for w in head.get_weights()] == [w.shape for w in warm_start]:
         head.set_weights(warm_start)
     x_train, y_train = data.part("train")
-    head.fit(x_train, y_train, validation_data=data.part("val"), epochs=config.tuner_max_epochs,
-             class_weight=class_weights(y_train), verbose=0,
-             callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)])
+    head.fit(x_train, y_train, validation_data=data.part("val"), class_weight=class_weights(y_train),
+             **_trial_fit(config))
     return head
 
 
@@ -87,22 +79,36 @@ def refit_soft(config: PipelineConfig, data: TrainingData, hyperparameters: dict
     (``TrainingData.soft_part``) instead of the hard labels: distillation. Weighted by the hard labels'
     class weights, as the hard head is. Returns the fitted head."""
     import keras
-    import keras_tuner
 
-    keras.utils.set_random_seed(config.seed)
-    hp = keras_tuner.HyperParameters()
-    for name, value in hyperparameters.items():
-        hp.Fixed(name, value)
-    head = build_head(hp)
+    head = _fixed_head(config, hyperparameters)
     head.compile(optimizer=keras.optimizers.Adam(hyperparameters.get("learning_rate", 1e-3)),
                  loss="categorical_crossentropy", metrics=["accuracy"])
     x_train, targets = data.soft_part("train")
     _, y_train = data.part("train")
     weights = class_weights(y_train)
     head.fit(x_train, targets, sample_weight=np.array([weights[int(y)] for y in y_train]),
-             validation_data=data.soft_part("val"), epochs=config.tuner_max_epochs, verbose=0,
-             callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)])
+             validation_data=data.soft_part("val"), **_trial_fit(config))
     return head
+
+
+def _fixed_head(config: PipelineConfig, hyperparameters: dict):
+    """``build_head`` with every hyperparameter fixed, seeded as a tuner trial is."""
+    import keras
+    import keras_tuner
+
+    keras.utils.set_random_seed(config.seed)
+    hp = keras_tuner.HyperParameters()
+    for name, value in hyperparameters.items():
+        hp.Fixed(name, value)
+    return build_head(hp)
+
+
+def _trial_fit(config: PipelineConfig) -> dict:
+    """How a head is fitted outside the tuner: the tuner's epoch budget and early stopping."""
+    import keras
+
+    return {"epochs": config.tuner_max_epochs, "verbose": 0, "callbacks": [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)]}
 
 
 def fit_baseline(config: PipelineConfig, x: np.ndarray, y: np.ndarray):
