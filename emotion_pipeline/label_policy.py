@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .config import EMOTIONS, PipelineConfig
-from .labels import label_of
+from .labels import labels_of
 
 GRIDS: dict[str, list[float]] = {
     "min_face_size": [0, 10, 15, 20, 30, 40, 60, 80, 120],
@@ -43,7 +42,7 @@ def photo_labels(faces: pd.DataFrame, policy: dict[str, Any]) -> pd.Series:
     # Ties go to the first detected face, as pick_label_face: the highest -face_index wins.
     chosen = keep.sort_values(order, ascending=False, kind="stable").drop_duplicates("image_id")
     scores = chosen[[f"emotion_{e}" for e in EMOTIONS]].to_numpy(dtype=float)
-    labels = [label_of(row, min_margin=policy["min_emotion_margin"]) for row in scores]
+    labels = labels_of(scores, min_margin=policy["min_emotion_margin"])  # one vectorised pass
     return pd.Series(labels, index=chosen["image_id"].to_numpy(), dtype=object).reindex(faces["image_id"].unique())
 
 
@@ -107,7 +106,3 @@ def _agreement(name: str, labels: pd.Series, reference: pd.Series | None) -> dic
 def chosen_points(config: PipelineConfig, curves: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """The point of each curve at the run's own setting (nearest grid value)."""
     return {knob: min(points, key=lambda p: abs(p["value"] - getattr(config, knob))) for knob, points in curves.items()}
-
-
-def as_frame(curves: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
-    return pd.DataFrame([{"knob": k, **p} for k, points in curves.items() for p in points]).replace({np.nan: None})
