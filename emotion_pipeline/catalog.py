@@ -14,6 +14,7 @@ if a key literal appears anywhere else in the package.
     monitoring/label_monitor_log.csv          drift log; monitoring/charts/*.png its plots
     datasets/final_emotion_dataset            one row per photo
     features/image_vectors.npy + image_index  all vectors, row i of the index = vector i
+    features/face_vectors.npy + face_index    every labelled face's vector (label_unit=face)
     models/<version>/training_rows            which photos trained, validated and tested a version
     reports/<version>/...                     metrics.json, report.html, figures
     gold/annotations                          the gold set through DeepFace
@@ -53,10 +54,13 @@ METADATA_TABLE = "metadata"  # resize: one row per photo
 ANNOTATIONS_TABLE = "annotations"  # annotate: one row per photo
 FACES_TABLE = "faces"  # annotate: one row per face
 VECTOR_INDEX_TABLE = "index"  # embed: row i describes the shard's vector i
+FACE_INDEX_TABLE = "face_index"  # embed with label_unit=face: row i describes the shard's face vector i
 DATASET = f"{MERGE_FOLDER}/final_emotion_dataset"
 NEAR_DUPLICATES = f"{DEDUPE_FOLDER}/near_duplicates"
 IMAGE_VECTORS = f"{ASSEMBLE_FOLDER}/image_vectors.npy"
 IMAGE_INDEX = f"{ASSEMBLE_FOLDER}/image_index"
+FACE_VECTORS = f"{ASSEMBLE_FOLDER}/face_vectors.npy"  # label_unit=face: every labelled face's vector
+FACE_INDEX = f"{ASSEMBLE_FOLDER}/face_index"
 GOLD_ANNOTATIONS = f"{GOLD_FOLDER}/annotations"
 
 
@@ -86,6 +90,14 @@ def shard_table(folder: str, shard: int, table: str) -> str:
 
 def shard_vectors(shard: int) -> str:
     return shard_table(EMBED_FOLDER, shard, "vectors.npy")
+
+
+def shard_face_vectors(shard: int) -> str:
+    return shard_table(EMBED_FOLDER, shard, "face_vectors.npy")
+
+
+def face_vector_index(shard: int) -> str:
+    return shard_table(EMBED_FOLDER, shard, FACE_INDEX_TABLE)
 
 
 def metadata(shard: int) -> str:
@@ -157,6 +169,17 @@ def read_features(root: "Storage") -> "tuple[np.ndarray, pd.DataFrame]":
     from .tables import read_table
 
     return np.load(io.BytesIO(root.read_bytes(IMAGE_VECTORS))), read_table(root, IMAGE_INDEX)
+
+
+def read_face_features(root: "Storage") -> "tuple[np.ndarray, pd.DataFrame]":
+    """Every labelled face's vector and their index (``label_unit=face``; empty for ``photo``)."""
+    import numpy as np
+
+    from .tables import read_table
+
+    if not table_exists(root, FACE_INDEX):
+        raise RuntimeError("no face vectors: run embed and assemble_features with label_unit=face")
+    return np.load(io.BytesIO(root.read_bytes(FACE_VECTORS))), read_table(root, FACE_INDEX)
 
 
 def read_faces(root: "Storage", shards) -> "pd.DataFrame":

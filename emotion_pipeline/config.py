@@ -26,6 +26,7 @@ DRIFT_REFERENCES = ("earlier_shards", "baseline")
 EMBED_INPUTS = ("face", "photo")
 TUNERS = ("hyperband", "bayesian")
 LABEL_FACES = ("largest", "most_confident")
+LABEL_UNITS = ("photo", "face")
 # Names with these extensions are photos: each gets a row and a status (those Pillow cannot take get
 # 'unsupported'). Anything else is skipped and counted by discovery, never silently ignored.
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
@@ -147,6 +148,10 @@ class PipelineConfig:
     soft_labels: bool = knob(False, title="Soft labels too", section="Training",
                              help="Also train a head on DeepFace's scores over the five classes (distillation) "
                                   "with the registered head's hyperparameters; the report compares the two.")
+    label_unit: str = knob("photo", title="Training unit", section="Training", choices=LABEL_UNITS,
+                           help="photo: one training row per photo (its label face); face: every eligible "
+                                "labelled face is a row (a photo's faces share its split), and a photo-unit "
+                                "head is trained beside it for the report's comparison.")
     min_rows_per_class: int = knob(10, title="Minimum rows per class", section="Training", minimum=3,
                                    help="Classes with fewer labelled photos are left out of training.")
     mlflow_tracking_uri: str | None = knob(None, title="MLflow tracking URI", section=None,

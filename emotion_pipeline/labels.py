@@ -67,6 +67,16 @@ def _rule(names: tuple[str, ...], values: np.ndarray, min_margin: float) -> list
     return [names[i] if k else None for i, k in zip(order[:, 0], keep)]
 
 
+def face_labels(faces, *, min_margin: float = 0.0) -> list[str | None]:
+    """``label_of`` for every row of an annotate faces table; a face that is not ``eligible`` (too
+    small, not confident) or has no emotion scores gets no label. What ``label_unit=face`` trains on."""
+    columns = [f"emotion_{e}" for e in EMOTIONS]
+    if not len(faces) or not set(columns) <= set(faces.columns):
+        return [None] * len(faces)
+    labels = labels_of(faces[columns].to_numpy(dtype=float), min_margin=min_margin)
+    return [label if ok else None for label, ok in zip(labels, faces["eligible"].astype(bool))]
+
+
 def eligible(confidence: float, height: float, *, min_confidence: float, min_size: float) -> bool:
     """May this face label a photo: confident enough and tall enough (pixels of the original photo)."""
     return confidence >= min_confidence and height >= min_size

@@ -107,7 +107,8 @@ def gold_section(gold: dict[str, Any]) -> str:
     rows = [[who, gold[key]["accuracy"], gold[key]["macro_f1"],
              *(gold[key]["per_class"][c]["recall"] for c in CLASSES)]
             for who, key in (("DeepFace (the pipeline's label rule)", "deepface"), ("trained model", "model"),
-                             ("model trained on DeepFace's scores (soft labels)", "model_soft")) if key in gold]
+                             ("model trained on DeepFace's scores (soft labels)", "model_soft"),
+                             ("the same head trained on one row per photo", "model_photo")) if key in gold]
     table = _table(["labels from", "accuracy", "macro-F1", *(f"recall {c}" for c in CLASSES)], rows)
     return (f"<h2>Gold check: machine labels against people</h2><p>{gold['photos']} photos labelled by people; "
             f"no face found in {gold['no_face_share']:.1%} of them (left out of the figures below). "
@@ -120,7 +121,8 @@ def caption_section(check: dict[str, Any]) -> str:
     """Per emotion: how many photos the captions label, and how often DeepFace and the model agree."""
     per_class = check["per_class"]
     heads = [("model agrees", "model"), (f"model agrees (not trained on, {check['model_held_out']['n']})",
-                                         "model_held_out"), ("soft-label model agrees", "model_soft")]
+                                         "model_held_out"), ("soft-label model agrees", "model_soft"),
+             ("photo-trained model agrees", "model_photo")]
     heads = [(title, key) for title, key in heads if key in check]
     rows = [[c, per_class[c]["covered"], per_class[c]["with_face"], check["deepface"]["per_class"][c]["recall"],
              per_class[c]["deepface_no_label"], *(check[key]["per_class"][c]["recall"] for _, key in heads)]
@@ -143,9 +145,11 @@ def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> st
     names = {"model": f"ResNet50 + tuned head (v{evaluation['model_version']})",
              "baseline": "logistic regression baseline",
              "majority": f"majority class ({evaluation['majority_class']})",
-             "soft": "the same head trained on DeepFace's scores (soft labels)"}
+             "soft": "the same head trained on DeepFace's scores (soft labels)",
+             "photo": "the same head trained on one row per photo (its label face)"}
     rows = [[names[k], m["accuracy"], m["macro_f1"], m["n"]] for k, m in metrics.items()]
-    overview = _table(["model", "test accuracy", "test macro-F1", "test photos"], rows, best_row=0)
+    unit = "faces" if training.get("photo_model_uri") else "photos"
+    overview = _table(["model", "test accuracy", "test macro-F1", f"test {unit}"], rows, best_row=0)
     model = metrics["model"]["per_class"]
     per_class = _table(["class", "precision", "recall", "F1", "support"],
                        [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in model.items()])
@@ -154,8 +158,10 @@ def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> st
     hp = training.get("best_hyperparameters", {})
     tuning = _table(["hyperparameter", "value"], [[k, v] for k, v in hp.items() if not k.startswith("tuner/")])
     champion = "yes" if training.get("champion") else "no (the current champion scored higher)"
-    return (f"<h2>Model</h2><p>Labels are DeepFace's, so these numbers measure agreement with DeepFace. "
+    faces = (" Trained on every labelled face (label_unit=face; a photo's faces share its split); the "
+             "photo-trained head beside it is scored on the same test faces." if unit == "faces" else "")
+    return (f"<h2>Model</h2><p>Labels are DeepFace's, so these numbers measure agreement with DeepFace.{faces} "
             f"Champion: {champion}. MLflow run {html.escape(str(evaluation['run_id']))}, "
             f"{training.get('trials', '?')} tuner trials.</p>{overview}"
-            f"<h3>Per class</h3>{per_class}<div class='grid'><div><h3>Photos per split</h3>{splits}</div>"
+            f"<h3>Per class</h3>{per_class}<div class='grid'><div><h3>{unit.capitalize()} per split</h3>{splits}</div>"
             f"<div><h3>Best hyperparameters</h3>{tuning}</div></div>")

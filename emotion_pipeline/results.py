@@ -62,6 +62,7 @@ class EmbedResult(StageResult):
     shard: int
     vectors: int
     inputs: dict[str, int]  # how many vectors came from a face crop and how many from the whole photo
+    faces: int = 0  # face vectors (label_unit=face): every eligible labelled face
 
 
 @dataclass(kw_only=True)
@@ -94,6 +95,7 @@ class FeaturesResult(StageResult):
     vectors: int
     dim: int
     vectors_uri: str
+    face_vectors: int = 0  # label_unit=face: rows of features/face_vectors.npy
 
 
 @dataclass(kw_only=True)
@@ -125,6 +127,7 @@ class TrainResult(StageResult):
     tracking_uri: str | None = None
     gold_excluded: int = 0
     soft_model_uri: str | None = None  # the head trained on soft labels (soft_labels), not registered
+    photo_model_uri: str | None = None  # label_unit=face: a head trained on photos beside it, not registered
 
 
 @dataclass(kw_only=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emotion_pipeline.config import CLASSES, EMOTIONS, PipelineConfig
-from emotion_pipeline.labels import label_of, labels_of, margin_of, pick_label_face
+from emotion_pipeline.labels import face_labels, label_of, labels_of, margin_of, pick_label_face
 from emotion_pipeline.modeling.evaluation import deepface_agreement
 from emotion_pipeline.stages.annotate import _photo_row
 
@@ -32,6 +32,17 @@ def test_a_near_tie_gets_no_label_under_a_margin():
     assert label_of(scores, min_margin=0.04) == "happy"
     assert label_of(scores, min_margin=0.06) is None
     assert labels_of(np.array([scores, seven(sad=90, happy=10)]), min_margin=0.06) == [None, "sad"]
+
+
+def test_every_eligible_face_is_labelled_by_the_same_rule():
+    import pandas as pd
+
+    faces = pd.DataFrame([seven(happy=60, sad=40), seven(fear=90, happy=10), seven(angry=55, neutral=45),
+                          seven(surprise=80, happy=20)], columns=[f"emotion_{e}" for e in EMOTIONS])
+    faces["eligible"] = [True, True, True, False]
+    assert face_labels(faces) == ["happy", None, "angry", None]  # fear wins: none; not eligible: none
+    assert face_labels(faces, min_margin=0.15) == ["happy", None, None, None]
+    assert face_labels(faces.drop(columns="emotion_happy")) == [None] * 4  # no emotion action: no label
 
 
 def test_wrong_score_counts_are_an_error():

@@ -1,4 +1,4 @@
-"""The training table: labelled photos joined with their vectors, split stably by image_id.
+"""The training table: labelled photos (or faces) joined with their vectors, split stably by image_id.
 
 A photo's split is decided once and never moves: the first time it trains, from a hash of its
 image_id (never row order, never which other photos exist), and from then on as recorded under the
@@ -25,7 +25,9 @@ SPLITS = {"test": (0.0, 0.15), "val": (0.15, 0.30), "train": (0.30, 1.0)}
 
 @dataclass
 class TrainingData:
-    frame: pd.DataFrame  # image_id, source_key, label, split, y, row (into vectors), score_<class>
+    # image_id, source_key, label, split, y, row (into vectors), score_<class>; with face_index and the
+    # face's box (x, y, w, h) when the rows are faces (label_unit=face)
+    frame: pd.DataFrame
     vectors: np.ndarray  # aligned with frame
 
     def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +46,11 @@ class TrainingData:
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
-        for image_id, label, split in sorted(zip(self.frame["image_id"], self.frame["label"], self.frame["split"])):
-            digest.update(f"{image_id},{label},{split}\n".encode())
+        faces = self.frame["face_index"] if "face_index" in self.frame else [""] * len(self.frame)
+        for image_id, face, label, split in sorted(zip(self.frame["image_id"], faces, self.frame["label"],
+                                                       self.frame["split"])):
+            digest.update((f"{image_id},{label},{split}\n" if face == "" else
+                           f"{image_id}#{int(face)},{label},{split}\n").encode())
         return digest.hexdigest()[:20]
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -82,26 +87,38 @@ def read_split_assignments(root: Storage) -> pd.Series:
 def record_split_assignments(root: Storage, frame: pd.DataFrame) -> None:
     """Add ``frame``'s splits (image_id, split) to the recorded ones; recorded ones never change."""
     recorded = read_split_assignments(root)
-    new = frame.loc[~frame["image_id"].isin(recorded.index), ["image_id", "split"]]
+    new = frame.loc[~frame["image_id"].isin(recorded.index), ["image_id", "split"]].drop_duplicates("image_id")
     if len(new):
         table = pd.concat([recorded.rename("split").reset_index(), new], ignore_index=True)
         write_table(root, catalog.SPLIT_ASSIGNMENTS, table.sort_values("image_id").reset_index(drop=True))
 
 
-def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = frozenset()) -> TrainingData:
+def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = frozenset(),
+                       unit: str = "photo") -> TrainingData:
+    """The labelled rows of the dataset's ``ok`` photos (gold photos in ``exclude_ids`` left out) with
+    their vectors: one per photo (its label face), or with ``unit="face"`` one per labelled face
+    (``face_index`` column), every face of a photo in that photo's split."""
     dataset = catalog.read_dataset(root)
     if dataset is None or not catalog.table_exists(root, catalog.IMAGE_INDEX):
         raise RuntimeError("no dataset or no assembled vectors yet: run merge and assemble_features first")
-    vectors, index = catalog.read_features(root)
-    labelled = dataset[dataset["label"].isin(CLASSES) & (dataset["status"] == "ok")]
-    labelled = labelled[~labelled["image_id"].isin(exclude_ids)].drop_duplicates("image_id")
-    # DeepFace's scores of the label face (soft labels); absent from a dataset nothing was annotated in.
+    ok = dataset[(dataset["status"] == "ok") & ~dataset["image_id"].isin(exclude_ids)].drop_duplicates("image_id")
+    if unit == "face":
+        vectors, index = catalog.read_face_features(root)
+        labelled = index[index["image_id"].isin(ok["image_id"])].drop_duplicates(["image_id", "face_index"])
+        keys = ["image_id", "source_key", "face_index", "label", "x", "y", "w", "h"]
+    else:
+        vectors, index = catalog.read_features(root)
+        labelled = ok[ok["label"].isin(CLASSES)].merge(
+            index[["image_id", "row"]].drop_duplicates("image_id"), on="image_id", how="inner")
+        keys = ["image_id", "source_key", "label"]
+    labelled = labelled[labelled["label"].isin(CLASSES)]
+    # DeepFace's scores of the face (soft labels); absent from a dataset nothing was annotated in.
     scores = labelled.reindex(columns=[f"emotion_{c}" for c in CLASSES]).set_axis(
         [f"score_{c}" for c in CLASSES], axis=1)
-    frame = pd.concat([labelled[["image_id", "source_key", "label"]], scores], axis=1).merge(
-        index[["image_id", "row"]].drop_duplicates("image_id"), on="image_id", how="inner")
+    frame = pd.concat([labelled[keys], scores, labelled[["row"]]], axis=1)
     counts = frame["label"].value_counts()
-    frame = frame[frame["label"].map(counts) >= min_rows].sort_values("image_id").reset_index(drop=True)
+    frame = frame[frame["label"].map(counts) >= min_rows]
+    frame = frame.sort_values(["image_id", "face_index"] if unit == "face" else "image_id").reset_index(drop=True)
     frame["split"] = assign_splits(frame, read_split_assignments(root))
     frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
-    return TrainingData(frame=frame, vectors=vectors[frame["row"].to_numpy()])
+    return TrainingData(frame=frame, vectors=vectors[frame["row"].to_numpy(dtype=int)])

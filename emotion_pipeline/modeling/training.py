@@ -70,8 +70,9 @@ def training_mode(config: PipelineConfig, rows: int, champion: dict[str, Any] | 
     hyperparameters = {k for k in champion if k.startswith("best.")}
     if not hyperparameters:
         return "search", "the champion's hyperparameters are not recorded"
-    for knob in ("embed_weights", "embed_input"):
-        if str(champion.get(f"config.{knob}")) != str(getattr(config, knob)):
+    # What the head's inputs are; label_unit was not logged before it existed (photo then).
+    for knob, unlogged in (("embed_weights", None), ("embed_input", None), ("label_unit", "photo")):
+        if str(champion.get(f"config.{knob}", unlogged)) != str(getattr(config, knob)):
             return "search", f"{knob} changed since the champion was trained"
     searched = int(float(champion.get("training.search_rows") or champion.get("data.rows") or 0))
     if searched and rows >= config.search_growth * searched:

@@ -130,7 +130,7 @@ def page_model(uri: str) -> None:
     version, report = found
     metrics = report["metrics"]
     st.subheader(f"Model version {version} on the test split")
-    st.dataframe(pd.DataFrame({who: {"accuracy": m["accuracy"], "macro-F1": m["macro_f1"], "photos": m["n"]}
+    st.dataframe(pd.DataFrame({who: {"accuracy": m["accuracy"], "macro-F1": m["macro_f1"], "test rows": m["n"]}
                                for who, m in metrics.items()}).T)
     st.dataframe(pd.DataFrame(metrics["model"]["per_class"]).T)
     if report.get("gold"):
@@ -139,7 +139,7 @@ def page_model(uri: str) -> None:
         st.write(f"{gold['photos']} photos labelled by people; no face found in {gold['no_face_share']:.1%}.")
         st.dataframe(pd.DataFrame({who: {"accuracy": gold[who]["accuracy"], "macro-F1": gold[who]["macro_f1"],
                                          **{f"recall {c}": gold[who]["per_class"][c]["recall"] for c in CLASSES}}
-                                   for who in ("deepface", "model")}).T)
+                                   for who in ("deepface", "model", "model_soft", "model_photo") if who in gold}).T)
     if report.get("captions"):
         check = report["captions"]
         st.subheader("Caption check: labels against what people wrote")

@@ -3,7 +3,8 @@
 Two tables per shard under ``annotations/shard=<k>/``:
 
 * ``faces``: one row per detected face: box (in original-photo pixels), detector confidence, the 7
-  emotion scores, the dominant emotion, and age/gender/race when those actions are on;
+  emotion scores, the dominant emotion, age/gender/race when those actions are on, and the face's own
+  ``label`` (the same rule, for eligible faces: what ``label_unit=face`` trains on);
 * ``annotations``: one row per photo: status, the number of faces, and the attributes of the
   *label face*: among the *eligible* faces (at or above ``min_face_confidence`` and ``min_face_size``
   pixels tall), the largest or the most confident (``label_face``). ``label`` is
@@ -25,7 +26,7 @@ from .. import catalog
 from ..config import EMOTIONS, PipelineConfig
 from ..faces import RACES, analyze_crops, build_models, detect_faces, detector_is_thread_safe, face_detector, face_record
 from ..images import ImageError, load_rgb_array, read_photo
-from ..labels import eligible, label_of, pick_label_face
+from ..labels import eligible, face_labels, label_of, pick_label_face
 from ..progress import Progress, in_order_ahead
 from ..results import AnnotateResult
 from ..runner import StageRun, run_stage
@@ -82,6 +83,7 @@ def annotate(run: StageRun) -> AnnotateResult:
     photos, faces = _detect_and_analyze(config, source, metadata, models)
     attributes = attribute_columns(config.actions)
     faces_table = pd.DataFrame(faces, columns=FACE_COLUMNS + attributes)
+    faces_table["label"] = face_labels(faces_table, min_margin=config.min_emotion_margin)  # label_unit=face
     annotations = pd.DataFrame([_photo_row(p, config) for p in photos], columns=PHOTO_COLUMNS + attributes)
 
     write_table(root, catalog.faces(shard), faces_table)

@@ -7,6 +7,10 @@ Input (``embed_input``):
   every annotated photo still gets a vector (the index's ``input`` column says which).
 * ``photo``: the whole original photo, letterboxed to 224x224.
 
+With ``label_unit=face`` every eligible labelled face of an ``ok`` photo also gets a vector of its own
+crop (``face_vectors.npy`` + ``face_index``: the training rows of face-level training); the label
+face's is the photo's when the photo was embedded from that face. With ``photo`` those files are empty.
+
 Both go through ``modeling.embedding`` (the one model-input path the API and evaluate use too).
 Weights: ``imagenet`` (Keras downloads and caches them), a local ``.h5`` path, or ``none`` (random
 values, same graph and cost: what the tests use on machines without internet). Vectors are never faked.
@@ -21,14 +25,15 @@ import numpy as np
 import pandas as pd
 
 from .. import catalog
-from ..config import PipelineConfig
+from ..config import CLASSES, PipelineConfig
 from ..images import read_photo
+from ..labels import face_labels
 from ..modeling.embedding import DIM, decode_photo, image_vectors, model_input, resnet50
 from ..progress import Progress, in_order_ahead
 from ..results import EmbedResult
 from ..runner import StageRun, run_stage
 from ..storage import Storage
-from ..tables import write_table
+from ..tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +82,64 @@ def embed(run: StageRun) -> EmbedResult:
             vectors[start:start + len(images)] = image_vectors(model, images, batch)
             progress.step(len(images))
 
+    faces = labelled_faces(config, root, shard, todo)
+    face_vectors = _face_vectors(config, source, model, faces, todo, index, vectors)
     root.write_bytes(catalog.shard_vectors(shard), npy_bytes(vectors))
     write_table(root, catalog.vector_index(shard), index, csv=False)
+    root.write_bytes(catalog.shard_face_vectors(shard), npy_bytes(face_vectors))
+    write_table(root, catalog.face_vector_index(shard), faces, csv=False)
     result = EmbedResult(shard=shard, vectors=len(index),
-                         inputs=index["input"].value_counts().to_dict())
-    log.info("embed shard %d: %d vectors %s", shard, len(index), result.inputs)
+                         inputs=index["input"].value_counts().to_dict(), faces=len(faces))
+    log.info("embed shard %d: %d vectors %s, %d face vectors", shard, len(index), result.inputs, len(faces))
     return result
+
+
+FACE_INDEX_COLUMNS = ["image_id", "source_key", "shard", "face_index", "label", "x", "y", "w", "h",
+                      *(f"emotion_{c}" for c in CLASSES)]
+
+
+def labelled_faces(config: PipelineConfig, root: Storage, shard: int, todo: pd.DataFrame) -> pd.DataFrame:
+    """The training faces of a shard's ``ok`` photos under ``label_unit=face``: every eligible face with
+    a label (``labels.face_labels``, the photo label's rule); none under ``photo``."""
+    if config.label_unit != "face":
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in FACE_INDEX_COLUMNS})
+    faces = read_table(root, catalog.faces(shard))
+    faces = faces.assign(label=face_labels(faces, min_margin=config.min_emotion_margin), shard=shard)
+    ok = todo.loc[todo["status"] == "ok", "source_key"]
+    faces = faces[faces["label"].notna() & faces["source_key"].isin(ok)]
+    return faces.reindex(columns=FACE_INDEX_COLUMNS).reset_index(drop=True)
+
+
+def _face_vectors(config: PipelineConfig, source: Storage, model, faces: pd.DataFrame, todo: pd.DataFrame,
+                  index: pd.DataFrame, photo_vectors: np.ndarray) -> np.ndarray:
+    """A vector per row of ``faces``: the photo's own where it was embedded from that very face, else
+    the face's crop through the same model input path (each photo decoded once)."""
+    vectors = np.zeros((len(faces), DIM), dtype=np.float32)
+    position = {key: i for i, key in enumerate(todo["source_key"])}
+    todo_crops = []
+    for row, face in enumerate(faces.itertuples(index=False)):
+        i = position[face.source_key]
+        if index.at[i, "input"] == "face" and todo.at[i, "label_face_index"] == face.face_index:
+            vectors[row] = photo_vectors[i]
+        else:
+            todo_crops.append(row)
+    if not todo_crops:
+        return vectors
+    progress = Progress(f"embed faces shard {int(faces['shard'].iloc[0])}", len(todo_crops))
+    batch = max(1, config.embed_batch_size)
+    for start in range(0, len(todo_crops), batch):
+        rows = todo_crops[start:start + batch]
+        photos: dict[str, np.ndarray] = {}
+        images = []
+        for row in rows:
+            face = faces.iloc[row]
+            if face["source_key"] not in photos:
+                photos[face["source_key"]] = decode_photo(read_photo(source, face["source_key"]),
+                                                          config.max_image_pixels)
+            images.append(model_input(photos[face["source_key"]], tuple(face[k] for k in ("x", "y", "w", "h"))))
+        vectors[rows] = image_vectors(model, np.stack(images), batch)
+        progress.step(len(rows))
+    return vectors
 
 
 def input_of(config: PipelineConfig, source: Storage, note: pd.Series, kind: str) -> np.ndarray:

@@ -67,22 +67,25 @@ def evaluate(run: StageRun) -> EvaluateResult:
     mlflow = tracking.use_experiment(config)
     model = tracking.load_model(trained.model_uri)
     baseline = tracking.load_model(f"runs:/{trained.run_id}/baseline", "sklearn")
-    data = load_training_data(root, config.min_rows_per_class, gold_ids(root))  # the rows train saw
+    data = load_training_data(root, config.min_rows_per_class, gold_ids(root), config.label_unit)  # the rows train saw
     x_test, y_test = data.part("test")
     _, y_train = data.part("train")
     metrics, majority = compare_on_test(y_train, y_test, model.predict(x_test, verbose=0),
                                         predict_proba_5(baseline, x_test))
-    soft = tracking.load_model(trained.soft_model_uri) if trained.soft_model_uri else None
-    if soft is not None:  # the head trained on DeepFace's scores (soft_labels), side by side
-        metrics["soft"] = classification_metrics(y_test, soft.predict(x_test, verbose=0).argmax(1))
+    # Heads trained beside the registered one, compared with it everywhere it is checked: on DeepFace's
+    # scores (soft_labels), on one row per photo (label_unit=face).
+    others = {name: tracking.load_model(uri) for name, uri in (("soft", trained.soft_model_uri),
+                                                               ("photo", trained.photo_model_uri)) if uri}
+    for name, head in others.items():
+        metrics[name] = classification_metrics(y_test, head.predict(x_test, verbose=0).argmax(1))
 
     figures = {"confusion_matrix": confusion_matrix_chart(
         metrics["model"]["confusion_matrix"], f"Model v{version} on the test split")}
     images, labels = _heatmap_photos(config, source, root, data)
     figures.update(explain_model(config, model, resnet50(config.embed_weights, config.mixed_precision), data,
                                  images, labels))
-    gold_check = _gold_check(config, root, model, soft)
-    caption_check, caption_figures, caption_by_id = _caption_check(config, source, root, model, data, soft)
+    gold_check = _gold_check(config, root, model, others)
+    caption_check, caption_figures, caption_by_id = _caption_check(config, source, root, model, data, others)
     figures.update(caption_figures)
     curves = _label_policy_curves(config, root, caption_by_id)
     if curves:
@@ -117,7 +120,7 @@ def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, caption_ch
             mlflow.log_metrics({f"{who}.test_accuracy": m["accuracy"], f"{who}.test_macro_f1": m["macro_f1"]})
             mlflow.log_metrics({f"{who}.test_f1.{c}": v["f1"] for c, v in m["per_class"].items()})
         if gold_check:
-            heads = [w for w in ("deepface", "model", "model_soft") if w in gold_check]
+            heads = [w for w in ("deepface", "model", "model_soft", "model_photo") if w in gold_check]
             mlflow.log_metrics({f"gold.{who}.{m}": gold_check[who][m] for who in heads for m in ("accuracy", "macro_f1")})
             mlflow.log_metrics({f"gold.{who}.recall.{c}": v["recall"] for who in ("deepface", "model")
                                 for c, v in gold_check[who]["per_class"].items()})
@@ -127,7 +130,8 @@ def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, caption_ch
             mlflow.log_metrics({"captions.coverage": caption_check["coverage"],
                                 "captions.covered": caption_check["covered"],
                                 "captions.with_face": caption_check["with_face"]})
-            for who in [w for w in ("deepface", "model", "model_held_out", "model_soft") if w in caption_check]:
+            for who in [w for w in ("deepface", "model", "model_held_out", "model_soft", "model_photo")
+                        if w in caption_check]:
                 mlflow.log_metric(f"captions.{who}.agreement", caption_check[who]["accuracy"])
                 mlflow.log_metrics({f"captions.{who}.agreement.{c}": v["recall"]
                                     for c, v in caption_check[who]["per_class"].items() if v["support"]})
@@ -143,7 +147,7 @@ def caption_files(run: StageRun) -> str:
 
 
 def _caption_check(config: PipelineConfig, source: Storage, root: Storage, head, data: TrainingData,
-                   soft=None) -> tuple[dict | None, dict[str, bytes], pd.Series | None]:
+                   others: dict) -> tuple[dict | None, dict[str, bytes], pd.Series | None]:
     """DeepFace's labels and the model's predictions against the captions' (``captions.py``), the
     figures (the confusion matrix, photos where DeepFace and the captions disagree), and the caption
     label of each covered photo by image_id."""
@@ -161,8 +165,9 @@ def _caption_check(config: PipelineConfig, source: Storage, root: Storage, head,
     predictions = _classes(head, judged_vectors)
     trained_on = set(data.frame.loc[data.frame["split"] == "train", "image_id"])
     check = captions.caption_check(matched, predictions, trained_on, config.caption_min_agree)
-    if soft is not None:
-        check["model_soft"] = classification_metrics(class_ids(judged["caption_label"]), _classes(soft, judged_vectors))
+    for name, other in others.items():
+        check[f"model_{name}"] = classification_metrics(class_ids(judged["caption_label"]),
+                                                        _classes(other, judged_vectors))
     figures = {"caption_confusion_deepface": confusion_matrix_chart(
         check["deepface"]["confusion_matrix"], "Captions: DeepFace's label vs the captions'", "caption label")}
     judged["model_label"] = [CLASSES[int(p)] for p in predictions]
@@ -194,10 +199,13 @@ def _label_policy_curves(config: PipelineConfig, root: Storage, caption_by_id: p
 
 
 def _heatmap_photos(config: PipelineConfig, source: Storage, root: Storage, data: TrainingData):
-    """The first ``shap_images`` test photos as the model saw them, and their labels."""
+    """The first ``shap_images`` test rows as the model saw them (photos, or faces), and their labels."""
     test = data.frame[data.frame["split"] == "test"].head(config.shap_images)
     if not len(test):
         return np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8), []
+    if "face_index" in test:  # label_unit=face: each row is a face with its box
+        boxes = test.rename(columns={k: f"face_{k}" for k in ("x", "y", "w", "h")})
+        return np.stack([input_of(config, source, row, "face") for _, row in boxes.iterrows()]), test["label"].tolist()
     _, index = catalog.read_features(root)
     kinds = index.drop_duplicates("image_id").set_index("image_id")["input"]
     dataset = catalog.read_dataset(root).drop_duplicates("image_id").set_index("image_id", drop=False)
@@ -205,17 +213,17 @@ def _heatmap_photos(config: PipelineConfig, source: Storage, root: Storage, data
     return images, test["label"].tolist()
 
 
-def _gold_check(config: PipelineConfig, root: Storage, head, soft=None) -> dict | None:
-    """People's labels vs DeepFace and vs the trained model (and the soft-label head), on the gold
-    photos with a face."""
+def _gold_check(config: PipelineConfig, root: Storage, head, others: dict) -> dict | None:
+    """People's labels vs DeepFace, the trained model and the heads trained beside it (``others``), on
+    the gold photos with a face."""
     table = catalog.read_gold_annotations(root)
     if table is None:
         return None
     with_face = photos_with_face(table)
     vectors = _gold_vectors(config, root, with_face)
     check = gold_agreement(table, _classes(head, vectors))
-    if soft is not None:
-        check["model_soft"] = classification_metrics(class_ids(with_face["label"]), _classes(soft, vectors))
+    for name, other in others.items():
+        check[f"model_{name}"] = classification_metrics(class_ids(with_face["label"]), _classes(other, vectors))
     return check
 
 

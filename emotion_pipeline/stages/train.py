@@ -24,7 +24,7 @@ import numpy as np
 from .. import catalog
 from ..config import CLASSES, PipelineConfig, state_home
 from ..modeling import classifier, tracking
-from ..modeling.data import load_training_data, record_split_assignments
+from ..modeling.data import TrainingData, load_training_data, record_split_assignments
 from ..modeling.metrics import classification_metrics
 from ..modeling.training import FittedModels, fit_models, not_trainable_reason, refit_models, training_mode
 from ..results import TrainResult
@@ -45,7 +45,7 @@ def training_data_fingerprint(run: StageRun) -> str:
     """What a training learns from, for its done marker: the training rows (ids, labels, splits, with
     the gold photos left out) and their vectors. Photos that never train (no face, a duplicate, ...)
     do not change it; other embedding settings do."""
-    data = load_training_data(run.root, run.config.min_rows_per_class, gold_ids(run.root))
+    data = load_training_data(run.root, run.config.min_rows_per_class, gold_ids(run.root), run.config.label_unit)
     return f"{data.fingerprint()}-{hashlib.sha256(data.vectors.tobytes()).hexdigest()[:20]}"
 
 
@@ -65,7 +65,7 @@ def train(run: StageRun) -> TrainResult:
     """
     config, root = run.config, run.root
     excluded = gold_ids(root)  # people's labels are for checking, never training
-    data = load_training_data(root, config.min_rows_per_class, excluded)
+    data = load_training_data(root, config.min_rows_per_class, excluded, config.label_unit)
     counts = data.counts()
     reason = not_trainable_reason(data)
     if reason:
@@ -98,11 +98,14 @@ def train(run: StageRun) -> TrainResult:
         mlflow.log_params({"training.mode": mode, "training.reason": why, "training.search_rows": search_rows})
         version = _log_and_register(mlflow, config, fitted, data)
         soft_uri = _log_soft_head(mlflow, config, fitted, data) if config.soft_labels else None
+        photo_uri = _log_photo_head(mlflow, config, root, fitted, data, excluded) \
+            if config.label_unit == "face" else None
         champion = _promote_if_better(mlflow, config, root, version, fitted, data)
         mlflow.set_tags({"model_version": version, "champion": str(champion)})
 
     # Exactly which photos trained, validated and tested this version: auditable, and the gold test's proof.
-    write_table(root, catalog.training_rows(version), data.frame[["image_id", "source_key", "label", "split"]])
+    write_table(root, catalog.training_rows(version), data.frame[
+        [c for c in ("image_id", "source_key", "face_index", "label", "split") if c in data.frame]])
     record_split_assignments(root, data.frame)  # these photos keep their splits from now on
     result = TrainResult(
         trained=True, run_id=parent.info.run_id, model_version=version,
@@ -111,7 +114,7 @@ def train(run: StageRun) -> TrainResult:
         trials=len(fitted.tuner.oracle.trials) if fitted.tuner else 0, mode=mode, mode_reason=why,
         best_hyperparameters=fitted.best_hyperparameters, counts=counts,
         data_fingerprint=data.fingerprint(), tracking_uri=tracking.tracking_uri(config), gold_excluded=len(excluded),
-        soft_model_uri=soft_uri,
+        soft_model_uri=soft_uri, photo_model_uri=photo_uri,
     )
     log.info("train: model version %s, test macro-F1 %.3f, champion=%s", version, result.test_macro_f1, champion)
     return result
@@ -150,6 +153,27 @@ def _log_soft_head(mlflow, config: PipelineConfig, fitted: FittedModels, data) -
     mlflow.keras.log_model(head, name="soft_model",
                            pip_requirements=tracking.pinned_requirements("tensorflow", "keras"))
     return f"runs:/{mlflow.active_run().info.run_id}/soft_model"
+
+
+def _log_photo_head(mlflow, config: PipelineConfig, root: Storage, fitted: FittedModels, faces: TrainingData,
+                    excluded: set[str]) -> str | None:
+    """Under ``label_unit=face``: a head with the same hyperparameters trained on one row per photo
+    (the same photos, the same splits), logged beside the registered face-trained one so that the
+    report compares the two units on the same test faces, the gold set and the captions
+    (``photo.*``)."""
+    photos = load_training_data(root, config.min_rows_per_class, excluded, "photo")
+    reason = not_trainable_reason(photos)
+    if reason:
+        log.warning("train: no photo-unit head to compare with: %s", reason)
+        return None
+    head = classifier.refit(config, photos, fitted.best_hyperparameters)
+    x_test, y_test = faces.part("test")
+    test = classification_metrics(y_test, head.predict(x_test, verbose=0).argmax(1))
+    mlflow.log_metrics({"photo.test_macro_f1": test["macro_f1"], "photo.test_accuracy": test["accuracy"],
+                        "photo.train_rows": int((photos.frame["split"] == "train").sum())})
+    mlflow.keras.log_model(head, name="photo_model",
+                           pip_requirements=tracking.pinned_requirements("tensorflow", "keras"))
+    return f"runs:/{mlflow.active_run().info.run_id}/photo_model"
 
 
 def _forced_project(run: StageRun) -> str:
