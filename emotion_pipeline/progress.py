@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Executor
 from typing import Callable, Iterable, Iterator
 
@@ -60,3 +61,11 @@ def in_order_ahead(pool: Executor, fn: Callable, items: Iterable, ahead: int) ->
             yield running.popleft().result()
     while running:
         yield running.popleft().result()
+
+
+@contextmanager
+def timed(label: str) -> Iterator[None]:
+    """Logs how long the block took: the parts of a stage that is one long step (evaluate)."""
+    start = time.monotonic()
+    yield
+    log.info("%s: %.1f s", label, time.monotonic() - start)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import CLASSES, PipelineConfig
+from ..progress import timed
 from . import explain
 from .data import TrainingData
 from .embedding import feature_maps
@@ -41,14 +42,17 @@ def explain_model(config: PipelineConfig, head, resnet, data: TrainingData, imag
         # One call per SHAP batch (up to ~20k rows x 2048 floats): half the time of Keras' predict loop.
         return np.asarray(head.predict_on_batch(x))
 
-    figures = {"shap_embedding_summary": explain.embedding_summary_plot(
-        explain.embedding_importance(head_predict, background, x_test[: config.shap_samples], config.seed))}
+    with timed("evaluate: embedding SHAP"):
+        figures = {"shap_embedding_summary": explain.embedding_summary_plot(
+            explain.embedding_importance(head_predict, background, x_test[: config.shap_samples], config.seed))}
     if len(images):
-        maps = feature_maps(resnet, images, config.embed_batch_size)
-        figures["shap_image_heatmaps"] = explain.image_heatmaps(head_predict, maps, images, labels,
-                                                               config.shap_image_evals, config.seed)
+        with timed("evaluate: SHAP heat maps"):
+            maps = feature_maps(resnet, images, config.embed_batch_size)
+            figures["shap_image_heatmaps"] = explain.image_heatmaps(head_predict, maps, images, labels,
+                                                                   config.shap_image_evals, config.seed)
     if len(data.frame) >= 10:
-        figures["tsne"] = explain.tsne_map(data.vectors, data.frame["label"].tolist(), config.seed)
+        with timed("evaluate: t-SNE"):
+            figures["tsne"] = explain.tsne_map(data.vectors, data.frame["label"].tolist(), config.seed)
     return figures
 
 

@@ -29,6 +29,7 @@ from ..modeling.evaluation import class_ids, compare_on_test, explain_model, gol
 from ..modeling.metrics import classification_metrics
 from ..report import dataset_summary, write_report
 from ..results import EvaluateResult, TrainResult
+from ..progress import timed
 from ..runner import StageRun, run_stage
 from ..storage import Storage, read_uri
 from ..tables import write_json
@@ -65,29 +66,22 @@ def evaluate(run: StageRun) -> EvaluateResult:
     version = trained.model_version
 
     mlflow = tracking.use_experiment(config)
-    model = tracking.load_model(trained.model_uri)
-    baseline = tracking.load_model(f"runs:/{trained.run_id}/baseline", "sklearn")
-    data = load_training_data(root, config.min_rows_per_class, gold_ids(root), config.label_unit)  # the rows train saw
-    x_test, y_test = data.part("test")
-    _, y_train = data.part("train")
-    metrics, majority = compare_on_test(y_train, y_test, model.predict(x_test, verbose=0),
-                                        predict_proba_5(baseline, x_test))
-    # Heads trained beside the registered one, compared with it everywhere it is checked: on DeepFace's
-    # scores (soft_labels), on one row per photo (label_unit=face).
-    others = {name: tracking.load_model(uri) for name, uri in (("soft", trained.soft_model_uri),
-                                                               ("photo", trained.photo_model_uri)) if uri}
-    for name, head in others.items():
-        metrics[name] = classification_metrics(y_test, head.predict(x_test, verbose=0).argmax(1))
+    with timed("evaluate: models and test split"):
+        metrics, majority, data, model, others = _test_metrics(config, root, trained)
 
     figures = {"confusion_matrix": confusion_matrix_chart(
         metrics["model"]["confusion_matrix"], f"Model v{version} on the test split")}
-    images, labels = _heatmap_photos(config, source, root, data)
-    figures.update(explain_model(config, model, resnet50(config.embed_weights, config.mixed_precision), data,
-                                 images, labels))
-    gold_check = _gold_check(config, root, model, others)
-    caption_check, caption_figures, caption_by_id = _caption_check(config, source, root, model, data, others)
+    with timed("evaluate: heat-map photos and ResNet50"):
+        images, labels = _heatmap_photos(config, source, root, data)
+        resnet = resnet50(config.embed_weights, config.mixed_precision)
+    figures.update(explain_model(config, model, resnet, data, images, labels))
+    with timed("evaluate: gold check"):
+        gold_check = _gold_check(config, root, model, others)
+    with timed("evaluate: caption check"):
+        caption_check, caption_figures, caption_by_id = _caption_check(config, source, root, model, data, others)
     figures.update(caption_figures)
-    curves = _label_policy_curves(config, root, caption_by_id)
+    with timed("evaluate: label-policy curves"):
+        curves = _label_policy_curves(config, root, caption_by_id)
     if curves:
         figures["label_policy"] = label_policy_chart(curves, label_policy.chosen_points(config, curves))
     if gold_check:
@@ -102,14 +96,35 @@ def evaluate(run: StageRun) -> EvaluateResult:
                 "counts": data.counts(), "metrics": metrics, "gold": gold_check, "captions": caption_check,
                 "label_policy": curves}
     write_json(root, catalog.report_file(version, catalog.REPORT_METRICS), document)
-    report_uri = write_report(root, version, dataset=dataset_summary(root), evaluation=document,
-                              training=trained.to_dict(), figures=figures)
-    _log_to_mlflow(mlflow, trained, metrics, gold_check, caption_check, document, figures, root.read_bytes(
-        catalog.report_file(version, catalog.REPORT_PAGE)).decode())
+    with timed("evaluate: report and MLflow"):
+        report_uri = write_report(root, version, dataset=dataset_summary(root), evaluation=document,
+                                  training=trained.to_dict(), figures=figures)
+        _log_to_mlflow(mlflow, trained, metrics, gold_check, caption_check, document, figures, root.read_bytes(
+            catalog.report_file(version, catalog.REPORT_PAGE)).decode())
     log.info("evaluate: model macro-F1 %.3f, baseline %.3f, majority %.3f -> %s", metrics["model"]["macro_f1"],
              metrics["baseline"]["macro_f1"], metrics["majority"]["macro_f1"], report_uri)
     return EvaluateResult(evaluated=True, model_version=version, report_uri=report_uri,
                           macro_f1=metrics["model"]["macro_f1"])
+
+
+def _test_metrics(config: PipelineConfig, root: Storage, trained: TrainResult):
+    """The registered head, the baseline, a majority-class predictor and the heads trained beside
+    the registered one on the test split train used; returns (metrics, majority class, the training
+    data, the head, the other heads by name)."""
+    model = tracking.load_model(trained.model_uri)
+    baseline = tracking.load_model(f"runs:/{trained.run_id}/baseline", "sklearn")
+    data = load_training_data(root, config.min_rows_per_class, gold_ids(root), config.label_unit)  # the rows train saw
+    x_test, y_test = data.part("test")
+    _, y_train = data.part("train")
+    metrics, majority = compare_on_test(y_train, y_test, model.predict(x_test, verbose=0),
+                                        predict_proba_5(baseline, x_test))
+    # Heads trained beside the registered one, compared with it everywhere it is checked: on DeepFace's
+    # scores (soft_labels), on one row per photo (label_unit=face).
+    others = {name: tracking.load_model(uri) for name, uri in (("soft", trained.soft_model_uri),
+                                                               ("photo", trained.photo_model_uri)) if uri}
+    for name, head in others.items():
+        metrics[name] = classification_metrics(y_test, head.predict(x_test, verbose=0).argmax(1))
+    return metrics, majority, data, model, others
 
 
 def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, caption_check, document, figures,

@@ -100,7 +100,7 @@ def train(run: StageRun) -> TrainResult:
         soft_uri = _log_soft_head(mlflow, config, fitted, data) if config.soft_labels else None
         photo_uri = _log_photo_head(mlflow, config, root, fitted, data, excluded) \
             if config.label_unit == "face" else None
-        champion = _promote_if_better(mlflow, config, root, version, fitted, data)
+        champion = _promote_if_better(mlflow, config, root, version, fitted, data, current)
         mlflow.set_tags({"model_version": version, "champion": str(champion)})
 
     # Exactly which photos trained, validated and tested this version: auditable, and the gold test's proof.
@@ -184,8 +184,8 @@ def _forced_project(run: StageRun) -> str:
 
 
 def _champion_run(mlflow, config: PipelineConfig) -> dict | None:
-    """The champion's run params, its hyperparameters (typed, the tuner's bookkeeping left out) and
-    its head's weights; None without a champion."""
+    """The champion's version, run params, hyperparameters (typed, the tuner's bookkeeping left out),
+    head and the head's weights; None without a champion."""
     client = mlflow.MlflowClient()
     try:
         version = client.get_model_version_by_alias(config.registered_model, tracking.CHAMPION)
@@ -195,7 +195,8 @@ def _champion_run(mlflow, config: PipelineConfig) -> dict | None:
     hyperparameters = {k[len("best."):]: _number(v) for k, v in params.items()
                        if k.startswith("best.") and not k.startswith("best.tuner/")}
     head = tracking.load_model(f"models:/{config.registered_model}/{version.version}")
-    return {"params": params, "hyperparameters": hyperparameters, "weights": head.get_weights()}
+    return {"version": str(version.version), "params": params, "hyperparameters": hyperparameters,
+            "head": head, "weights": head.get_weights()}
 
 
 def _number(text: str):
@@ -220,17 +221,13 @@ def _log_trials(mlflow, tuner) -> None:
 
 
 def _promote_if_better(mlflow, config: PipelineConfig, root: Storage, version: str, fitted: FittedModels,
-                       data) -> bool:
-    """Move the champion alias to ``version`` only if it beats the champion on the test photos that
-    neither of them trained or validated on (splits never move, but a champion trained before they
-    were recorded may have seen some of today's test photos)."""
+                       data, champion: dict | None) -> bool:
+    """Move the champion alias to ``version`` only if it beats the ``champion`` (``_champion_run``) on
+    the test photos that neither of them trained or validated on (splits never move, but a champion
+    trained before they were recorded may have seen some of today's test photos)."""
     client = mlflow.MlflowClient()
-    try:
-        current = client.get_model_version_by_alias(config.registered_model, tracking.CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        current = None
-    if current is not None and str(current.version) != version:
-        seen = read_table(root, catalog.training_rows(str(current.version)))
+    if champion is not None and champion["version"] != version:
+        seen = read_table(root, catalog.training_rows(champion["version"]))
         seen_ids = set() if seen is None else set(seen.loc[seen["split"] != "test", "image_id"])
         test = data.frame[(data.frame["split"] == "test") & ~data.frame["image_id"].isin(seen_ids)]
         if test.empty:
@@ -238,14 +235,13 @@ def _promote_if_better(mlflow, config: PipelineConfig, root: Storage, version: s
             client.set_registered_model_alias(config.registered_model, tracking.CHAMPION, version)
             return True
         x_test, y_test = data.vectors[test.index.to_numpy()], test["y"].to_numpy()
-        champion_model = tracking.load_model(f"models:/{config.registered_model}@{tracking.CHAMPION}")
         challenger_f1 = classification_metrics(y_test, fitted.head.predict(x_test, verbose=0).argmax(1))["macro_f1"]
-        champion_f1 = classification_metrics(y_test, champion_model.predict(x_test, verbose=0).argmax(1))["macro_f1"]
+        champion_f1 = classification_metrics(y_test, champion["head"].predict(x_test, verbose=0).argmax(1))["macro_f1"]
         mlflow.log_metrics({"champion_test_macro_f1": champion_f1, "challenger_test_macro_f1": challenger_f1,
                             "champion_comparison_rows": len(test)})
         if challenger_f1 <= champion_f1:
             log.info("version %s (macro-F1 %.3f) does not beat champion %s (%.3f) on %d test photos",
-                     version, challenger_f1, current.version, champion_f1, len(test))
+                     version, challenger_f1, champion["version"], champion_f1, len(test))
             return False
     client.set_registered_model_alias(config.registered_model, tracking.CHAMPION, version)
     return True
