@@ -9,6 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from emotion_pipeline import catalog
+from emotion_pipeline.storage import open_storage
+
 from .common import Row, distinct_photos, peak_rss_mib
 
 CLI = str(Path(sys.executable).parent / "emotion-pipeline")
@@ -20,7 +23,14 @@ def stage_peaks(photos: Path, work: Path, n: int, settings: list[str]) -> dict[s
     source = work / f"photos-{n}"
     distinct_photos(photos, source, n)
     args = ["--source", str(source), "--root", str(work / f"root-{n}"), "--shard-size", str(n), *settings]
-    return {stage[0]: peak_rss_mib([CLI, "stage", *stage, *args])[0] for stage in STAGES}
+    peaks = {stage[0]: peak_rss_mib([CLI, "stage", *stage, *args])[0] for stage in STAGES}
+    # A train stage with too few labelled photos returns before TensorFlow loads: its peak would be
+    # no training's (yunet finds a face in 17 of 100 sample photos, too few for every split).
+    trained = (catalog.read_done(open_storage(str(work / f"root-{n}")), catalog.TRAIN_FOLDER) or {}).get("summary", {})
+    if not trained.get("trained"):
+        raise RuntimeError(f"train did not train on {n} photos ({trained.get('reason')}): choose another "
+                           f"--memory-detector or more photos")
+    return peaks
 
 
 def bench_memory(photos: Path, work: Path, settings: list[str], sizes=(100, 1000)) -> list[Row]:

@@ -37,8 +37,9 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=Path("../shared/data/flickr30k_sample/images"))
     parser.add_argument("--sections", default="stages,dag,memory")
     parser.add_argument("--detector", default="mtcnn", help="the pipeline's default detector")
-    parser.add_argument("--memory-detector", default="yunet",
-                        help="detector for the memory runs (1,000 photos with mtcnn take ~7 min here)")
+    parser.add_argument("--memory-detector", default="mtcnn",
+                        help="detector for the memory runs (yunet is faster but finds too few faces in 100 "
+                             "sample photos for the train stage to train)")
     parser.add_argument("--embed-weights", default="none",
                         help="none: random weights, same graph and cost (machines without internet)")
     parser.add_argument("--chunk", type=int, default=100, help="photos per shard in the side-by-side runs")
