@@ -190,6 +190,9 @@ class PipelineConfig:
         for spec in knobs():
             _validate(spec, getattr(self, spec.name))
         _check("emotion" in self.actions, "the 'emotion' action is required: labels come from it")
+        _check(self.label_unit != "face" or self.embed_input == "face",
+               "label_unit=face trains on face crops: it needs embed_input=face (the API, the gold and the "
+               "caption checks feed the model face crops too)")
         folder = PurePosixPath(self.batch.strip("/"))
         _check(not (self.batch.startswith("/") or ".." in folder.parts),
                f"batch {self.batch!r} must be a folder inside the source (relative, no '..')")

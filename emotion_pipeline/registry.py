@@ -64,6 +64,9 @@ class Stage:
 
 
 S = "emotion_pipeline.stages."
+# Knobs added after roots existed, with the value that does what the stages did before them: at that
+# value a knob is left out of fingerprints (runner.fingerprint), so an upgrade redoes no done work.
+LEGACY_DEFAULTS: dict[str, object] = {"label_unit": "photo"}
 # Which faces may label a photo and how (labels.py): annotate and the gold check apply them alike.
 LABEL_POLICY = ("min_face_size", "min_emotion_margin", "label_face")
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -94,7 +97,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train", S + "train:train", TrainResult, catalog.TRAIN_FOLDER, photos=False,
           upstream=("merge", "assemble_features", "check_gold"), inputs=S + "train:training_data_fingerprint",
           knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class", "soft_labels",
-                 "label_unit", "registered_model"), force="force_train", lease="train", minutes=360, asset="emotion_model"),
+                 "registered_model"), force="force_train", lease="train", minutes=360, asset="emotion_model"),
     Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE_FOLDER, photos=False,
           upstream=("train",), covers=("train",), inputs=S + "evaluate:caption_files",
           knobs=("shap_samples", "shap_images", "shap_image_evals", "seed", "captions", "caption_lexicon",

@@ -148,7 +148,7 @@ def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> st
              "soft": "the same head trained on DeepFace's scores (soft labels)",
              "photo": "the same head trained on one row per photo (its label face)"}
     rows = [[names[k], m["accuracy"], m["macro_f1"], m["n"]] for k, m in metrics.items()]
-    unit = "faces" if training.get("photo_model_uri") else "photos"
+    unit = "faces" if evaluation.get("label_unit") == "face" else "photos"
     overview = _table(["model", "test accuracy", "test macro-F1", f"test {unit}"], rows, best_row=0)
     model = metrics["model"]["per_class"]
     per_class = _table(["class", "precision", "recall", "F1", "support"],
@@ -158,8 +158,9 @@ def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> st
     hp = training.get("best_hyperparameters", {})
     tuning = _table(["hyperparameter", "value"], [[k, v] for k, v in hp.items() if not k.startswith("tuner/")])
     champion = "yes" if training.get("champion") else "no (the current champion scored higher)"
-    faces = (" Trained on every labelled face (label_unit=face; a photo's faces share its split); the "
-             "photo-trained head beside it is scored on the same test faces." if unit == "faces" else "")
+    faces = (" Trained on every labelled face (label_unit=face; a photo's faces share its split); a "
+             "photo-trained head beside it, when there is one, is scored on the same test faces."
+             if unit == "faces" else "")
     return (f"<h2>Model</h2><p>Labels are DeepFace's, so these numbers measure agreement with DeepFace.{faces} "
             f"Champion: {champion}. MLflow run {html.escape(str(evaluation['run_id']))}, "
             f"{training.get('trials', '?')} tuner trials.</p>{overview}"

@@ -20,7 +20,7 @@ import pandas as pd
 from . import catalog
 from .config import PipelineConfig
 from .manifest import load_manifest, shard_fingerprint, shard_rows
-from .registry import STAGES, Stage, covered_by, stage
+from .registry import LEGACY_DEFAULTS, STAGES, Stage, covered_by, stage
 from .results import StageResult
 from .storage import Storage, open_storage
 from .tables import read_table, write_json
@@ -131,7 +131,8 @@ def _prepare(spec: Stage, config: PipelineConfig, source: Storage, root: Storage
 def fingerprint(run: StageRun) -> str:
     """The stage's input, as its declaration says: photos, knobs, covered upstream markers, inputs."""
     spec = run.stage
-    params: dict[str, Any] = {knob: getattr(run.config, knob) for knob in spec.knobs}
+    params: dict[str, Any] = {knob: getattr(run.config, knob) for knob in spec.knobs
+                              if knob not in LEGACY_DEFAULTS or getattr(run.config, knob) != LEGACY_DEFAULTS[knob]}
     for name in covered_by(spec):
         upstream = STAGES[name]
         if not upstream.per_shard:

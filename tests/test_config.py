@@ -27,6 +27,7 @@ def test_round_trip_through_params():
     ({"drift_reference": "yesterday"}, "drift_reference"),
     ({"drift_threshold": 0}, "drift_threshold"),
     ({"limit": -1}, "limit"),
+    ({"label_unit": "face", "embed_input": "photo"}, "needs embed_input=face"),
 ])
 def test_bad_values_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):

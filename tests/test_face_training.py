@@ -91,9 +91,31 @@ def test_face_vectors_are_their_crops_embedded(face_run):
     other = index[~label_face].iloc[0]
     source = open_storage(config.source)
     crop = model_input(decode_photo(read_photo(source, other["source_key"]), config.max_image_pixels),
-                       tuple(other[k] for k in ("x", "y", "w", "h")))
+                       tuple(other[k] for k in ("face_x", "face_y", "face_w", "face_h")))
     expected = image_vectors(resnet50(config.embed_weights, config.mixed_precision), crop[None], 1)[0]
     assert np.abs(vectors[other["row"]] - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_face_rows_keep_their_boxes_and_the_heat_maps_show_those_faces(face_run):
+    from emotion_pipeline.modeling.data import load_training_data
+    from emotion_pipeline.stages.evaluate import _heatmap_photos
+
+    config, _ = face_run
+    root, source = open_storage(config.root), open_storage(config.source)
+    data = load_training_data(root, config.min_rows_per_class, unit="face")
+    _, index = catalog.read_face_features(root)
+    box = ["face_x", "face_y", "face_w", "face_h"]
+    joined = data.frame.merge(index[["image_id", "face_index", *box]], on=["image_id", "face_index"],
+                              suffixes=("", "_index"))
+    assert len(joined) == len(data.frame)
+    for k in box:
+        assert (joined[k] == joined[f"{k}_index"]).all(), k
+    images, labels = _heatmap_photos(config, source, root, data)
+    test = data.frame[data.frame["split"] == "test"].head(config.shap_images)
+    assert len(images) == len(test) > 0 and labels == test["label"].tolist()
+    for image, face in zip(images, test.itertuples()):
+        photo = decode_photo(read_photo(source, face.source_key), config.max_image_pixels)
+        assert np.array_equal(image, model_input(photo, (face.face_x, face.face_y, face.face_w, face.face_h)))
 
 
 def test_the_report_compares_face_and_photo_training(face_run, monkeypatch):
@@ -109,6 +131,7 @@ def test_the_report_compares_face_and_photo_training(face_run, monkeypatch):
     assert metrics["captions"]["model_photo"]["n"] == metrics["captions"]["model"]["n"] > 0
     page = root.read_bytes(catalog.report_file(train.model_version, catalog.REPORT_PAGE)).decode()
     assert "the same head trained on one row per photo" in page and "Faces per split" in page
+    assert metrics["label_unit"] == "face"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", train.tracking_uri)
     mlflow = tracking.use_experiment(config)

@@ -126,3 +126,20 @@ def test_cli_options_come_from_the_knobs():
         cli.build_parser().parse_args(["stage", "resize", "--source", "a", "--root", "b", "--detector", "nope"])
     with pytest.raises(ValueError, match="min_rows_per_class must be >= 3"):  # and bounds
         PipelineConfig(source="a", root="b", min_rows_per_class=2)
+
+
+def test_a_knob_added_later_leaves_fingerprints_of_the_old_behaviour_alone(tmp_path):
+    """label_unit (added 2026-12-01) at "photo", what embed did before it existed, must not change
+    embed's fingerprint: an upgrade would otherwise re-embed every shard of every root. The value was
+    computed with the code before the knob existed (commit 726b449); "face" must change it."""
+    from emotion_pipeline.runner import StageRun, fingerprint
+    from emotion_pipeline.storage import open_storage
+
+    root = open_storage(str(tmp_path))
+    config = PipelineConfig(source=str(tmp_path), root=str(tmp_path))
+    rows = pd.DataFrame({"source_key": ["a.jpg", "b/c.jpg"], "image_id": ["1" * 16, "2" * 16], "shard": [0, 0],
+                         "present": [True, True], "duplicate_of": ["", ""]})
+    embed = STAGES["embed"]
+    assert fingerprint(StageRun(embed, config, root, root, rows, 0, manifest=rows)) == "55295d53fd17775cd50f"
+    faces = dataclasses.replace(config, label_unit="face")
+    assert fingerprint(StageRun(embed, faces, root, root, rows, 0, manifest=rows)) != "55295d53fd17775cd50f"

@@ -26,7 +26,7 @@ SPLITS = {"test": (0.0, 0.15), "val": (0.15, 0.30), "train": (0.30, 1.0)}
 @dataclass
 class TrainingData:
     # image_id, source_key, label, split, y, row (into vectors), score_<class>; with face_index and the
-    # face's box (x, y, w, h) when the rows are faces (label_unit=face)
+    # face's box (face_x, face_y, face_w, face_h) when the rows are faces (label_unit=face)
     frame: pd.DataFrame
     vectors: np.ndarray  # aligned with frame
 
@@ -105,7 +105,7 @@ def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = fro
     if unit == "face":
         vectors, index = catalog.read_face_features(root)
         labelled = index[index["image_id"].isin(ok["image_id"])].drop_duplicates(["image_id", "face_index"])
-        keys = ["image_id", "source_key", "face_index", "label", "x", "y", "w", "h"]
+        keys = ["image_id", "source_key", "face_index", "label", "face_x", "face_y", "face_w", "face_h"]
     else:
         vectors, index = catalog.read_features(root)
         labelled = ok[ok["label"].isin(CLASSES)].merge(

@@ -49,8 +49,7 @@ def assemble(run: StageRun) -> FeaturesResult:
     write_table(root, catalog.IMAGE_INDEX, index)
     # Shards embedded before face vectors existed have none: as under label_unit=photo.
     faces, face_vectors = _stack(root, [s for s in shards if catalog.table_exists(root, catalog.face_vector_index(s))],
-                                 catalog.face_vector_index, catalog.shard_face_vectors,
-                                 {c: object for c in FACE_INDEX_COLUMNS})
+                                 catalog.face_vector_index, catalog.shard_face_vectors, FACE_INDEX_COLUMNS)
     faces.insert(0, "row", np.arange(len(faces)))
     root.write_bytes(catalog.FACE_VECTORS, npy_bytes(face_vectors))
     write_table(root, catalog.FACE_INDEX, faces, csv=False)

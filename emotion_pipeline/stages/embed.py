@@ -7,9 +7,9 @@ Input (``embed_input``):
   every annotated photo still gets a vector (the index's ``input`` column says which).
 * ``photo``: the whole original photo, letterboxed to 224x224.
 
-With ``label_unit=face`` every eligible labelled face of an ``ok`` photo also gets a vector of its own
-crop (``face_vectors.npy`` + ``face_index``: the training rows of face-level training); the label
-face's is the photo's when the photo was embedded from that face. With ``photo`` those files are empty.
+With ``label_unit=face`` (which needs ``embed_input=face``) every labelled face of an ``ok`` photo also
+gets a vector of its own crop (``face_vectors.npy`` + ``face_index``: the rows of face-level training);
+the label face's is the photo's. With ``photo`` those files are empty.
 
 Both go through ``modeling.embedding`` (the one model-input path the API and evaluate use too).
 Weights: ``imagenet`` (Keras downloads and caches them), a local ``.h5`` path, or ``none`` (random
@@ -94,26 +94,29 @@ def embed(run: StageRun) -> EmbedResult:
     return result
 
 
-FACE_INDEX_COLUMNS = ["image_id", "source_key", "shard", "face_index", "label", "x", "y", "w", "h",
-                      *(f"emotion_{c}" for c in CLASSES)]
+BOX = ("face_x", "face_y", "face_w", "face_h")  # as the annotations name the label face's box
+FACE_INDEX_COLUMNS = {"image_id": object, "source_key": object, "shard": "int64", "face_index": "int64",
+                      "label": object, **{k: "int64" for k in BOX}, **{f"emotion_{c}": "float64" for c in CLASSES}}
 
 
 def labelled_faces(config: PipelineConfig, root: Storage, shard: int, todo: pd.DataFrame) -> pd.DataFrame:
-    """The training faces of a shard's ``ok`` photos under ``label_unit=face``: every eligible face with
-    a label (``labels.face_labels``, the photo label's rule); none under ``photo``."""
+    """The training faces of a shard's ``ok`` photos under ``label_unit=face``: every face annotate
+    labelled (eligible, the photo label's rule: ``labels.face_labels``); none under ``photo``."""
     if config.label_unit != "face":
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in FACE_INDEX_COLUMNS})
+        return pd.DataFrame({name: pd.Series(dtype=kind) for name, kind in FACE_INDEX_COLUMNS.items()})
     faces = read_table(root, catalog.faces(shard))
-    faces = faces.assign(label=face_labels(faces, min_margin=config.min_emotion_margin), shard=shard)
+    if "label" not in faces:  # annotated before faces carried their labels: the same rule, here
+        faces["label"] = face_labels(faces, min_margin=config.min_emotion_margin)
     ok = todo.loc[todo["status"] == "ok", "source_key"]
     faces = faces[faces["label"].notna() & faces["source_key"].isin(ok)]
-    return faces.reindex(columns=FACE_INDEX_COLUMNS).reset_index(drop=True)
+    faces = faces.rename(columns={k[len("face_"):]: k for k in BOX}).assign(shard=shard)
+    return faces.reindex(columns=list(FACE_INDEX_COLUMNS)).astype(FACE_INDEX_COLUMNS).reset_index(drop=True)
 
 
 def _face_vectors(config: PipelineConfig, source: Storage, model, faces: pd.DataFrame, todo: pd.DataFrame,
                   index: pd.DataFrame, photo_vectors: np.ndarray) -> np.ndarray:
     """A vector per row of ``faces``: the photo's own where it was embedded from that very face, else
-    the face's crop through the same model input path (each photo decoded once)."""
+    the face's crop through the same model input path (a photo is decoded once per batch)."""
     vectors = np.zeros((len(faces), DIM), dtype=np.float32)
     position = {key: i for i, key in enumerate(todo["source_key"])}
     todo_crops = []
@@ -136,7 +139,7 @@ def _face_vectors(config: PipelineConfig, source: Storage, model, faces: pd.Data
             if face["source_key"] not in photos:
                 photos[face["source_key"]] = decode_photo(read_photo(source, face["source_key"]),
                                                           config.max_image_pixels)
-            images.append(model_input(photos[face["source_key"]], tuple(face[k] for k in ("x", "y", "w", "h"))))
+            images.append(model_input(photos[face["source_key"]], tuple(face[k] for k in BOX)))
         vectors[rows] = image_vectors(model, np.stack(images), batch)
         progress.step(len(rows))
     return vectors
@@ -146,7 +149,7 @@ def input_of(config: PipelineConfig, source: Storage, note: pd.Series, kind: str
     """The model input of one annotated photo (a dataset or annotations row): its label face when
     ``kind`` is ``face``, else the whole photo. Evaluate's heat maps use the same function."""
     photo = decode_photo(read_photo(source, note["source_key"]), config.max_image_pixels)
-    box = tuple(note[f"face_{k}"] for k in ("x", "y", "w", "h")) if kind == "face" else None
+    box = tuple(note[k] for k in BOX) if kind == "face" else None
     return model_input(photo, box)
 
 

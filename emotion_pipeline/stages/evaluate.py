@@ -92,7 +92,8 @@ def evaluate(run: StageRun) -> EvaluateResult:
 
     for name, png in figures.items():
         root.write_bytes(catalog.report_figure(version, name), png)
-    document = {"model_version": version, "run_id": trained.run_id, "majority_class": CLASSES[majority],
+    document = {"model_version": version, "run_id": trained.run_id, "label_unit": config.label_unit,
+                "majority_class": CLASSES[majority],
                 "counts": data.counts(), "metrics": metrics, "gold": gold_check, "captions": caption_check,
                 "label_policy": curves}
     write_json(root, catalog.report_file(version, catalog.REPORT_METRICS), document)
@@ -219,8 +220,7 @@ def _heatmap_photos(config: PipelineConfig, source: Storage, root: Storage, data
     if not len(test):
         return np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8), []
     if "face_index" in test:  # label_unit=face: each row is a face with its box
-        boxes = test.rename(columns={k: f"face_{k}" for k in ("x", "y", "w", "h")})
-        return np.stack([input_of(config, source, row, "face") for _, row in boxes.iterrows()]), test["label"].tolist()
+        return np.stack([input_of(config, source, row, "face") for _, row in test.iterrows()]), test["label"].tolist()
     _, index = catalog.read_features(root)
     kinds = index.drop_duplicates("image_id").set_index("image_id")["input"]
     dataset = catalog.read_dataset(root).drop_duplicates("image_id").set_index("image_id", drop=False)

@@ -46,7 +46,11 @@ def training_data_fingerprint(run: StageRun) -> str:
     the gold photos left out) and their vectors. Photos that never train (no face, a duplicate, ...)
     do not change it; other embedding settings do."""
     data = load_training_data(run.root, run.config.min_rows_per_class, gold_ids(run.root), run.config.label_unit)
-    return f"{data.fingerprint()}-{hashlib.sha256(data.vectors.tobytes()).hexdigest()[:20]}"
+    found = f"{data.fingerprint()}-{hashlib.sha256(data.vectors.tobytes()).hexdigest()[:20]}"
+    if run.config.label_unit == "face":  # the photo-unit head trained beside it learns from the photos' rows
+        photos = load_training_data(run.root, run.config.min_rows_per_class, gold_ids(run.root), "photo")
+        found += f"-photos-{photos.fingerprint()}-{hashlib.sha256(photos.vectors.tobytes()).hexdigest()[:20]}"
+    return found
 
 
 def train(run: StageRun) -> TrainResult:
@@ -158,9 +162,9 @@ def _log_soft_head(mlflow, config: PipelineConfig, fitted: FittedModels, data) -
 def _log_photo_head(mlflow, config: PipelineConfig, root: Storage, fitted: FittedModels, faces: TrainingData,
                     excluded: set[str]) -> str | None:
     """Under ``label_unit=face``: a head with the same hyperparameters trained on one row per photo
-    (the same photos, the same splits), logged beside the registered face-trained one so that the
-    report compares the two units on the same test faces, the gold set and the captions
-    (``photo.*``)."""
+    (the photos' label faces, in the photos' splits), logged beside the registered face-trained one so
+    that the report compares the two units on the same test faces, the gold set and the captions
+    (``photo.*``); None when the photo rows cannot train a head."""
     photos = load_training_data(root, config.min_rows_per_class, excluded, "photo")
     reason = not_trainable_reason(photos)
     if reason:
@@ -183,13 +187,20 @@ def _forced_project(run: StageRun) -> str:
     return f"{run.fingerprint}-forced-{run.run_id if airflow_run else time.time_ns()}"
 
 
+def _champion_version(mlflow, config: PipelineConfig):
+    """The registered model's champion version (MLflow's ModelVersion), or None."""
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(config.registered_model, tracking.CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def _champion_run(mlflow, config: PipelineConfig) -> dict | None:
     """The champion's version, run params, hyperparameters (typed, the tuner's bookkeeping left out),
     head and the head's weights; None without a champion."""
     client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(config.registered_model, tracking.CHAMPION)
-    except mlflow.exceptions.MlflowException:
+    version = _champion_version(mlflow, config)
+    if version is None:
         return None
     params = client.get_run(version.run_id).data.params
     hyperparameters = {k[len("best."):]: _number(v) for k, v in params.items()
@@ -226,6 +237,10 @@ def _promote_if_better(mlflow, config: PipelineConfig, root: Storage, version: s
     the test photos that neither of them trained or validated on (splits never move, but a champion
     trained before they were recorded may have seen some of today's test photos)."""
     client = mlflow.MlflowClient()
+    current = _champion_version(mlflow, config)
+    if (current and str(current.version)) != (champion and champion["version"]):
+        # Promoted while this one trained (another root sharing the registered model): compare with it.
+        champion = _champion_run(mlflow, config)
     if champion is not None and champion["version"] != version:
         seen = read_table(root, catalog.training_rows(champion["version"]))
         seen_ids = set() if seen is None else set(seen.loc[seen["split"] != "test", "image_id"])
