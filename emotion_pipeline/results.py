@@ -128,6 +128,7 @@ class TrainResult(StageResult):
     gold_excluded: int = 0
     soft_model_uri: str | None = None  # the head trained on soft labels (soft_labels), not registered
     photo_model_uri: str | None = None  # label_unit=face: a head trained on photos beside it, not registered
+    label_unit: str = "photo"  # what its rows are: photos or faces (evaluate reads the same rows)
 
 
 @dataclass(kw_only=True)

@@ -142,3 +142,16 @@ def test_the_report_compares_face_and_photo_training(face_run, monkeypatch):
     # The photo head is a real model of its own, scored on the same gold faces.
     photo_head = tracking.load_model(train.photo_model_uri)
     assert photo_head.count_params() > 0 and photo_head.name == "emotion_head"
+
+
+def test_evaluate_reads_the_rows_train_used_whatever_its_own_config_says(face_run, monkeypatch):
+    from emotion_pipeline.stages.evaluate import _test_metrics
+
+    config, results = face_run
+    train = results["train"]
+    assert train.label_unit == "face"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", train.tracking_uri)
+    tracking.use_experiment(config)
+    photo_config = dataclasses.replace(config, label_unit="photo")
+    metrics, _, data, _, _ = _test_metrics(photo_config, open_storage(config.root), train)
+    assert "face_index" in data.frame and metrics["model"]["n"] == (data.frame["split"] == "test").sum()

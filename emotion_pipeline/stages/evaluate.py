@@ -92,7 +92,7 @@ def evaluate(run: StageRun) -> EvaluateResult:
 
     for name, png in figures.items():
         root.write_bytes(catalog.report_figure(version, name), png)
-    document = {"model_version": version, "run_id": trained.run_id, "label_unit": config.label_unit,
+    document = {"model_version": version, "run_id": trained.run_id, "label_unit": trained.label_unit,
                 "majority_class": CLASSES[majority],
                 "counts": data.counts(), "metrics": metrics, "gold": gold_check, "captions": caption_check,
                 "label_policy": curves}
@@ -114,7 +114,8 @@ def _test_metrics(config: PipelineConfig, root: Storage, trained: TrainResult):
     data, the head, the other heads by name)."""
     model = tracking.load_model(trained.model_uri)
     baseline = tracking.load_model(f"runs:/{trained.run_id}/baseline", "sklearn")
-    data = load_training_data(root, config.min_rows_per_class, gold_ids(root), config.label_unit)  # the rows train saw
+    # The rows train saw: its unit, whatever this evaluation's config says.
+    data = load_training_data(root, config.min_rows_per_class, gold_ids(root), trained.label_unit)
     x_test, y_test = data.part("test")
     _, y_train = data.part("train")
     metrics, majority = compare_on_test(y_train, y_test, model.predict(x_test, verbose=0),

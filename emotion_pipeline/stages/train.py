@@ -118,7 +118,7 @@ def train(run: StageRun) -> TrainResult:
         trials=len(fitted.tuner.oracle.trials) if fitted.tuner else 0, mode=mode, mode_reason=why,
         best_hyperparameters=fitted.best_hyperparameters, counts=counts,
         data_fingerprint=data.fingerprint(), tracking_uri=tracking.tracking_uri(config), gold_excluded=len(excluded),
-        soft_model_uri=soft_uri, photo_model_uri=photo_uri,
+        soft_model_uri=soft_uri, photo_model_uri=photo_uri, label_unit=config.label_unit,
     )
     log.info("train: model version %s, test macro-F1 %.3f, champion=%s", version, result.test_macro_f1, champion)
     return result
