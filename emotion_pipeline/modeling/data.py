@@ -45,13 +45,18 @@ class TrainingData:
         return self.vectors[mask], scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-9)
 
     def fingerprint(self) -> str:
+        """The rows (ids, labels, splits): a face row is ``<image_id>#<face_index>``."""
         digest = hashlib.sha256()
-        faces = self.frame["face_index"] if "face_index" in self.frame else [""] * len(self.frame)
-        for image_id, face, label, split in sorted(zip(self.frame["image_id"], faces, self.frame["label"],
-                                                       self.frame["split"])):
-            digest.update((f"{image_id},{label},{split}\n" if face == "" else
-                           f"{image_id}#{int(face)},{label},{split}\n").encode())
+        ids = self.frame["image_id"]
+        if "face_index" in self.frame:
+            ids = ids + "#" + self.frame["face_index"].astype(int).astype(str)
+        for row_id, label, split in sorted(zip(ids, self.frame["label"], self.frame["split"])):
+            digest.update(f"{row_id},{label},{split}\n".encode())
         return digest.hexdigest()[:20]
+
+    def digest(self) -> str:
+        """The rows and their vectors: what a training learns from."""
+        return f"{self.fingerprint()}-{hashlib.sha256(self.vectors.tobytes()).hexdigest()[:20]}"
 
     def counts(self) -> dict[str, dict[str, int]]:
         table = self.frame.groupby(["split", "label"]).size()
@@ -108,8 +113,7 @@ def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = fro
         keys = ["image_id", "source_key", "face_index", "label", "face_x", "face_y", "face_w", "face_h"]
     else:
         vectors, index = catalog.read_features(root)
-        labelled = ok[ok["label"].isin(CLASSES)].merge(
-            index[["image_id", "row"]].drop_duplicates("image_id"), on="image_id", how="inner")
+        labelled = ok.merge(index[["image_id", "row"]].drop_duplicates("image_id"), on="image_id", how="inner")
         keys = ["image_id", "source_key", "label"]
     labelled = labelled[labelled["label"].isin(CLASSES)]
     # DeepFace's scores of the face (soft labels); absent from a dataset nothing was annotated in.

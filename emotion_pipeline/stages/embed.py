@@ -67,20 +67,8 @@ def embed(run: StageRun) -> EmbedResult:
     })
 
     model = resnet50(config.embed_weights, config.mixed_precision)
-    vectors = np.zeros((len(todo), DIM), dtype=np.float32)
-    progress = Progress(f"embed shard {shard}", len(todo))
-    batch = max(1, config.embed_batch_size)
-
-    def load(i: int) -> np.ndarray:
-        return input_of(config, source, todo.iloc[i], index.at[i, "input"])
-
-    # Decode the next batch in threads while the model runs on the current one.
-    with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool:
-        loaded = in_order_ahead(pool, load, range(len(todo)), ahead=batch)
-        for start in range(0, len(todo), batch):
-            images = np.stack([next(loaded) for _ in range(min(batch, len(todo) - start))])
-            vectors[start:start + len(images)] = image_vectors(model, images, batch)
-            progress.step(len(images))
+    vectors = _vectors(config, model, f"embed shard {shard}", len(todo),
+                       lambda i: input_of(config, source, todo.iloc[i], index.at[i, "input"]))
 
     faces = labelled_faces(config, root, shard, todo)
     face_vectors = _face_vectors(config, source, model, faces, todo, index, vectors)
@@ -116,32 +104,31 @@ def labelled_faces(config: PipelineConfig, root: Storage, shard: int, todo: pd.D
 def _face_vectors(config: PipelineConfig, source: Storage, model, faces: pd.DataFrame, todo: pd.DataFrame,
                   index: pd.DataFrame, photo_vectors: np.ndarray) -> np.ndarray:
     """A vector per row of ``faces``: the photo's own where it was embedded from that very face, else
-    the face's crop through the same model input path (a photo is decoded once per batch)."""
+    the face's crop through the same model input path."""
+    photo_row = faces["source_key"].map(pd.Series(np.arange(len(todo)), index=todo["source_key"])).to_numpy(dtype=int)
+    reused = ((index["input"].to_numpy()[photo_row] == "face")
+              & (todo["label_face_index"].to_numpy()[photo_row] == faces["face_index"].to_numpy()))
     vectors = np.zeros((len(faces), DIM), dtype=np.float32)
-    position = {key: i for i, key in enumerate(todo["source_key"])}
-    todo_crops = []
-    for row, face in enumerate(faces.itertuples(index=False)):
-        i = position[face.source_key]
-        if index.at[i, "input"] == "face" and todo.at[i, "label_face_index"] == face.face_index:
-            vectors[row] = photo_vectors[i]
-        else:
-            todo_crops.append(row)
-    if not todo_crops:
-        return vectors
-    progress = Progress(f"embed faces shard {int(faces['shard'].iloc[0])}", len(todo_crops))
+    vectors[reused] = photo_vectors[photo_row[reused]]
+    crops = faces[~reused].reset_index(drop=True)
+    if len(crops):
+        vectors[~reused] = _vectors(config, model, f"embed faces shard {int(crops['shard'].iloc[0])}", len(crops),
+                                    lambda i: input_of(config, source, crops.iloc[i], "face"))
+    return vectors
+
+
+def _vectors(config: PipelineConfig, model, label: str, n: int, load) -> np.ndarray:
+    """``n`` vectors of the inputs ``load(i)`` makes, in batches: the next batch is decoded in threads
+    while the model runs on the current one."""
+    vectors = np.zeros((n, DIM), dtype=np.float32)
+    progress = Progress(label, n)
     batch = max(1, config.embed_batch_size)
-    for start in range(0, len(todo_crops), batch):
-        rows = todo_crops[start:start + batch]
-        photos: dict[str, np.ndarray] = {}
-        images = []
-        for row in rows:
-            face = faces.iloc[row]
-            if face["source_key"] not in photos:
-                photos[face["source_key"]] = decode_photo(read_photo(source, face["source_key"]),
-                                                          config.max_image_pixels)
-            images.append(model_input(photos[face["source_key"]], tuple(face[k] for k in BOX)))
-        vectors[rows] = image_vectors(model, np.stack(images), batch)
-        progress.step(len(rows))
+    with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool:
+        loaded = in_order_ahead(pool, load, range(n), ahead=batch)
+        for start in range(0, n, batch):
+            images = np.stack([next(loaded) for _ in range(min(batch, n - start))])
+            vectors[start:start + len(images)] = image_vectors(model, images, batch)
+            progress.step(len(images))
     return vectors
 
 

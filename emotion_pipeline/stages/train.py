@@ -15,7 +15,6 @@ registry holds the root's ``train`` lease around it, so one training runs per ro
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 
@@ -45,12 +44,12 @@ def training_data_fingerprint(run: StageRun) -> str:
     """What a training learns from, for its done marker: the training rows (ids, labels, splits, with
     the gold photos left out) and their vectors. Photos that never train (no face, a duplicate, ...)
     do not change it; other embedding settings do."""
-    data = load_training_data(run.root, run.config.min_rows_per_class, gold_ids(run.root), run.config.label_unit)
-    found = f"{data.fingerprint()}-{hashlib.sha256(data.vectors.tobytes()).hexdigest()[:20]}"
-    if run.config.label_unit == "face":  # the photo-unit head trained beside it learns from the photos' rows
-        photos = load_training_data(run.root, run.config.min_rows_per_class, gold_ids(run.root), "photo")
-        found += f"-photos-{photos.fingerprint()}-{hashlib.sha256(photos.vectors.tobytes()).hexdigest()[:20]}"
-    return found
+    def digest(unit: str) -> str:
+        return load_training_data(run.root, run.config.min_rows_per_class, gold_ids(run.root), unit).digest()
+
+    found = digest(run.config.label_unit)
+    # Under label_unit=face the photo-unit head trained beside it learns from the photos' rows.
+    return found + f"-photos-{digest('photo')}" if run.config.label_unit == "face" else found
 
 
 def train(run: StageRun) -> TrainResult:
@@ -147,16 +146,10 @@ def _log_and_register(mlflow, config: PipelineConfig, fitted: FittedModels, data
     return str(info.registered_model_version)
 
 
-def _log_soft_head(mlflow, config: PipelineConfig, fitted: FittedModels, data) -> str:
-    """The soft-label head (same hyperparameters, DeepFace's scores as targets) into the active run,
-    beside the registered one; its test metrics against the hard labels as ``soft.*``."""
-    head = classifier.refit_soft(config, data, fitted.best_hyperparameters)
-    x_test, y_test = data.part("test")
-    test = classification_metrics(y_test, head.predict(x_test, verbose=0).argmax(1))
-    mlflow.log_metrics({"soft.test_macro_f1": test["macro_f1"], "soft.test_accuracy": test["accuracy"]})
-    mlflow.keras.log_model(head, name="soft_model",
-                           pip_requirements=tracking.pinned_requirements("tensorflow", "keras"))
-    return f"runs:/{mlflow.active_run().info.run_id}/soft_model"
+def _log_soft_head(mlflow, config: PipelineConfig, fitted: FittedModels, data: TrainingData) -> str:
+    """The soft-label head (same hyperparameters, DeepFace's scores as targets) beside the registered
+    one; its test metrics against the hard labels as ``soft.*``."""
+    return _log_beside(mlflow, "soft", classifier.refit_soft(config, data, fitted.best_hyperparameters), data)
 
 
 def _log_photo_head(mlflow, config: PipelineConfig, root: Storage, fitted: FittedModels, faces: TrainingData,
@@ -171,13 +164,19 @@ def _log_photo_head(mlflow, config: PipelineConfig, root: Storage, fitted: Fitte
         log.warning("train: no photo-unit head to compare with: %s", reason)
         return None
     head = classifier.refit(config, photos, fitted.best_hyperparameters)
-    x_test, y_test = faces.part("test")
+    mlflow.log_metric("photo.train_rows", int((photos.frame["split"] == "train").sum()))
+    return _log_beside(mlflow, "photo", head, faces)
+
+
+def _log_beside(mlflow, name: str, head, data: TrainingData) -> str:
+    """A head trained beside the registered one, into the active run as ``<name>_model`` (not
+    registered), with its metrics on ``data``'s test split as ``<name>.*``; returns its URI."""
+    x_test, y_test = data.part("test")
     test = classification_metrics(y_test, head.predict(x_test, verbose=0).argmax(1))
-    mlflow.log_metrics({"photo.test_macro_f1": test["macro_f1"], "photo.test_accuracy": test["accuracy"],
-                        "photo.train_rows": int((photos.frame["split"] == "train").sum())})
-    mlflow.keras.log_model(head, name="photo_model",
+    mlflow.log_metrics({f"{name}.test_macro_f1": test["macro_f1"], f"{name}.test_accuracy": test["accuracy"]})
+    mlflow.keras.log_model(head, name=f"{name}_model",
                            pip_requirements=tracking.pinned_requirements("tensorflow", "keras"))
-    return f"runs:/{mlflow.active_run().info.run_id}/photo_model"
+    return f"runs:/{mlflow.active_run().info.run_id}/{name}_model"
 
 
 def _forced_project(run: StageRun) -> str:
