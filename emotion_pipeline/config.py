@@ -188,7 +188,11 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         for spec in knobs():
-            _validate(spec, getattr(self, spec.name))
+            # One value, one type: the form sends 0 for 0.0, the CLI "5" for 5. Fingerprints use repr,
+            # so without this a form-started run and a scheduled one would redo each other's work.
+            value = _canonical(spec, getattr(self, spec.name))
+            object.__setattr__(self, spec.name, value)
+            _validate(spec, value)
         _check("emotion" in self.actions, "the 'emotion' action is required: labels come from it")
         _check(self.label_unit != "face" or self.embed_input == "face",
                "label_unit=face trains on face crops: it needs embed_input=face (the API, the gold and the "
@@ -203,7 +207,8 @@ class PipelineConfig:
 
         Args:
             values: knob names to values; unknown names and ``None`` or empty values are ignored
-                (the declared default applies); comma-separated strings are read as tuples.
+                (the declared default applies). Each value is read as its knob's type whatever JSON
+                type carries it: 5, 5.0 and "5"; true and "true"; a list or a comma-separated string.
 
         Returns:
             The validated config.
@@ -212,13 +217,9 @@ class PipelineConfig:
             ValueError: a value outside its knob's bounds or choices, or a required knob missing.
             TypeError: a knob without a default (``source``, ``root``) is absent.
         """
-        types_of = {spec.name: spec.type for spec in knobs()}
-        kwargs: dict[str, Any] = {}
-        for name, value in values.items():
-            if name not in types_of or value is None or value == "":
-                continue
-            kwargs[name] = _as_tuple(value) if types_of[name] is tuple else value
-        return cls(**kwargs)
+        names = {spec.name for spec in knobs()}
+        return cls(**{name: value for name, value in values.items()
+                      if name in names and value is not None and value != ""})
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -318,6 +319,44 @@ def _base_type(hint: Any) -> tuple[type, bool]:
         inner = [a for a in args if a is not type(None)]
         return _base_type(inner[0])[0], True
     return (typing.get_origin(hint) or hint), False
+
+
+def _canonical(k: Knob, value: Any) -> Any:
+    """``value`` as the knob's declared type (5.0 -> 5 for an int, 0 -> 0.0 for a float, "true" -> True,
+    a list or "a, b" -> a tuple); a value that is not of that kind is a ConfigError naming the knob."""
+    if value is None:
+        return None
+    if k.type is tuple:
+        return _as_tuple(value)
+    if k.type is bool:
+        return _as_bool(k.name, value)
+    if k.type in (int, float):
+        return _as_number(k, value)
+    _check(isinstance(value, str), f"{k.name} must be text, got {value!r}")
+    return value
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+    if isinstance(value, bool):
+        return value
+    key = value.strip().lower() if isinstance(value, str) else str(int(value)) if value in (0, 1) else None
+    _check(key in words, f"{name} must be true or false, got {value!r}")
+    return words[key]
+
+
+def _as_number(k: Knob, value: Any) -> int | float:
+    _check(not isinstance(value, bool), f"{k.name} must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{k.name} must be a number, got {value!r}") from None
+    _check(isinstance(value, (int, float)), f"{k.name} must be a number, got {value!r}")
+    if k.type is int:
+        _check(float(value).is_integer(), f"{k.name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:
