@@ -273,11 +273,16 @@ def _schema(k: Knob) -> dict[str, Any]:
         schema["type"] = "array"
         schema["items"] = {"type": "string", **({"enum": list(k.choices)} if k.choices else {})}
     else:
-        schema["type"] = ["null", json_type] if k.nullable else json_type
+        schema["type"] = json_type
         if k.choices:
-            schema["enum"] = ([None] if k.nullable else []) + list(k.choices)
-    if k.required and k.type is str:
+            schema["enum"] = ([None] if not k.required else []) + list(k.choices)
+            # The drop-down's empty choice says what it means instead of a literal "null".
+            empty = "same as the face detector" if k.name == "gold_detector" else f"default ({k.default})"
+            schema["values_display"] = {"null": empty, "None": empty}
+    if k.required:
         schema["minLength"] = 1
+    else:  # left empty (null), the knob keeps its default: Airflow's form marks only required fields
+        schema["type"] = ["null", schema["type"]]
     for bound, keyword in ((k.minimum, "minimum"), (k.maximum, "maximum"), (k.exclusive_minimum, "exclusiveMinimum")):
         if bound is not None:
             schema[keyword] = bound

@@ -109,8 +109,20 @@ def test_the_trigger_form_comes_from_the_knobs_grouped_in_sections():
     for name, (default, schema) in form.items():
         assert schema["title"] and schema["description"], name
     assert form["shard_size"] == (1000, {"title": "Shard size", "description": "Photos per shard (one task per "
-                                        "shard and stage).", "section": "Input", "type": "integer", "minimum": 1})
+                                        "shard and stage).", "section": "Input", "type": ["null", "integer"],
+                                        "minimum": 1})
     assert form["gold_detector"][1]["type"] == ["null", "string"] and None in form["gold_detector"][1]["enum"]
+    assert form["gold_detector"][1]["values_display"]["null"] == "same as the face detector"
+
+
+def test_only_a_knob_without_default_is_required_on_the_form():
+    """Airflow's form marks a field required (and keeps Trigger disabled while it is empty) unless its
+    type admits null; an empty optional field means the knob's default (from_mapping skips it)."""
+    form = form_params()
+    required = {name for name, (_, schema) in form.items() if "null" not in schema["type"]}
+    assert required == {k.name for k in knobs() if k.section and k.required} == {"source", "root"}
+    empty = {name: None for name in form} | {"source": "in", "root": "out"}
+    assert PipelineConfig.from_mapping(empty) == PipelineConfig(source="in", root="out")
     assert form["actions"][1]["items"]["enum"] == ["emotion", "age", "gender", "race"]
 
 
