@@ -24,13 +24,12 @@ dataset, the drift log and the model keep covering every batch seen so far.
 """
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from emotion_pipeline.config import PipelineConfig, form_params
+from emotion_pipeline.config import PipelineConfig, deployment_default, form_params
 from emotion_pipeline.registry import STAGES, execution_timeout, stage
 
 # Whoever lands a new batch of photos in the source posts an event on this asset; that starts a run
@@ -43,19 +42,9 @@ OUTPUTS = {spec.asset: Asset(name=spec.asset, uri=f"emotion-pipeline://{spec.ass
            for spec in STAGES.values() if spec.asset}
 
 
-def deployment_default(name: str, default):
-    """A deployment sets the trigger form's defaults (and so those of asset-triggered runs) with
-    $EMOTION_PIPELINE_<NAME>: the text itself for strings, JSON for numbers, lists and booleans."""
-    raw = os.environ.get(f"EMOTION_PIPELINE_{name.upper()}")
-    if raw is None or isinstance(default, str):
-        return default if raw is None else raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw  # a nullable string param (gold, gold_detector)
-
-
-# The trigger form, grouped in sections: every knob of emotion_pipeline.config with a section.
+# The trigger form, grouped in sections: every knob of emotion_pipeline.config with a section. Its
+# defaults are the deployment's ($EMOTION_PIPELINE_<NAME>, or `emotion-pipeline ui --<knob> ...`): runs
+# that start without params (scheduled, asset-triggered, a backfill without "override") use them.
 PARAMS = {name: Param(deployment_default(name, default), **schema) for name, (default, schema) in form_params().items()}
 
 

@@ -18,19 +18,23 @@ from .config import PipelineConfig, knobs
 from .registry import ALIASES, STAGES, stage
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per knob with a section (``config.knobs``): ``--shard-size``, ``--force-train``, ..."""
+def add_config_options(parser: argparse.ArgumentParser, defaults_for: str | None = None) -> None:
+    """One option per knob with a section (``config.knobs``): ``--shard-size``, ``--force-train``, ...
+    With ``defaults_for``, every option is optional and sets that thing's defaults (the trigger form's)."""
     for k in knobs():
         if not k.section:
             continue
         flag = "--" + k.name.replace("_", "-")
         help_text = k.help if k.required else f"{k.help} (default: {_shown(k.default)})"
+        if defaults_for:
+            help_text = f"{defaults_for}: {help_text}"
         if k.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif k.type is tuple:
             parser.add_argument(flag, help=f"comma-separated. {help_text}")
         else:
-            parser.add_argument(flag, type=k.type, choices=k.choices, required=k.required, help=help_text)
+            parser.add_argument(flag, type=k.type, choices=k.choices, required=k.required and not defaults_for,
+                                help=help_text)
 
 
 def config_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Airflow's and the stages' full log on the terminal instead of a log file")
 
     ui = commands.add_parser("ui", help="Airflow standalone with this DAG: trigger runs from the UI")
-    ui.add_argument("--source", default="", help="default 'source' in the trigger form")
-    ui.add_argument("--root", default="", help="default 'root' in the trigger form")
+    # The deployment's defaults: the form's, and those of scheduled, asset and backfill runs.
+    add_config_options(ui, defaults_for="default of the trigger form and of runs without params")
     ui.add_argument("--port", type=int, default=8080)
     ui.add_argument("--airflow-home", type=Path)
 
@@ -99,14 +103,22 @@ def main(argv: list[str] | None = None) -> int:
             args.summary_json.write_text(json.dumps(summary, indent=2, default=str))
         return {"success": 0, "interrupted": 130}.get(summary["state"], 1)
     if args.command == "ui":
-        from .local_ui import start_ui
-
-        return start_ui(source=args.source, root=args.root, port=args.port, airflow_home=args.airflow_home)
+        return _ui(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "dashboard":
         return _dashboard(args)
     return _run_stage(args)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from .config import deployment_environment
+    from .local_ui import start_ui
+
+    defaults = {k: v for k, v in config_values(args).items() if k not in ("source", "root")}
+    PipelineConfig.from_mapping({"source": "-", "root": "-", **defaults})  # a bad default fails here, not in the DAG
+    os.environ.update(deployment_environment(defaults))  # Airflow's processes read them when parsing the DAG
+    return start_ui(source=args.source or "", root=args.root or "", port=args.port, airflow_home=args.airflow_home)
 
 
 def _serve(args: argparse.Namespace) -> int:

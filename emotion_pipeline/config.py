@@ -8,6 +8,7 @@ declarations, so a new knob is one field here and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -264,6 +265,36 @@ def form_params() -> dict[str, tuple[Any, dict[str, Any]]]:
     grouped by section. The DAG wraps each in ``airflow.sdk.Param``."""
     ordered = sorted((k for k in knobs() if k.section), key=lambda k: SECTIONS.index(k.section))
     return {k.name: (_form_default(k), _schema(k)) for k in ordered}
+
+
+def deployment_default(name: str, default: Any, environ: Mapping[str, str] = os.environ) -> Any:
+    """A knob's trigger-form default as the deployment set it with $EMOTION_PIPELINE_<NAME>: JSON
+    (5, true, ["ops@example.com"]) or plain text ("none", "a,b", "{{ ds }}"), read as the knob's type.
+    Scheduled, asset-triggered and backfill runs without params use these defaults too."""
+    text = environ.get(deployment_variable(name))
+    if text is None or text.strip() == "":
+        return default
+    spec = next(k for k in knobs() if k.name == name)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if spec.type is str and not isinstance(value, str):
+        value = None if value is None else text  # a folder named 2026 stays text
+    value = _canonical(spec, value)
+    if value is not None:
+        _validate(spec, value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def deployment_variable(name: str) -> str:
+    return f"EMOTION_PIPELINE_{name.upper()}"
+
+
+def deployment_environment(values: Mapping[str, Any]) -> dict[str, str]:
+    """Knob values as the $EMOTION_PIPELINE_<NAME> variables ``deployment_default`` reads back."""
+    return {deployment_variable(name): value if isinstance(value, str) else
+            json.dumps(list(value) if isinstance(value, tuple) else value) for name, value in values.items()}
 
 
 def _schema(k: Knob) -> dict[str, Any]:

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from emotion_pipeline.config import PipelineConfig, knobs
+from emotion_pipeline.config import PipelineConfig, deployment_default, deployment_environment, knobs
 from emotion_pipeline.manifest import shard_fingerprint
 
 
@@ -86,3 +86,27 @@ def test_every_knob_means_one_fingerprint_whatever_json_type_carries_it(k, value
 def test_a_value_of_the_wrong_kind_is_a_clear_error(name, value):
     with pytest.raises(ValueError, match=name):
         PipelineConfig.from_mapping({"source": "in", "root": "out", name: value})
+
+
+@pytest.mark.parametrize("k, value", list(_knob_cases()))
+def test_a_deployment_default_reads_back_as_the_knob_value(k, value):
+    """`ui --shard-size 5` and $EMOTION_PIPELINE_SHARD_SIZE=5 set the form's default as the typed value."""
+    if k.section is None or value in (None, ""):
+        return  # an empty variable leaves the declared default
+    environ = deployment_environment({k.name: value})
+    read = deployment_default(k.name, "unset", environ)
+    assert PipelineConfig.from_mapping({"source": "in", "root": "out", k.name: read}) == \
+        PipelineConfig.from_mapping({"source": "in", "root": "out", k.name: value})
+    assert type(read) is (list if k.type is tuple else type(value))
+
+
+@pytest.mark.parametrize("text, expected", [("a@x, b@y", ["a@x", "b@y"]), ('["a@x"]', ["a@x"])])
+def test_a_list_default_is_json_or_comma_separated(text, expected):
+    assert deployment_default("alert_emails", [], {"EMOTION_PIPELINE_ALERT_EMAILS": text}) == expected
+
+
+def test_a_bad_deployment_default_names_the_variable_s_knob():
+    with pytest.raises(ValueError, match="shard_size"):
+        deployment_default("shard_size", 1000, {"EMOTION_PIPELINE_SHARD_SIZE": "lots"})
+    assert deployment_default("batch", "", {"EMOTION_PIPELINE_BATCH": "2026"}) == "2026"
+    assert deployment_default("gold", None, {"EMOTION_PIPELINE_GOLD": "null"}) is None
