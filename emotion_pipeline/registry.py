@@ -99,7 +99,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class", "soft_labels",
                  "registered_model"), force="force_train", lease="train", minutes=360, asset="emotion_model"),
     Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE_FOLDER, photos=False,
-          upstream=("train",), covers=("train",), inputs=S + "evaluate:caption_files",
+          # It reads the model (train), the gold check's table, the dataset and its faces (merge, which
+          # covers annotate), the vectors and the drift log (inputs): tests/test_read_coverage.py checks it.
+          upstream=("merge", "assemble_features", "check_gold", "train"),
+          covers=("merge", "assemble_features", "check_gold", "train"),
+          inputs=S + "evaluate:evaluation_inputs",
           knobs=("shap_samples", "shap_images", "shap_image_evals", "seed", "captions", "caption_lexicon",
                  "caption_min_agree"), gpu=True, minutes=120),
 )}

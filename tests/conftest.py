@@ -129,16 +129,26 @@ def trained_root(tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)
         base, built = shared / "trained", shared / "trained" / "results.pickle"
         if not built.exists():
-            results = _train_a_root(base)
-            built.write_bytes(pickle.dumps(results))
+            config, results, reads = _train_a_root(base)
+            (base / "reads.pickle").write_bytes(pickle.dumps(reads))
+            built.write_bytes(pickle.dumps((config, results)))
         config, results = pickle.loads(built.read_bytes())
     assert results["train"].trained, results["train"]
     return config, results
 
 
+@pytest.fixture(scope="session")
+def trained_root_reads(trained_root) -> dict[tuple[str, int | None], dict[str, set[str]]]:
+    """The keys each stage read on each shard while trained_root was built (``read_log.ReadLog.reads``)."""
+    config, _ = trained_root
+    return pickle.loads((Path(config.root).parent / "reads.pickle").read_bytes())
+
+
 def _train_a_root(base: Path):
     from emotion_pipeline.config import PipelineConfig
     from emotion_pipeline.stages.all import run_all_stages
+
+    from .read_log import ReadLog
 
     src = base / "photos"
     copy_photos(FLICKR, src, flickr_names(40, offset=200))
@@ -152,11 +162,12 @@ def _train_a_root(base: Path):
     # test_stages_leave_no_temp_files can see what was left behind.
     (base / "tmp").mkdir(parents=True)
     saved, tempfile.tempdir = tempfile.tempdir, str(base / "tmp")
+    log = ReadLog(config.source, config.root)  # what each stage reads: tests/test_read_coverage.py
     try:
-        results = run_all_stages(config)
+        results = run_all_stages(config, log.storages_for)
     finally:
         tempfile.tempdir = saved
-    return config, results
+    return config, results, log.reads
 
 
 def copy_photos(src: Path, dst: Path, names: list[str]) -> list[Path]:

@@ -95,7 +95,9 @@ def evaluate(run: StageRun) -> EvaluateResult:
     document = {"model_version": version, "run_id": trained.run_id, "label_unit": trained.label_unit,
                 "majority_class": CLASSES[majority],
                 "counts": data.counts(), "metrics": metrics, "gold": gold_check, "captions": caption_check,
-                "label_policy": curves}
+                "label_policy": curves, "embed_weights": config.embed_weights, "flags": trained.flags,
+                "champion": trained.champion, "promotion": trained.promotion,
+                "figure_rows": _figure_rows(config, metrics, data, gold_check, caption_check)}
     write_json(root, catalog.report_file(version, catalog.REPORT_METRICS), document)
     with timed("evaluate: report and MLflow"):
         report_uri = write_report(root, version, dataset=dataset_summary(root), evaluation=document,
@@ -129,6 +131,21 @@ def _test_metrics(config: PipelineConfig, root: Storage, trained: TrainResult):
     return metrics, majority, data, model, others
 
 
+def _figure_rows(config: PipelineConfig, metrics: dict, data: TrainingData, gold_check: dict | None,
+                 caption_check: dict | None) -> dict[str, int]:
+    """How many rows (photos or faces) each statistical figure is computed on, so that the report and
+    the dashboard can say which rest on too few. Examples (heat maps, disagreeing photos) are not
+    statistics and are left out; so are the label-policy curves (each point has its own count)."""
+    test_rows = metrics["model"]["n"]
+    rows = {"confusion_matrix": test_rows, "shap_embedding_summary": min(config.shap_samples, test_rows),
+            "tsne": len(data.frame)}
+    if gold_check:
+        rows.update(gold_confusion_deepface=gold_check["deepface"]["n"], gold_confusion_model=gold_check["model"]["n"])
+    if caption_check:
+        rows["caption_confusion_deepface"] = caption_check["deepface"]["n"]
+    return rows
+
+
 def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, caption_check, document, figures,
                    page: str) -> None:
     """Everything the report shows, into the training's MLflow run."""
@@ -158,9 +175,15 @@ def _log_to_mlflow(mlflow, trained: TrainResult, metrics, gold_check, caption_ch
         mlflow.log_text(page, f"{catalog.MLFLOW_EVALUATION}/{catalog.REPORT_PAGE}")
 
 
-def caption_files(run: StageRun) -> str:
-    """The evaluation's inputs besides its settings and the model: the captions file and lexicon."""
-    return captions.fingerprint(run.config.captions, run.config.caption_lexicon)
+def evaluation_inputs(run: StageRun) -> str:
+    """The evaluation's inputs besides its settings and the markers it covers: the captions file and
+    lexicon, and the drift log the report's dataset summary shows (check_drift keeps no done marker)."""
+    try:
+        drift_log = run.root.read_bytes(catalog.MONITOR_LOG)
+    except FileNotFoundError:
+        drift_log = b""
+    return (captions.fingerprint(run.config.captions, run.config.caption_lexicon)
+            + "-drift-" + hashlib.sha256(drift_log).hexdigest()[:16])
 
 
 def _caption_check(config: PipelineConfig, source: Storage, root: Storage, head, data: TrainingData,
