@@ -131,9 +131,13 @@ def emotion_pipeline():
         from emotion_pipeline.airflow_adapter import fail_fast, run_batch_folder
         from emotion_pipeline.runner import run_stage
 
+        from emotion_pipeline.modeling.embedding import check_weights
+
         values = {**params, "batch": run_batch_folder(params.get("batch") or "", context)}
         with fail_fast():
-            summary = run_stage("discover", _config(values)).to_dict()
+            config = _config(values)
+            check_weights(config.embed_weights)  # fail here in a second, not at embed after annotate
+            summary = run_stage("discover", config).to_dict()
         ti.xcom_push(key="summary", value=summary)
         return summary["pending"]
 

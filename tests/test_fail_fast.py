@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import FLICKR, copy_photos, flickr_names
 from .pipeline_run import CLI, _without_mlflow_uri, airflow_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -27,6 +28,40 @@ def test_a_bucket_that_does_not_exist_fails_discover_once_without_retries(tmp_pa
     discover = next(t for t in summary["tasks"] if t["task"] == "discover")
     assert discover["state"] == "failed" and discover["tries"] == 1, discover
     check_a_failed_run_is_readable(done, summary, "discover", "does not exist")
+
+
+def test_weights_that_cannot_be_loaded_fail_discover_before_any_photo_is_processed(tmp_path):
+    """The weights were first loaded at embed, after resize and annotate had run on every photo."""
+    src = tmp_path / "photos"
+    copy_photos(FLICKR, src, flickr_names(2))
+    summary_path = tmp_path / "summary.json"
+    done = subprocess.run(
+        [CLI, "run", "--source", str(src), "--root", str(tmp_path / "out"), "--airflow-home",
+         str(airflow_home(tmp_path / "airflow")), "--summary-json", str(summary_path),
+         "--embed-weights", str(tmp_path / "no-such-resnet50.h5")],
+        env=_without_mlflow_uri(os.environ), capture_output=True, text=True, timeout=500,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    discover = next(t for t in summary["tasks"] if t["task"] == "discover")
+    assert discover["state"] == "failed" and discover["tries"] == 1, discover
+    assert "ResNet50 weights" in discover["error"] and "--embed-weights" in discover["error"]
+    check_a_failed_run_is_readable(done, summary, "discover", "MissingWeightsError")
+    assert not (tmp_path / "out" / "processed").exists()  # nothing was resized, let alone annotated
+
+
+def test_imagenet_weights_out_of_reach_are_found_out_without_loading_tensorflow(tmp_path, monkeypatch):
+    from emotion_pipeline.faces import MissingWeightsError
+    from emotion_pipeline.modeling import embedding
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached copy
+    monkeypatch.setattr(embedding, "IMAGENET_URL", "http://127.0.0.1:9/resnet50.h5")  # nothing listens
+    with pytest.raises(MissingWeightsError, match=r"ResNet50 weights 'imagenet'.*127\.0\.0\.1:9.*--embed-weights"):
+        embedding.check_weights("imagenet")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / embedding.IMAGENET_FILE).write_bytes(b"cached")
+    embedding.check_weights("imagenet")  # a cached copy needs no network
+    embedding.check_weights("none")
 
 
 def check_a_failed_run_is_readable(done, summary: dict, task: str, reason: str) -> None:

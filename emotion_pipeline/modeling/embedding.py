@@ -115,6 +115,35 @@ IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{IMAGENET_FILE}"
 
 
+def check_weights(weights: str) -> None:
+    """Fail in a second, before any photo is processed, where embed would fail after resize and
+    annotate had run: ``imagenet`` with no cached copy and no way to download it, or a missing file.
+
+    Raises:
+        MissingWeightsError: naming the form field, the CLI flag and what to do instead.
+    """
+    if weights.lower() == "none" or weights.startswith("gs://"):
+        return
+    ask = (f"Set 'ResNet50 weights' (trigger form, Embedding section; --embed-weights on the command line, "
+           f"$EMOTION_PIPELINE_EMBED_WEIGHTS for a deployment) to a local copy's path, or to none (random "
+           f"weights: tests only).")
+    if weights != "imagenet":
+        if not Path(weights).is_file():
+            raise MissingWeightsError(f"ResNet50 weights {weights!r}: no such file on this worker. {ask}")
+        return
+    cached = keras_cache() / IMAGENET_FILE
+    if cached.is_file():
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(IMAGENET_URL, method="HEAD"), timeout=15).close()
+    except OSError as err:
+        raise MissingWeightsError(
+            f"ResNet50 weights 'imagenet': {IMAGENET_FILE} is not in {cached.parent} and {IMAGENET_URL} cannot "
+            f"be reached ({err}). Put the file there, or: {ask}") from err
+
+
 def keras_cache() -> Path:
     """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
