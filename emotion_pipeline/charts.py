@@ -37,7 +37,15 @@ def _png(plt, fig) -> bytes:
 
 def label_pie_chart(shard: int, row: dict[str, Any]) -> bytes:
     """The shard's labels (and no-face photos) next to the reference's."""
-    plt, (fig, axes) = _figure(2, 10, 4.6)
+    fig = label_pie_figure(shard, row)
+    return _png(_pyplot(), fig)
+
+
+def label_pie_figure(shard: int, row: dict[str, Any]):
+    """``label_pie_chart``'s figure. Constrained layout: the verdict (two lines when not judged) sits
+    above the pie titles instead of on them."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
     for ax, prefix, title in ((axes[0], "", f"shard {shard}"), (axes[1], "reference_", "reference")):
         labelled = row[f"{prefix}labelled"]
         counts = {c: row[f"{prefix}share_{c}"] * labelled for c in CLASSES}
@@ -49,41 +57,53 @@ def label_pie_chart(shard: int, row: dict[str, Any]) -> bytes:
         else:
             ax.text(0.5, 0.5, "no annotated photos", ha="center", va="center")
             ax.axis("off")
-        ax.set_title(f"{title}: {row[f'{prefix}images']} photos")
+        ax.set_title(f"{title}: {row[f'{prefix}images']:.0f} photos", pad=12)
     verdict = "DRIFT" if row["drift"] else ("ok" if row["judged"] else "not judged")
     js = "not judged" if pd.isna(row["js_distance"]) else f"{row['js_distance']:.3f}"
     change = "not judged" if pd.isna(row["no_face_change"]) else f"{row['no_face_change']:+.2f}"
+    reason = row.get("not_judged")  # NaN when the row comes back from the log's CSV with no reason
     fig.suptitle(
         f"Shard {shard}: JS distance {js} (threshold {row['threshold']}), no-face change {change} -> {verdict}"
-        + (f"\n{row['not_judged']}" if row.get("not_judged") else ""),
+        + (f"\n{reason}" if isinstance(reason, str) and reason else ""),
         color="#b00020" if row["drift"] else "black",
     )
-    return _png(plt, fig)
+    return fig
 
 
 def drift_timeline_chart(monitor_log: pd.DataFrame, config) -> bytes:
     """JS distance and no-face change per shard, thresholds dashed, drifted shards in red."""
-    plt, (fig, ax) = _figure(1, 8, 4)
+    fig = drift_timeline_figure(monitor_log, config)
+    return _png(_pyplot(), fig)
+
+
+def drift_timeline_figure(monitor_log: pd.DataFrame, config):
+    """``drift_timeline_chart``'s figure. The no-face change keeps its sign (shard minus reference, as in
+    the log, the pie titles and the dashboard), so its threshold is drawn on both sides of zero."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
     from matplotlib.ticker import MaxNLocator
 
     latest = monitor_log.sort_values("checked_at").groupby("shard").tail(1).sort_values("shard")
     judged = latest[latest["judged"].astype(bool)]
     unjudged = latest[~latest["judged"].astype(bool)]
     ax.plot(judged["shard"], judged["js_distance"], marker="o", label="JS distance (labels)")
-    ax.plot(judged["shard"], judged["no_face_change"].abs(), marker="s", label="|no-face change|")
+    ax.plot(judged["shard"], judged["no_face_change"], marker="s", label="no-face change (shard - reference)")
     ax.scatter(unjudged["shard"], [0.0] * len(unjudged), marker="x", color="grey",
                label="not judged (too few photos)")
     ax.axhline(config.drift_threshold, ls="--", color="C0", lw=1)
-    ax.axhline(config.no_face_drift_threshold, ls="--", color="C1", lw=1)
+    for side in (1, -1):
+        ax.axhline(side * config.no_face_drift_threshold, ls="--", color="C1", lw=1)
     drifted = latest[latest["drift"].astype(bool)]
     ax.scatter(drifted["shard"], drifted["js_distance"], s=120, facecolors="none", edgecolors="red",
                label="drift", zorder=3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # Half a shard of room each side: one shard alone would otherwise get an axis of +-0.045 around it.
+    ax.set_xlim(latest["shard"].min() - 0.5, latest["shard"].max() + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # shard numbers only
     ax.set_xlabel("shard")
-    ax.set_ylabel("distance to reference")
+    ax.set_ylabel("distance / change to reference")
     ax.set_title("Label drift by shard")
-    ax.legend()
-    return _png(plt, fig)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: never over a point
+    return fig
 
 
 def confusion_matrix_chart(matrix: list[list[int]], title: str, truth: str = "DeepFace label") -> bytes:

@@ -61,10 +61,31 @@ class Browser:
     def open(self, url: str, texts: list[str], timeout: float = 120) -> str:
         """Navigate and wait until every one of ``texts`` is rendered; returns the page's text."""
         self.call("Page.navigate", url=url)
+        return self.wait_for(texts, timeout)
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def count(self, selector: str) -> int:
+        """How many elements match a CSS selector now."""
+        return self.evaluate(f"document.querySelectorAll({json.dumps(selector)}).length")
+
+    def upload(self, selector: str, path: Path, timeout: float = 60) -> None:
+        """Put a file into the file input that matches ``selector``, as choosing it in the dialog does."""
+        deadline = time.monotonic() + timeout
+        while not self.count(selector):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {selector} on the page")
+            time.sleep(0.5)
+        document = self.call("DOM.getDocument")["root"]["nodeId"]
+        node = self.call("DOM.querySelector", nodeId=document, selector=selector)["nodeId"]
+        self.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node)
+
+    def wait_for(self, texts: list[str], timeout: float = 120) -> str:
+        """Wait until every one of ``texts`` is rendered (or the timeout); returns the page's text."""
         deadline = time.monotonic() + timeout
         while True:
-            text = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
-                             returnByValue=True)["result"].get("value", "")
+            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
             if all(t in text for t in texts) or time.monotonic() > deadline:
                 return text
             time.sleep(1)
