@@ -145,7 +145,10 @@ def _dashboard(args: argparse.Namespace) -> int:
     script = Path(__file__).parent / "serve" / "dashboard.py"
     os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(script), "--server.port",
                               str(args.port), "--server.address", args.host, "--server.headless", "true",
-                              "--browser.gatherUsageStats", "false"])
+                              "--browser.gatherUsageStats", "false",
+                              # A read-only view for people who look at results: no Deploy button or
+                              # developer menu, and no traceback should an error escape a page.
+                              "--client.toolbarMode", "minimal", "--client.showErrorDetails", "none"])
     return 0
 
 
