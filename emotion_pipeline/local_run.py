@@ -13,6 +13,7 @@ from . import catalog, local_airflow
 from .config import PipelineConfig
 from .run_console import RunConsole
 from .storage import open_storage
+from .tables import read_json
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,34 @@ def summarize(dag_run, config: PipelineConfig, seconds: float, errors: dict | No
             "mlflow": training.get("tracking_uri"),
         },
         "model": {k: training.get(k) for k in ("model_version", "test_macro_f1", "champion", "run_id")},
+        "gold": gold_summary(root, config),
     }
+
+
+def gold_summary(root, config: PipelineConfig) -> dict[str, Any] | None:
+    """The gold check's figures when a gold set is given, read from the root (so also after a run with
+    nothing new): DeepFace's from check_gold's marker, the model's from its evaluation's metrics.json."""
+    gold = (catalog.read_done(root, catalog.GOLD_FOLDER) or {}).get("summary") or {}
+    if not config.gold or not gold.get("checked"):
+        return None
+    evaluated = (catalog.read_done(root, catalog.EVALUATE_FOLDER) or {}).get("summary") or {}
+    version = evaluated.get("model_version")
+    metrics = read_json(root, catalog.report_file(version, catalog.REPORT_METRICS)) if version else None
+    model = ((metrics or {}).get("gold") or {}).get("model")
+    return {"photos": gold["photos"], "no_face_share": gold["no_face_share"], "no_label_share": gold["no_label_share"],
+            "deepface": {k: gold["deepface"][k] for k in ("accuracy", "macro_f1")},
+            "model_version": version if model else None,
+            "model": {k: model[k] for k in ("accuracy", "macro_f1")} if model else None}
+
+
+def _gold_line(gold: dict[str, Any]) -> str:
+    line = (f"gold check: {gold['photos']} photos, DeepFace accuracy {gold['deepface']['accuracy']:.3f}, "
+            f"macro-F1 {gold['deepface']['macro_f1']:.3f}, no label {100 * gold['no_label_share']:.1f}%, "
+            f"no face {100 * gold['no_face_share']:.1f}%")
+    if gold["model"]:
+        line += (f"; model version {gold['model_version']} accuracy {gold['model']['accuracy']:.3f}, "
+                 f"macro-F1 {gold['model']['macro_f1']:.3f}")
+    return line
 
 
 def _xcoms(dag_run) -> dict[tuple[str, int, str], Any]:
@@ -156,6 +184,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if model.get("model_version"):
         lines.append(f"model: version {model['model_version']}, test macro-F1 {model['test_macro_f1']:.3f}, "
                      f"champion: {model['champion']}")
+    if summary.get("gold"):
+        lines.append(_gold_line(summary["gold"]))
     lines += [f"  {name:<15} {uri}" for name, uri in summary["outputs"].items() if uri]
     if summary.get("log_file"):
         lines.append(f"full log: {summary['log_file']}")
