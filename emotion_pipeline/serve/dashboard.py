@@ -75,7 +75,9 @@ def shown_report(uri: str) -> tuple[str, dict, str] | None:
         note = "the champion: the model Try it and the prediction API use." + (
             f" Later versions that did not become champion: {', '.join(later)}." if later else "")
     else:
-        version, note = versions[-1], "the newest evaluated model; no champion is registered."
+        version = versions[-1]
+        note = ("the newest evaluated model; no champion is registered." if champion is None else
+                f"the newest evaluated model; the champion, version {champion}, has no report here.")
     return version, json.loads(root.read_bytes(catalog.report_file(version, catalog.REPORT_METRICS))), note
 
 
@@ -187,8 +189,9 @@ def page_monitoring(uri: str) -> None:
         st.info("No shard judged yet: each side needs enough photos (the table's not_judged says why).")
     else:
         st.altair_chart(chart, width="stretch")
-    st.dataframe(log[["checked_at", "shard", "images", "labelled", "no_face_rate", "js_distance",
-                      "no_face_change", "drift", "not_judged"]], hide_index=True)
+    columns = ["checked_at", "shard", "images", "labelled", "no_face_rate", "js_distance", "no_face_change",
+               "drift", "not_judged"]
+    st.dataframe(log[[c for c in columns if c in log]], hide_index=True)  # older logs lack not_judged
     st.subheader("Pie charts")
     latest = log.sort_values("checked_at").groupby("shard").tail(1).set_index("shard")
     for shard in (drifted or sorted(log["shard"].unique())[-3:]):
