@@ -91,7 +91,8 @@ def draw_boxes(image: Image.Image, boxes: list[tuple[float, float, float, float]
     font = ImageFont.load_default(size=max(14, round(longest / 30)))
     draw = ImageDraw.Draw(image)
     for number, (x, y, w, h) in enumerate(boxes, start=1):
-        draw.rectangle([x, y, x + w, y + h], outline=BOX_COLOR, width=width)
+        # Never thicker than a sixth of the box: a small face stays visible inside its box.
+        draw.rectangle([x, y, x + w, y + h], outline=BOX_COLOR, width=max(1, min(width, round(min(w, h) / 6))))
         if numbered:
             text_w, text_h = draw.textbbox((0, 0), str(number), font=font)[2:]
             tag_h = text_h + 2 * width
