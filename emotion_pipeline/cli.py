@@ -58,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true",
                      help="Airflow's and the stages' full log on the terminal instead of a log file")
 
-    ui = commands.add_parser("ui", help="Airflow standalone with this DAG: trigger runs from the UI")
+    ui = commands.add_parser("ui", help="Airflow standalone with this DAG on a local PostgreSQL: trigger runs "
+                             "from the UI; Ctrl-C or SIGTERM stops all of it")
     # The deployment's defaults: the form's, and those of scheduled, asset and backfill runs.
     add_config_options(ui, defaults_for="default of the trigger form and of runs without params")
     ui.add_argument("--port", type=int, default=8080)
-    ui.add_argument("--airflow-home", type=Path)
+    ui.add_argument("--airflow-home", type=Path, help="default: ~/.emotion-pipeline/airflow (its database: "
+                    "postgres/ in it)")
 
     serve = commands.add_parser("serve", help="the prediction API (uvicorn) on the registered champion")
     serve.add_argument("--root", required=True, help="the pipeline's storage root (MLflow store, reports)")

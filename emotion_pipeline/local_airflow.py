@@ -1,7 +1,8 @@
-"""A self-contained Airflow on this machine: file SQLite metadata DB, this repo's DAG, the gpu pool.
+"""A self-contained Airflow on this machine: its metadata DB, this repo's DAG, the gpu pool.
 
-Used by ``emotion-pipeline run`` (the DAG in-process through ``dag.test``) and ``emotion-pipeline ui``
-(``airflow standalone``). Airflow reads its configuration when first imported, so ``configure`` sets
+Used by ``emotion-pipeline run`` (the DAG in-process through ``dag.test``, on a SQLite file: one process,
+nothing to start) and ``emotion-pipeline ui`` (``airflow standalone``, whose components write at once:
+on the PostgreSQL of ``local_postgres``). Airflow reads its configuration when first imported, so ``configure`` sets
 the environment before anything imports it.
 """
 from __future__ import annotations
@@ -28,8 +29,9 @@ def dags_folder() -> Path:
     return folder
 
 
-def airflow_env(home: Path, executor: str = "LocalExecutor") -> dict[str, str]:
-    """Environment for an Airflow whose home, database and DAG folder are this project's."""
+def airflow_env(home: Path, executor: str = "LocalExecutor", database_url: str | None = None) -> dict[str, str]:
+    """Environment for an Airflow whose home, database and DAG folder are this project's
+    (the database: ``database_url``, else the SQLite file ``<home>/airflow.db``)."""
     home = home.resolve()
     bin_dir = str(Path(sys.executable).parent)  # `airflow standalone` starts `airflow ...` subprocesses
     return {
@@ -37,27 +39,30 @@ def airflow_env(home: Path, executor: str = "LocalExecutor") -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder()),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": executor,
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url or f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
     }
 
 
-def configure(home: Path = DEFAULT_HOME, executor: str = "LocalExecutor") -> dict[str, str]:
-    """Point this process (and its children) at the local Airflow and make sure its DB is ready."""
+def configure(home: Path = DEFAULT_HOME, executor: str = "LocalExecutor", database_url: str | None = None,
+              database_folder: Path | None = None) -> dict[str, str]:
+    """Point this process (and its children) at the local Airflow and make sure its DB is ready.
+    ``database_folder`` holds the database's files (default: the home, where airflow.db is)."""
     home.mkdir(parents=True, exist_ok=True)
-    env = airflow_env(home, executor)
+    env = airflow_env(home, executor, database_url)
     os.environ.update(env)
-    migrate(home)
+    migrate(database_folder or home)
     return env
 
 
-def migrate(home: Path) -> None:
-    """``airflow db migrate`` once per Airflow version (it takes seconds even when there is nothing to do)."""
+def migrate(database_folder: Path) -> None:
+    """``airflow db migrate`` once per Airflow version (it takes seconds even when there is nothing to do).
+    The stamp lives beside the database's files, so deleting them (a reset) migrates again."""
     from importlib.metadata import version
 
-    stamp = home / f".migrated-{version('apache-airflow-core')}"
+    stamp = database_folder / f".migrated-{version('apache-airflow-core')}"
     if stamp.exists():
         return
     result = subprocess.run(

