@@ -91,16 +91,18 @@ def stage_task(name: str, **options):
 
     @task(task_id=name, doc_md=f"Runs stage `{name}` (`{spec.function}`).", **options)
     def run_stage_task(shard=None, params=None, run_id=None, ti=None, outlet_events=None) -> dict:
-        from emotion_pipeline.airflow_adapter import asset_extra, fail_fast
+        from emotion_pipeline.airflow_adapter import asset_extra, fail_fast, skip_without_output
         from emotion_pipeline.runner import run_stage
 
         shard = shard["shard"] if isinstance(shard, dict) else shard
         config = _config(params)
         with fail_fast():  # bad settings, missing weights, no bucket, no permission: no retry
             result = run_stage(name, config, shard, run_id=run_id or "")
+        returned = {**result.to_dict(), "worker": ti.hostname}
         if spec.asset:  # the event other DAGs can be scheduled on: what this run made of the output
+            skip_without_output(result, returned, ti)  # no model, no event: a skipped task posts none
             outlet_events[OUTPUTS[spec.asset]].extra = asset_extra(result, config)
-        return {**result.to_dict(), "worker": ti.hostname}
+        return returned
 
     return run_stage_task
 

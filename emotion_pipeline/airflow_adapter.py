@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from .config import CLASSES, ConfigError, PipelineConfig
 from .faces import MissingWeightsError
+from .results import TrainResult
 from .storage import AccessDenied, BucketNotFound
 
 # Errors that the same task would meet again on every retry: invalid settings, a weight file that is
@@ -28,9 +29,29 @@ log = logging.getLogger(__name__)
 
 def asset_extra(result, config: PipelineConfig) -> dict[str, Any]:
     """A stage result as an asset event's extra: its scalar fields (rows, URIs, model version,
-    metrics, ``skipped``) and the root, small enough for the metadata database."""
-    fields = {k: v for k, v in result.to_dict().items() if v is None or isinstance(v, (str, int, float, bool))}
+    metrics, ``skipped``), its lists of names (a model's ``flags``, for a deploy DAG to refuse a
+    random-weights one) and the root, small enough for the metadata database."""
+    fields = {k: v for k, v in result.to_dict().items() if v is None or isinstance(v, (str, int, float, bool))
+              or (isinstance(v, list) and all(isinstance(item, str) for item in v))}
     return {**fields, "root": config.root}
+
+
+def skip_without_output(result, returned: dict[str, Any], ti: Any) -> None:
+    """Skip the task when ``result`` holds none of what its asset stands for (a train that made no
+    model): Airflow posts an outlet's asset event only when its task succeeds, so a skipped one posts
+    none and a DAG scheduled on ``emotion_model`` never starts without a model. The task's XCom is
+    still ``returned`` (the run's summary shows why), and downstream ``none_failed`` tasks still run
+    (evaluate writes its no-model report).
+
+    Raises:
+        airflow.sdk.exceptions.AirflowSkipException: with the reason, when nothing was made.
+    """
+    if not isinstance(result, TrainResult) or result.model_version is not None:
+        return
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    ti.xcom_push(key="return_value", value=returned)
+    raise AirflowSkipException(f"no model: {result.reason or 'nothing was trained'}")
 
 
 def batch_folder(layout: str, has_date: bool, render: Callable[[str], str], event_batches: list[str]) -> str:

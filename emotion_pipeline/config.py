@@ -155,6 +155,10 @@ class PipelineConfig:
                                 "head is trained beside it for the report's comparison.")
     min_rows_per_class: int = knob(10, title="Minimum rows per class", section="Training", minimum=3,
                                    help="Classes with fewer labelled photos are left out of training.")
+    promote_below_baseline: bool = knob(False, title="Promote below baseline", section="Training",
+                                        help="Let a model whose test macro-F1 is below its logistic-regression "
+                                             "baseline's become champion (flagged below_baseline). Off: it is "
+                                             "registered, never promoted. Applies from the next training.")
     mlflow_tracking_uri: str | None = knob(None, title="MLflow tracking URI", section=None,
                                            help="Default: $MLFLOW_TRACKING_URI, else SQLite under the root.")
     registered_model: str = knob("emotion-classifier", title="Registered model", section="Training",

@@ -117,8 +117,11 @@ class TrainResult(StageResult):
     model_version: str | None = None
     model_uri: str | None = None
     champion: bool = False
+    promotion: str | None = None  # why it became champion, or why not (the baseline, the champion)
     val_macro_f1: float | None = None
     test_macro_f1: float | None = None
+    baseline_test_macro_f1: float | None = None  # the logistic baseline's, on the same test split
+    flags: list[str] = field(default_factory=list)  # training.model_flags: what to know before trusting it
     trials: int = 0
     mode: str | None = None  # "search" (a Keras Tuner search) or "refit" (the champion's hyperparameters)
     mode_reason: str | None = None

@@ -233,7 +233,8 @@ def test_a_new_batch_refits_the_champion_and_force_searches_afresh(tmp_path, mon
     faces = sorted(p.name for p in FACES.glob("img*.jpg"))
     copy_photos(FACES, src, faces[:40])
     config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), detector="skip", embed_input="photo",
-                            embed_weights="none", tuner_max_epochs=2, min_rows_per_class=3, shard_size=20)
+                            embed_weights="none", tuner_max_epochs=2, min_rows_per_class=3, shard_size=20,
+                            promote_below_baseline=True)  # a refit needs a champion, random weights or not
 
     def train(config):
         build_dataset_and_features(config)

@@ -317,8 +317,10 @@ TRAIN = textwrap.dedent("""
 """)
 
 
-def write_training_inputs(root: Path, rows: int = 150) -> None:
-    """A dataset and its vectors as merge and embed write them: 2048-d vectors with a class signal."""
+def write_training_inputs(root: Path, rows: int = 150, signal: str = "dimension") -> None:
+    """A dataset and its vectors as merge and embed write them: 2048-d vectors with a class signal,
+    in one dimension per class, or (``signal="offset"``) as the class index added to every dimension:
+    the logistic baseline reads that, the head's LayerNormalization erases it, so the head loses."""
     import numpy as np
 
     from emotion_pipeline.config import CLASSES
@@ -330,7 +332,11 @@ def write_training_inputs(root: Path, rows: int = 150) -> None:
     labels = [CLASSES[i % len(CLASSES)] for i in range(rows)]
     ids = [f"{i:020d}" for i in range(rows)]
     vectors = rng.normal(size=(rows, 2048)).astype(np.float32)
-    vectors[np.arange(rows), [CLASSES.index(label) for label in labels]] += 3
+    classes = np.array([CLASSES.index(label) for label in labels])
+    if signal == "offset":
+        vectors += classes[:, None].astype(np.float32)
+    else:
+        vectors[np.arange(rows), classes] += 3
     storage = LocalStorage(root)
     write_table(storage, catalog.DATASET, pd.DataFrame(
         {"image_id": ids, "source_key": [f"{i}.jpg" for i in ids], "label": labels, "status": "ok"}))

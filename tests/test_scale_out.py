@@ -26,7 +26,8 @@ DAG = "emotion_pipeline"
 # random, seeded weights; a short search). The REST-triggered run passes its own params on top.
 DEPLOYMENT_DEFAULTS = {"EMOTION_PIPELINE_EMBED_WEIGHTS": "none", "EMOTION_PIPELINE_TUNER_MAX_EPOCHS": "2",
                        "EMOTION_PIPELINE_SHAP_IMAGES": "1", "EMOTION_PIPELINE_SHAP_IMAGE_EVALS": "40",
-                       "EMOTION_PIPELINE_MIN_ROWS_PER_CLASS": "3"}  # a few dozen photos: small classes train too
+                       "EMOTION_PIPELINE_MIN_ROWS_PER_CLASS": "3",  # a few dozen photos: small classes train too
+                       "EMOTION_PIPELINE_PROMOTE_BELOW_BASELINE": "true"}  # random weights may lose to the baseline
 RUN_CONF = {"shard_size": 10, "drift_threshold": 0.3}
 
 

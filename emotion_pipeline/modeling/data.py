@@ -10,7 +10,7 @@ missing from a split, and metrics then cover the classes present.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ class TrainingData:
     # face's box (face_x, face_y, face_w, face_h) when the rows are faces (label_unit=face)
     frame: pd.DataFrame
     vectors: np.ndarray  # aligned with frame
+    # Classes min_rows_per_class left out, with their labelled rows: why a small root trains nothing.
+    left_out: dict[str, int] = field(default_factory=dict)
+    min_rows: int = 0  # the min_rows_per_class these rows were selected with
 
     def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         mask = (self.frame["split"] == split).to_numpy()
@@ -121,8 +124,10 @@ def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = fro
         [f"score_{c}" for c in CLASSES], axis=1)
     frame = pd.concat([labelled[keys], scores, labelled[["row"]]], axis=1)
     counts = frame["label"].value_counts()
+    left_out = {c: int(counts[c]) for c in CLASSES if 0 < counts.get(c, 0) < min_rows}
     frame = frame[frame["label"].map(counts) >= min_rows]
     frame = frame.sort_values(["image_id", "face_index"] if unit == "face" else "image_id").reset_index(drop=True)
     frame["split"] = assign_splits(frame, read_split_assignments(root))
     frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
-    return TrainingData(frame=frame, vectors=vectors[frame["row"].to_numpy(dtype=int)])
+    return TrainingData(frame=frame, vectors=vectors[frame["row"].to_numpy(dtype=int)], left_out=left_out,
+                        min_rows=min_rows)

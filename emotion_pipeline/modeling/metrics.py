@@ -7,6 +7,10 @@ import numpy as np
 
 from ..config import CLASSES
 
+# Below this many photos (or faces), a metric or figure is an anecdote rather than a measurement: the
+# report says so next to it, and a model whose test split is this small is flagged (few_test_rows).
+FEW_ROWS = 30
+
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, no_label: bool = False) -> dict[str, Any]:
     """Accuracy, macro-F1 over the classes present in ``y_true``, per-class P/R/F1, confusion matrix.

@@ -8,7 +8,9 @@ from typing import Any
 from ..config import PipelineConfig
 from . import classifier
 from .data import TrainingData
-from .metrics import classification_metrics
+from .metrics import FEW_ROWS, classification_metrics
+
+FLAGS = ("random_embedding_weights", "below_baseline", "few_test_rows")  # model_flags' names, in order
 
 
 @dataclass
@@ -17,15 +19,34 @@ class FittedModels:
     baseline: Any  # the sklearn logistic regression
     tuner: Any  # the finished Keras Tuner search (its trials are logged by the caller); None for a refit
     best_hyperparameters: dict[str, Any]
-    metrics: dict[str, dict[str, Any]]  # "val", "test", "baseline_val": classification_metrics
+    metrics: dict[str, dict[str, Any]]  # "val", "test", "baseline_val", "baseline_test": classification_metrics
 
 
 def not_trainable_reason(data: TrainingData) -> str | None:
-    """Why ``data`` cannot train a model (every split needs rows of at least 2 classes), or None."""
+    """Why ``data`` cannot train a model (every split needs rows of at least 2 classes), or None.
+
+    On a small root it is mostly ``min_rows_per_class`` that empties the splits, so the reason names
+    the classes that rule left out, with their labelled rows."""
     counts = data.counts()
-    if min(sum(c.values()) for c in counts.values()) == 0 or sum(1 for n in counts["train"].values() if n) < 2:
-        return "not enough labelled photos: every split needs rows of at least 2 classes"
-    return None
+    if min(sum(c.values()) for c in counts.values()) and sum(1 for n in counts["train"].values() if n) >= 2:
+        return None
+    rows = ", ".join(f"{split} {sum(c.values())}" for split, c in counts.items())
+    reason = f"not enough labelled rows: every split needs rows of at least 2 classes (rows per split: {rows})"
+    if data.left_out:
+        dropped = ", ".join(f"{c} {n}" for c, n in data.left_out.items())
+        reason += (f"; min_rows_per_class={data.min_rows} left out every class with fewer labelled rows: "
+                   f"{dropped} (lower it, down to 3, or add photos)")
+    return reason
+
+
+def model_flags(config: PipelineConfig, metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """What a reader of a model's figures must know before trusting them (of ``FLAGS``): ResNet50 ran
+    with random weights, the head lost to its logistic baseline on the test split, or that split is
+    too small to measure anything. ``metrics``: ``FittedModels.metrics``."""
+    raised = {"random_embedding_weights": config.embed_weights == "none",
+              "below_baseline": metrics["test"]["macro_f1"] < metrics["baseline_test"]["macro_f1"],
+              "few_test_rows": metrics["test"]["n"] < FEW_ROWS}
+    return [flag for flag in FLAGS if raised[flag]]
 
 
 def fit_models(config: PipelineConfig, data: TrainingData, tuner_directory: Path, project: str) -> FittedModels:
@@ -54,6 +75,8 @@ def _with_metrics(config: PipelineConfig, data: TrainingData, head, tuner, hyper
         head=head, baseline=baseline, tuner=tuner, best_hyperparameters=hyperparameters,
         metrics={
             "baseline_val": classification_metrics(y_val, classifier.predict_proba_5(baseline, x_val).argmax(1)),
+            # What the head must beat to become champion (train's promotion policy).
+            "baseline_test": classification_metrics(y_test, classifier.predict_proba_5(baseline, x_test).argmax(1)),
             "val": classification_metrics(y_val, head.predict(x_val, verbose=0).argmax(1)),
             "test": classification_metrics(y_test, head.predict(x_test, verbose=0).argmax(1)),
         },

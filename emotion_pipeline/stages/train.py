@@ -9,8 +9,9 @@ A full search runs for the first model, when forced (a fresh search, never the f
 when the embedding settings changed, or once the training rows reached ``search_growth`` times those
 of the last search; otherwise the champion's hyperparameters are refit on the new data, warm-started
 from its weights (``training.mode``, ``training.reason`` and ``training.search_rows`` in MLflow). The best head is logged with its
-signature and registered; it becomes the ``champion`` alias only if it beats the current champion's
-macro-F1 on the same test split. Unchanged inputs retrain nothing unless ``force_train``; the
+signature and registered; it becomes the ``champion`` alias only if its test macro-F1 is not below its
+logistic baseline's (unless ``promote_below_baseline``, then flagged) and beats the current champion's on
+the same test split. Unchanged inputs retrain nothing unless ``force_train``; the
 registry holds the root's ``train`` lease around it, so one training runs per root at a time.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ from ..config import CLASSES, PipelineConfig, state_home
 from ..modeling import classifier, tracking
 from ..modeling.data import TrainingData, load_training_data, record_split_assignments
 from ..modeling.metrics import classification_metrics
-from ..modeling.training import FittedModels, fit_models, not_trainable_reason, refit_models, training_mode
+from ..modeling.training import (FLAGS, FittedModels, fit_models, model_flags, not_trainable_reason, refit_models,
+                                 training_mode)
 from ..results import TrainResult
 from ..runner import StageRun, run_stage
 from ..storage import Storage
@@ -103,8 +105,8 @@ def train(run: StageRun) -> TrainResult:
         soft_uri = _log_soft_head(mlflow, config, fitted, data) if config.soft_labels else None
         photo_uri = _log_photo_head(mlflow, config, root, fitted, data, excluded) \
             if config.label_unit == "face" else None
-        champion = _promote_if_better(mlflow, config, root, version, fitted, data, current)
-        mlflow.set_tags({"model_version": version, "champion": str(champion)})
+        champion, promotion = _promote(mlflow, config, root, version, fitted, data, current)
+        mlflow.set_tags({"model_version": version, "champion": str(champion), "promotion": promotion})
 
     # Exactly which photos trained, validated and tested this version: auditable, and the gold test's proof.
     write_table(root, catalog.training_rows(version), data.frame[
@@ -112,8 +114,9 @@ def train(run: StageRun) -> TrainResult:
     record_split_assignments(root, data.frame)  # these photos keep their splits from now on
     result = TrainResult(
         trained=True, run_id=parent.info.run_id, model_version=version,
-        model_uri=f"models:/{config.registered_model}/{version}", champion=champion,
+        model_uri=f"models:/{config.registered_model}/{version}", champion=champion, promotion=promotion,
         val_macro_f1=fitted.metrics["val"]["macro_f1"], test_macro_f1=fitted.metrics["test"]["macro_f1"],
+        baseline_test_macro_f1=fitted.metrics["baseline_test"]["macro_f1"], flags=model_flags(config, fitted.metrics),
         trials=len(fitted.tuner.oracle.trials) if fitted.tuner else 0, mode=mode, mode_reason=why,
         best_hyperparameters=fitted.best_hyperparameters, counts=counts,
         data_fingerprint=data.fingerprint(), tracking_uri=tracking.tracking_uri(config), gold_excluded=len(excluded),
@@ -127,7 +130,11 @@ def _log_and_register(mlflow, config: PipelineConfig, fitted: FittedModels, data
     """Metrics, trials, the baseline and the head into the active MLflow run; returns the new version."""
     baseline_val, val, test = fitted.metrics["baseline_val"], fitted.metrics["val"], fitted.metrics["test"]
     mlflow.log_metrics({"baseline.val_macro_f1": baseline_val["macro_f1"],
-                        "baseline.val_accuracy": baseline_val["accuracy"]})
+                        "baseline.val_accuracy": baseline_val["accuracy"],
+                        "baseline.test_macro_f1": fitted.metrics["baseline_test"]["macro_f1"]})
+    # Searchable ("tags.`flag.below_baseline` = 'true'"): every flag, raised or not.
+    raised = model_flags(config, fitted.metrics)
+    mlflow.set_tags({f"flag.{flag}": str(flag in raised).lower() for flag in FLAGS})
     mlflow.sklearn.log_model(fitted.baseline, name="baseline",
                              pip_requirements=tracking.pinned_requirements("scikit-learn", "numpy"))
     if fitted.tuner is not None:
@@ -230,32 +237,62 @@ def _log_trials(mlflow, tuner) -> None:
                     mlflow.log_metric(metric, float(trial.metrics.get_best_value(metric)))
 
 
-def _promote_if_better(mlflow, config: PipelineConfig, root: Storage, version: str, fitted: FittedModels,
-                       data, champion: dict | None) -> bool:
-    """Move the champion alias to ``version`` only if it beats the ``champion`` (``_champion_run``) on
-    the test photos that neither of them trained or validated on (splits never move, but a champion
-    trained before they were recorded may have seen some of today's test photos)."""
-    client = mlflow.MlflowClient()
+def _promote(mlflow, config: PipelineConfig, root: Storage, version: str, fitted: FittedModels, data,
+             champion: dict | None) -> tuple[bool, str]:
+    """Move the champion alias to ``version`` unless it loses to its own logistic baseline on the test
+    split (``promote_below_baseline`` lets it through, flagged) or to the current ``champion``
+    (``_champion_run``); returns whether it moved and why."""
+    below = _below_baseline(fitted)
+    if below and not config.promote_below_baseline:
+        log.warning("version %s is not promoted: %s (promote_below_baseline is off)", version, below)
+        return False, f"{below} (promote_below_baseline is off)"
+    beats, versus = _versus_champion(mlflow, config, root, version, fitted, data, champion)
+    if not beats:
+        return False, versus
+    mlflow.MlflowClient().set_registered_model_alias(config.registered_model, tracking.CHAMPION, version)
+    if below:
+        log.warning("version %s is promoted although %s (promote_below_baseline)", version, below)
+        return True, f"{versus}; promoted although {below}, as promote_below_baseline allows"
+    return True, versus
+
+
+def _below_baseline(fitted: FittedModels) -> str | None:
+    """How the head lost to the logistic baseline trained on the same rows, on the test split; None
+    when it did not (a tie is no loss)."""
+    test, baseline = fitted.metrics["test"], fitted.metrics["baseline_test"]
+    if test["macro_f1"] >= baseline["macro_f1"]:
+        return None
+    return (f"its test macro-F1 {test['macro_f1']:.3f} is below the logistic baseline's {baseline['macro_f1']:.3f} "
+            f"on the same {test['n']} test rows")
+
+
+def _versus_champion(mlflow, config: PipelineConfig, root: Storage, version: str, fitted: FittedModels,
+                     data, champion: dict | None) -> tuple[bool, str]:
+    """Whether ``version`` beats the ``champion`` on the test photos that neither of them trained or
+    validated on (splits never move, but a champion trained before they were recorded may have seen
+    some of today's test photos), and the comparison in words."""
     current = _champion_version(mlflow, config)
     if (current and str(current.version)) != (champion and champion["version"]):
         # Promoted while this one trained (another root sharing the registered model): compare with it.
         champion = _champion_run(mlflow, config)
-    if champion is not None and champion["version"] != version:
-        seen = read_table(root, catalog.training_rows(champion["version"]))
-        seen_ids = set() if seen is None else set(seen.loc[seen["split"] != "test", "image_id"])
-        test = data.frame[(data.frame["split"] == "test") & ~data.frame["image_id"].isin(seen_ids)]
-        if test.empty:
-            log.warning("no test photo the champion did not train on: version %s is promoted untested", version)
-            client.set_registered_model_alias(config.registered_model, tracking.CHAMPION, version)
-            return True
-        x_test, y_test = data.vectors[test.index.to_numpy()], test["y"].to_numpy()
-        challenger_f1 = classification_metrics(y_test, fitted.head.predict(x_test, verbose=0).argmax(1))["macro_f1"]
-        champion_f1 = classification_metrics(y_test, champion["head"].predict(x_test, verbose=0).argmax(1))["macro_f1"]
-        mlflow.log_metrics({"champion_test_macro_f1": champion_f1, "challenger_test_macro_f1": challenger_f1,
-                            "champion_comparison_rows": len(test)})
-        if challenger_f1 <= champion_f1:
-            log.info("version %s (macro-F1 %.3f) does not beat champion %s (%.3f) on %d test photos",
-                     version, challenger_f1, champion["version"], champion_f1, len(test))
-            return False
-    client.set_registered_model_alias(config.registered_model, tracking.CHAMPION, version)
-    return True
+    if champion is None:
+        return True, "no champion to beat"
+    if champion["version"] == version:
+        return True, "already the champion"
+    seen = read_table(root, catalog.training_rows(champion["version"]))
+    seen_ids = set() if seen is None else set(seen.loc[seen["split"] != "test", "image_id"])
+    test = data.frame[(data.frame["split"] == "test") & ~data.frame["image_id"].isin(seen_ids)]
+    if test.empty:
+        log.warning("no test photo the champion did not train on: version %s is promoted untested", version)
+        return True, f"promoted untested: no test photo champion {champion['version']} did not train on"
+    x_test, y_test = data.vectors[test.index.to_numpy()], test["y"].to_numpy()
+    challenger_f1 = classification_metrics(y_test, fitted.head.predict(x_test, verbose=0).argmax(1))["macro_f1"]
+    champion_f1 = classification_metrics(y_test, champion["head"].predict(x_test, verbose=0).argmax(1))["macro_f1"]
+    mlflow.log_metrics({"champion_test_macro_f1": champion_f1, "challenger_test_macro_f1": challenger_f1,
+                        "champion_comparison_rows": len(test)})
+    versus = (f"macro-F1 {challenger_f1:.3f} against champion {champion['version']}'s {champion_f1:.3f} "
+              f"on {len(test)} test photos")
+    if challenger_f1 <= champion_f1:
+        log.info("version %s does not beat the champion: %s", version, versus)
+        return False, f"{versus}: not higher"
+    return True, f"beats the champion: {versus}"
