@@ -82,11 +82,58 @@ def batch_folder(layout: str, has_date: bool, render: Callable[[str], str], even
 
 
 def run_batch_folder(layout: str, context: Any) -> str:
-    """``batch_folder`` for the running task (its Airflow context)."""
+    """``batch_folder`` for the running task (its Airflow context), rendered with the run's dates only.
+
+    Raises:
+        airflow.sdk.exceptions.AirflowFailException: the template names anything but the dates.
+    """
     events = context.get("triggering_asset_events") or {}
-    return batch_folder(layout, context.get("logical_date") is not None,
-                        lambda text: context["task"].render_template(text, context),
-                        [(event.extra or {}).get("batch") for batch in events.values() for event in batch])
+    with fail_fast():
+        return batch_folder(layout, context.get("logical_date") is not None,
+                            lambda text: render_batch(text, batch_dates(context)),
+                            [(event.extra or {}).get("batch") for batch in events.values() for event in batch])
+
+
+def batch_dates(context: Any) -> dict[str, str]:
+    """The variables a ``batch`` template may use: the run's dates as plain strings, so that whoever
+    may trigger a run (and so write the template) reads nothing else of the task's context."""
+    logical = context["logical_date"]
+    start, end = context.get("data_interval_start") or logical, context.get("data_interval_end") or logical
+    ds = logical.strftime("%Y-%m-%d")
+    return {"ds": ds, "ds_nodash": logical.strftime("%Y%m%d"), "logical_date": ds,
+            "year": f"{logical.year:04d}", "month": f"{logical.month:02d}", "day": f"{logical.day:02d}",
+            "data_interval_start": start.strftime("%Y-%m-%d"), "data_interval_end": end.strftime("%Y-%m-%d")}
+
+
+def render_batch(layout: str, dates: dict[str, str]) -> str:
+    """``layout`` rendered in a sandbox that knows ``dates`` and Jinja's filters only: an unknown
+    variable, a function or any attribute or item access is an error, never an empty string.
+
+    Raises:
+        ConfigError: naming the template, the error and the variables it may use.
+    """
+    from jinja2 import StrictUndefined, TemplateError
+    from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+    class DatesOnly(SandboxedEnvironment):
+        def is_safe_attribute(self, obj, attr, value) -> bool:
+            return False  # nothing of a string is needed to name a folder
+
+        def getitem(self, obj, argument):
+            return self.unsafe_undefined(obj, argument)
+
+        intercepted_binops = frozenset({"*", "**", "/", "//", "%", "+", "-"})
+
+        def call_binop(self, context, operator, left, right):
+            raise SecurityError(f"arithmetic ({operator}) is not allowed")  # '{{ 9**9**9 }}' hangs a worker
+
+    environment = DatesOnly(undefined=StrictUndefined, autoescape=False)
+    environment.globals.clear()  # range, lipsum, dict, cycler, joiner, namespace
+    try:
+        return environment.from_string(layout).render(dates)
+    except TemplateError as err:
+        raise ConfigError(f"batch {layout!r} cannot be rendered ({err}): it may use only the run's dates "
+                          f"({', '.join(dates)}) and filters, as in {{{{ ds }}}}") from err
 
 
 @contextmanager
