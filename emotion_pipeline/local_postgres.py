@@ -11,6 +11,7 @@ PostgreSQL refuses to run as root: as root, it runs as the system user ``emotion
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -51,8 +52,11 @@ class LocalPostgres:
     def url(self) -> str:
         return f"postgresql+psycopg2://postgres@/{DATABASE}?host={self.socket_dir}"
 
-    def start(self, timeout: float = 60) -> None:
-        """Initialise the cluster on first use, start the server, create Airflow's database."""
+    def start(self, timeout: float = 60, atomic=contextlib.nullcontext) -> None:
+        """Initialise the cluster on first use, start the server, create Airflow's database.
+        ``atomic``: the context for the steps a signal must not cut in half (``ui`` defers its stop
+        signals there): initdb (killed midway, it leaves a cluster that never starts) and the spawn (a
+        server that ``self.process`` does not record would never be stopped)."""
         user = server_user()
         self.folder.mkdir(parents=True, exist_ok=True)
         for folder in (self.data, self.socket_dir):
@@ -62,10 +66,11 @@ class LocalPostgres:
         if user:
             let_user_traverse(self.data, self.socket_dir, binaries())
         if not (self.data / "PG_VERSION").exists():
-            self._run_as_server([str(binaries() / "initdb"), "-D", str(self.data), "-U", "postgres",
-                                 "--auth=trust", "--encoding=UTF8", "--no-instructions"])
+            with atomic():
+                self._run_as_server([str(binaries() / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                     "--auth=trust", "--encoding=UTF8", "--no-instructions"])
         stop_leftover_server(self.data)
-        with open(self.log, "ab") as log:
+        with open(self.log, "ab") as log, atomic():
             self.process = subprocess.Popen(
                 [str(binaries() / "postgres"), "-D", str(self.data), "-k", str(self.socket_dir),
                  "-c", "listen_addresses=", "-c", "max_connections=200"],
@@ -87,7 +92,8 @@ class LocalPostgres:
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"PostgreSQL exited ({self.process.returncode}); its log, {self.log}:\n"
-                                   + self.log.read_text(errors="replace")[-3000:])
+                                   + self.log.read_text(errors="replace")[-3000:]
+                                   + f"\nTo start on a new, empty database: rm -rf {self.folder}")
             try:
                 psycopg2.connect(host=str(self.socket_dir), user="postgres", dbname="postgres",
                                  connect_timeout=2).close()
@@ -164,9 +170,14 @@ def server_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(SERVER_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", SERVER_USER], check=True, capture_output=True)
-        return pwd.getpwnam(SERVER_USER)
+        pass
+    added = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell",
+                            "/usr/sbin/nologin", SERVER_USER], capture_output=True, text=True)
+    try:
+        return pwd.getpwnam(SERVER_USER)  # also when another `ui` created it first (useradd then fails)
+    except KeyError:
+        raise RuntimeError(f"PostgreSQL does not run as root, and the user {SERVER_USER} to run it as "
+                           f"could not be created: {added.stderr.strip()}") from None
 
 
 def as_user(user: pwd.struct_passwd | None) -> dict:

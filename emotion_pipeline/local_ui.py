@@ -44,25 +44,34 @@ def start_ui(source: str, root: str, port: int, airflow_home: Path | None = None
     home.mkdir(parents=True, exist_ok=True)
     with ui_lock(home, port):
         refuse_taken_port(port)
-        catch_stop_signals()
+        signals = StopSignals()
         database = LocalPostgres(home / "postgres")
         standalone = None
         try:
-            database.start()
-            standalone = start_airflow(home, database, source, root, port)
+            database.start(atomic=signals.deferred)
+            prepare_airflow(home, database, source, root, port)
+            with signals.deferred():  # a started standalone is always one that is stopped
+                standalone = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"],
+                                              env=os.environ.copy(), start_new_session=True)
             return serve_until_stopped(standalone, home, port)
         except StopRequested as stop:
             say(f"{stop} received: stopping everything `ui` started")
             return 128 + stop.signum
+        except (RuntimeError, subprocess.CalledProcessError) as error:
+            say(f"emotion-pipeline ui could not start: {error}")
+            return 1
         finally:
-            signals_during_shutdown()
+            signals.during_shutdown()
             if standalone is not None:
                 stop_airflow(standalone)
             database.stop(say=say)
+            stop_other_children()
             say("Stopped.")
 
 
-def start_airflow(home: Path, database: LocalPostgres, source: str, root: str, port: int) -> subprocess.Popen:
+def prepare_airflow(home: Path, database: LocalPostgres, source: str, root: str, port: int) -> None:
+    """The environment ``airflow standalone`` and its components read, a migrated database, the gpu
+    pool and the DAG stored (so it is in the UI at once instead of after the next DAG scan)."""
     os.environ.update({
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
@@ -77,12 +86,8 @@ def start_airflow(home: Path, database: LocalPostgres, source: str, root: str, p
     local_airflow.configure(home, executor="LocalExecutor", database_url=database.url(),
                             database_folder=database.folder)
     local_airflow.ensure_gpu_pool()
-    # Parse and store the DAG now, so it is in the UI at once instead of after the next DAG scan.
     subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True,
                    stdout=subprocess.DEVNULL)
-    # Its own session: the group is everything Airflow starts, signalled at once when `ui` stops.
-    return subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=os.environ.copy(),
-                            start_new_session=True)
 
 
 def serve_until_stopped(standalone: subprocess.Popen, home: Path, port: int) -> int:
@@ -129,21 +134,40 @@ def say(message: str) -> None:
         pass
 
 
-def catch_stop_signals() -> None:
-    def stop(signum, _frame):
+class StopSignals:
+    """SIGTERM, SIGINT and SIGHUP raise StopRequested in the main thread, except in ``deferred()``: a
+    signal that arrived inside Popen would leave a process that nothing records, one inside initdb a
+    half-made cluster. There it is raised when the step is done."""
+
+    def __init__(self):
+        self.pending: int | None = None
+        self.deferring = False
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, _frame):
+        if self.deferring:
+            self.pending = signum
+            return
         raise StopRequested(signum)
 
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, stop)
+    @contextmanager
+    def deferred(self):
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending is not None:
+            raise StopRequested(self.pending)
 
+    def during_shutdown(self) -> None:
+        """Once stopping, another Ctrl-C must not cut the cleanup short: it is bounded anyway."""
+        def already_stopping(signum, _frame):
+            say(f"{signal.Signals(signum).name} received: already stopping (every wait is bounded)")
 
-def signals_during_shutdown() -> None:
-    """Once stopping, another Ctrl-C must not cut the cleanup short: it is bounded anyway."""
-    def already_stopping(signum, _frame):
-        say(f"{signal.Signals(signum).name} received: already stopping (every wait is bounded)")
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, already_stopping)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, already_stopping)
 
 
 @contextmanager
@@ -245,6 +269,22 @@ def wait_for_airflow(standalone: subprocess.Popen, group: int, escaped: list[psu
             say(f"Stopping Airflow: waiting for {names(alive)} (killed in {left:.0f} s if still running)")
             next_report += REPORT_EVERY_S
         time.sleep(0.5)
+
+
+def stop_other_children(grace: float = 5) -> None:
+    """What else ``ui`` started and still runs: a startup step (``airflow db migrate``, the DAG's
+    reserialize) that the signal cut short, possibly inside Popen, where no Popen object was left to
+    kill it."""
+    left = running(descendants(os.getpid()))
+    if not left:
+        return
+    say(f"Stopping what else `ui` started: {names(left)}")
+    for process in left:
+        send(process, signal.SIGTERM)
+    _, alive = psutil.wait_procs(left, timeout=grace)
+    for process in alive:
+        send(process, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
 
 
 def descendants(pid: int) -> list[psutil.Process]:

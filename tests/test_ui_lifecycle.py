@@ -149,3 +149,18 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path, uis):
         assert ui.exit_code(REFUSAL_BOUND_S) != 0
     assert f"port {port} is taken" in ui.output() and f"pid {psutil.Process().pid}" in ui.output(), ui.output()
     assert not (tmp_path / "airflow" / "postgres").exists()
+
+
+def test_sigterm_while_starting_stops_what_was_started(tmp_path, uis):
+    """Stopped before its banner (a Ctrl-C during the first start's minute): the database server and
+    the migration it runs are stopped too."""
+    ui = uis(tmp_path / "airflow", free_port())
+    deadline = time.monotonic() + START_BOUND_S
+    while not any(p.name() == "postgres" and p.ppid() == ui.process.pid for p in running(ui.tree())):
+        assert ui.process.poll() is None and time.monotonic() < deadline, ui.output()
+        time.sleep(0.5)
+    tree = ui.tree()
+    ui.process.send_signal(signal.SIGTERM)
+    assert ui.exit_code(STOP_BOUND_S) == 128 + signal.SIGTERM, ui.output()
+    assert not running(tree), [(p.pid, p.cmdline()[:4]) for p in running(tree)]
+    assert "Stopping PostgreSQL" in ui.output()
