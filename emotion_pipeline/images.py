@@ -9,6 +9,7 @@ Every failure becomes an ``ImageError`` with a status that ends up in the tables
     missing      the file disappeared after discovery listed it
     broken_link, not_a_file, unreadable
                  the entry cannot be read as a file (``storage.ENTRY_PROBLEMS``): never opened as a photo
+    failed       not an ``ImageError``: a step raised something else on this photo (``photo_boundary``)
 """
 from __future__ import annotations
 
@@ -169,5 +170,11 @@ def load_rgb_array(data: bytes, max_pixels: int, max_side: int | None = None) ->
     scale = 1.0
     if max_side and max(rgb.size) > max_side:
         scale = max_side / max(rgb.size)
-        rgb = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.BICUBIC)
+        rgb = rgb.resize(scaled_size(rgb.size, scale), Image.Resampling.BICUBIC)
     return np.asarray(rgb), scale
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(width, height) times ``scale``, rounded, and never below one pixel: a 1x4000 photo scaled to
+    a long side of 1600 is 1x1600, not the 0x1600 Pillow refuses."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))

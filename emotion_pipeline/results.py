@@ -63,6 +63,7 @@ class EmbedResult(StageResult):
     vectors: int
     inputs: dict[str, int]  # how many vectors came from a face crop and how many from the whole photo
     faces: int = 0  # face vectors (label_unit=face): every eligible labelled face
+    failed: int = 0  # photos (and faces) whose input could not be made: a row with status, a zero vector
 
 
 @dataclass(kw_only=True)

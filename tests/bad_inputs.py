@@ -128,3 +128,30 @@ def without_file_privileges() -> None:
     for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
         if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "cannot drop file capabilities (needs CAP_SETPCAP)")
+
+
+def write_degenerate_photos(folder: Path, real_photo: Path) -> dict[str, str]:
+    """Valid but degenerate photos: a side of one pixel (a 102-byte 1x4000 PNG), in the modes a resize
+    converts, stored sideways under EXIF, animated, plus a truncated and a huge-declared one.
+
+    Returns {file name: the status resize must give it}; annotate finds no face in the ``ok`` ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gray = Image.new("L", (1, 4000), 128)
+    gray.convert("RGB").save(folder / "thin.png", optimize=True)  # ~100 bytes: the issue's photo
+    Image.new("RGB", (4000, 1), (200, 90, 40)).save(folder / "wide.png")
+    Image.new("RGB", (1, 1), (10, 200, 10)).save(folder / "one_pixel.png")
+    Image.new("RGB", (1, 4000), (30, 60, 90)).convert("CMYK").save(folder / "thin_cmyk.jpg")
+    Image.fromarray(np.full((4000, 1), 40_000, dtype=np.uint16)).save(folder / "thin_16bit.png")
+    gray.convert("P").save(folder / "thin_palette.png")
+    Image.new("RGBA", (1, 4000), (255, 0, 0, 60)).save(folder / "thin_alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 4000x1, shown 1x4000
+    Image.new("RGB", (4000, 1), (90, 90, 90)).save(folder / "thin_exif_rotated.jpg", exif=exif)
+    frames = [Image.open(real_photo).convert("RGB").resize((3, 900)), Image.new("RGB", (3, 900))]
+    frames[0].save(folder / "thin_animated.webp", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(folder / "thin_animated.png", save_all=True, append_images=frames[1:], duration=100)
+    thin = (folder / "thin.png").read_bytes()
+    (folder / "thin_truncated.png").write_bytes(thin[: len(thin) // 2])
+    (folder / "thin_giant.png").write_bytes(giant_png_header(1, 2_000_000_000))
+    statuses = {path.name: "ok" for path in folder.iterdir()}
+    return {**statuses, "thin_truncated.png": "corrupt", "thin_giant.png": "too_large"}

@@ -85,7 +85,7 @@ class Predictor:
         photo = decode_photo(data, self.info["max_image_pixels"])
         scale = min(1.0, self.info["detect_max_side"] / max(photo.size))
         small = photo if scale == 1.0 else photo.resize(
-            (round(photo.width * scale), round(photo.height * scale)), Image.Resampling.BICUBIC)  # as annotate
+            (max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.BICUBIC)
         found = [f for f in detect_faces(np.asarray(small), self.info["detector"])
                  if f.confidence >= self.info["min_face_confidence"]]
         boxes = [tuple(round(v / scale) for v in (f.x, f.y, f.w, f.h)) for f in found]

@@ -25,8 +25,9 @@ import pandas as pd
 from .. import catalog
 from ..config import EMOTIONS, PipelineConfig
 from ..faces import RACES, analyze_crops, build_models, detect_faces, detector_is_thread_safe, face_detector, face_record
-from ..images import ImageError, load_rgb_array, read_photo
+from ..images import load_rgb_array, read_photo
 from ..labels import eligible, face_labels, label_of, pick_label_face
+from ..photo_boundary import PASSED_THROUGH, PhotoBoundary
 from ..progress import Progress, in_order_ahead
 from ..results import AnnotateResult
 from ..runner import StageRun, run_stage
@@ -101,26 +102,18 @@ def _detect_and_analyze(
     config: PipelineConfig, source: Storage, metadata: pd.DataFrame, models: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Detect faces in worker threads, photo by photo; run the attribute models on batches of crops
-    across photos in this thread. Rows keep the shard's order whatever order the threads finish in."""
+    across photos in this thread. Rows keep the shard's order whatever order the threads finish in.
+    Whatever one photo makes detection or the models raise is that photo's status and error."""
     photos: list[dict[str, Any]] = []
-    faces: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], Any]] = []  # (face row, crop) waiting for the models
-
-    def flush() -> None:
-        scores = analyze_crops([crop for _, crop in pending], models)
-        for i, (face, _) in enumerate(pending):
-            face.update(face_record(scores, i))
-        pending.clear()
+    detection, scoring = PhotoBoundary("annotate (detection)"), PhotoBoundary("annotate (emotion model)")
+    pending: list[dict[str, Any]] = []  # photos whose crops wait for the models
 
     def detect(row) -> dict[str, Any]:
         photo = {"image_id": row.image_id, "source_key": row.source_key, "shard": row.shard,
                  "status": row.status, "error": row.error, "faces": []}
-        if row.status == "ok":
-            try:
-                _detect(config, source, row.source_key, photo)
-            except ImageError as err:
-                photo.update(status=err.status, error=str(err))
-        return photo
+        if row.status != "ok":
+            return photo
+        return detection.run(photo, lambda: {**photo, "faces": _detected(config, source, row.source_key)})
 
     if config.detector != "skip":
         face_detector(config.detector)  # built once, before the threads share it
@@ -129,38 +122,64 @@ def _detect_and_analyze(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for photo in in_order_ahead(pool, detect, metadata.itertuples(index=False), ahead=2 * workers):
             photos.append(photo)
-            for face in photo["faces"]:
-                face_row = {"image_id": photo["image_id"], "source_key": photo["source_key"], **face["box"]}
-                faces.append(face_row)
-                face["row"] = face_row
-                pending.append((face_row, face["crop"]))
-                del face["crop"]  # crops are only needed until their batch runs
-            if len(pending) >= config.emotion_batch_size:
-                flush()
+            if photo["faces"]:
+                pending.append(photo)
+            if sum(len(p["faces"]) for p in pending) >= config.emotion_batch_size:
+                _score(pending, models, scoring)
+                pending.clear()
             progress.step()
-    flush()
+    _score(pending, models, scoring)
+    detection.check()
+    scoring.check()
+    faces = [{"image_id": p["image_id"], "source_key": p["source_key"], **face["box"], **face["scores"]}
+             for p in photos for face in p["faces"]]
     return photos, faces
 
 
-def _detect(config: PipelineConfig, source: Storage, key: str, photo: dict[str, Any]) -> None:
+def _score(photos: list[dict[str, Any]], models: dict[str, Any], boundary: PhotoBoundary) -> None:
+    """The attribute scores of every face of ``photos``, as one batch; when the batch raises, photo by
+    photo, so the one photo whose crop breaks a model fails alone (status ``failed``, no face rows)."""
+    try:
+        _score_faces([face for photo in photos for face in photo["faces"]], models)
+        boundary.count_passed(len(photos))
+        return
+    except PASSED_THROUGH:
+        raise
+    except Exception:  # noqa: BLE001 (which photo is at fault is found below, one by one)
+        pass
+    for index, photo in enumerate(photos):
+        outcome = boundary.run(photo, lambda: _score_faces(photo["faces"], models))
+        if outcome is not None:  # marked failed: its faces have no scores, so no face rows
+            photos[index].update(outcome, faces=[])
+
+
+def _score_faces(faces: list[dict[str, Any]], models: dict[str, Any]) -> None:
+    scores = analyze_crops([face["crop"] for face in faces], models)
+    records = [face_record(scores, i) for i in range(len(faces))]
+    for face, record in zip(faces, records):
+        face["scores"] = record
+        del face["crop"]  # crops are only needed until their batch runs
+
+
+def _detected(config: PipelineConfig, source: Storage, key: str) -> list[dict[str, Any]]:
+    """The faces of one photo: each its crop and its box in the original photo's pixels."""
     rgb, scale = load_rgb_array(read_photo(source, key), config.max_image_pixels, config.detect_max_side)
-    for index, face in enumerate(detect_faces(rgb, config.detector)):
-        photo["faces"].append({
-            "crop": face.crop,
-            "box": {
-                "face_index": index,
-                "x": round(face.x / scale), "y": round(face.y / scale),
-                "w": round(face.w / scale), "h": round(face.h / scale),
-                "confidence": face.confidence,
-                "confident": face.confidence >= config.min_face_confidence,
-                "eligible": eligible(face.confidence, face.h / scale, min_confidence=config.min_face_confidence,
-                                     min_size=config.min_face_size),
-            },
-        })
+    return [{
+        "crop": face.crop,
+        "box": {
+            "face_index": index,
+            "x": round(face.x / scale), "y": round(face.y / scale),
+            "w": round(face.w / scale), "h": round(face.h / scale),
+            "confidence": face.confidence,
+            "confident": face.confidence >= config.min_face_confidence,
+            "eligible": eligible(face.confidence, face.h / scale, min_confidence=config.min_face_confidence,
+                                 min_size=config.min_face_size),
+        },
+    } for index, face in enumerate(detect_faces(rgb, config.detector))]
 
 
 def _photo_row(photo: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
-    faces = [face["row"] for face in photo["faces"]]
+    faces = [{**face["box"], **face["scores"]} for face in photo["faces"]]
     confident = [f for f in faces if f["confident"]]
     row = {
         "image_id": photo["image_id"], "source_key": photo["source_key"], "shard": photo["shard"],

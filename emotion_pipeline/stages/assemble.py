@@ -66,4 +66,7 @@ def _stack(root: Storage, shards: list[int], index_key, vectors_key, empty: dict
     vectors = np.concatenate(matrices) if matrices else np.zeros((0, DIM), dtype=np.float32)
     if len(index) != len(vectors):
         raise AssertionError(f"index has {len(index)} rows but there are {len(vectors)} vectors")
-    return index, vectors
+    # A row embed could not make an input for (status and error in its shard's index) holds a zero
+    # vector: it never reaches training. Shards embedded before rows had a status are all ok.
+    embedded = (index["status"].fillna("ok") == "ok").to_numpy() if "status" in index else np.ones(len(index), bool)
+    return index[embedded].drop(columns=["status", "error"], errors="ignore").reset_index(drop=True), vectors[embedded]

@@ -28,7 +28,8 @@ from .. import catalog
 from ..config import CLASSES, PipelineConfig
 from ..images import read_photo
 from ..labels import face_labels
-from ..modeling.embedding import DIM, decode_photo, image_vectors, model_input, resnet50
+from ..modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
+from ..photo_boundary import PhotoBoundary
 from ..progress import Progress, in_order_ahead
 from ..results import EmbedResult
 from ..runner import StageRun, run_stage
@@ -67,7 +68,7 @@ def embed(run: StageRun) -> EmbedResult:
     })
 
     model = resnet50(config.embed_weights, config.mixed_precision)
-    vectors = _vectors(config, model, f"embed shard {shard}", len(todo),
+    vectors = _vectors(config, model, f"embed shard {shard}", todo, index,
                        lambda i: input_of(config, source, todo.iloc[i], index.at[i, "input"]))
 
     faces = labelled_faces(config, root, shard, todo)
@@ -76,15 +77,18 @@ def embed(run: StageRun) -> EmbedResult:
     write_table(root, catalog.vector_index(shard), index, csv=False)
     root.write_bytes(catalog.shard_face_vectors(shard), npy_bytes(face_vectors))
     write_table(root, catalog.face_vector_index(shard), faces, csv=False)
-    result = EmbedResult(shard=shard, vectors=len(index),
-                         inputs=index["input"].value_counts().to_dict(), faces=len(faces))
-    log.info("embed shard %d: %d vectors %s, %d face vectors", shard, len(index), result.inputs, len(faces))
+    ok, faces_ok = index[index["status"] == "ok"], int((faces["status"] == "ok").sum())
+    result = EmbedResult(shard=shard, vectors=len(ok), inputs=ok["input"].value_counts().to_dict(), faces=faces_ok,
+                         failed=len(index) - len(ok) + len(faces) - faces_ok)
+    log.info("embed shard %d: %d vectors %s, %d face vectors, %d failed", shard, len(ok), result.inputs, faces_ok,
+             result.failed)
     return result
 
 
 BOX = ("face_x", "face_y", "face_w", "face_h")  # as the annotations name the label face's box
 FACE_INDEX_COLUMNS = {"image_id": object, "source_key": object, "shard": "int64", "face_index": "int64",
-                      "label": object, **{k: "int64" for k in BOX}, **{f"emotion_{c}": "float64" for c in CLASSES}}
+                      "label": object, **{k: "int64" for k in BOX}, **{f"emotion_{c}": "float64" for c in CLASSES},
+                      "status": object, "error": object}  # status: "ok", or why its crop has no vector
 
 
 def labelled_faces(config: PipelineConfig, root: Storage, shard: int, todo: pd.DataFrame) -> pd.DataFrame:
@@ -106,29 +110,49 @@ def _face_vectors(config: PipelineConfig, source: Storage, model, faces: pd.Data
     """A vector per row of ``faces``: the photo's own where it was embedded from that very face, else
     the face's crop through the same model input path."""
     photo_row = faces["source_key"].map(pd.Series(np.arange(len(todo)), index=todo["source_key"])).to_numpy(dtype=int)
-    reused = ((index["input"].to_numpy()[photo_row] == "face")
+    reused = ((index["input"].to_numpy()[photo_row] == "face") & (index["status"].to_numpy()[photo_row] == "ok")
               & (todo["label_face_index"].to_numpy()[photo_row] == faces["face_index"].to_numpy()))
     vectors = np.zeros((len(faces), DIM), dtype=np.float32)
     vectors[reused] = photo_vectors[photo_row[reused]]
     crops = faces[~reused].reset_index(drop=True)
+    faces["status"], faces["error"] = "ok", None
     if len(crops):
-        vectors[~reused] = _vectors(config, model, f"embed faces shard {int(crops['shard'].iloc[0])}", len(crops),
-                                    lambda i: input_of(config, source, crops.iloc[i], "face"))
+        vectors[~reused] = _vectors(config, model, f"embed faces shard {int(crops['shard'].iloc[0])}", crops,
+                                    crops, lambda i: input_of(config, source, crops.iloc[i], "face"))
+        faces.loc[~reused, ["status", "error"]] = crops[["status", "error"]].to_numpy()
     return vectors
 
 
-def _vectors(config: PipelineConfig, model, label: str, n: int, load) -> np.ndarray:
-    """``n`` vectors of the inputs ``load(i)`` makes, in batches: the next batch is decoded in threads
-    while the model runs on the current one."""
+def _vectors(config: PipelineConfig, model, label: str, rows: pd.DataFrame, index: pd.DataFrame,
+             load) -> np.ndarray:
+    """A vector of the input ``load(i)`` makes for each of ``rows``, in batches: the next batch is
+    decoded in threads while the model runs on the current one. ``index`` gets each row's status and
+    error: an input that cannot be made (its photo changed since annotate read it) leaves its row a
+    zero vector and its status, never the shard failed (``photo_boundary``)."""
+    n, boundary, failures = len(rows), PhotoBoundary("embed"), {}
+    blank = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+
+    def guarded(i: int) -> np.ndarray:
+        outcome = boundary.run({"source_key": rows["source_key"].iloc[i]}, lambda: load(i))
+        if isinstance(outcome, dict):
+            failures[i] = (outcome["status"], outcome["error"])
+            return blank
+        return outcome
+
     vectors = np.zeros((n, DIM), dtype=np.float32)
     progress = Progress(label, n)
     batch = max(1, config.embed_batch_size)
     with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool:
-        loaded = in_order_ahead(pool, load, range(n), ahead=batch)
+        loaded = in_order_ahead(pool, guarded, range(n), ahead=batch)
         for start in range(0, n, batch):
             images = np.stack([next(loaded) for _ in range(min(batch, n - start))])
             vectors[start:start + len(images)] = image_vectors(model, images, batch)
             progress.step(len(images))
+    boundary.check()
+    index["status"], index["error"] = "ok", None
+    for i, (status, error) in failures.items():
+        vectors[i] = 0
+        index.loc[index.index[i], ["status", "error"]] = [status, error]
     return vectors
 
 

@@ -28,10 +28,11 @@ import pandas as pd
 from .. import catalog
 from ..config import CLASSES, EMOTIONS, PipelineConfig
 from ..faces import analyze_crops, build_models, detect_faces
-from ..images import ImageError, load_rgb_array, read_photo
+from ..images import load_rgb_array, read_photo
 from ..labels import eligible, label_of, pick_label_face
 from ..manifest import content_id, is_image_name, load_manifest
 from ..modeling.evaluation import deepface_agreement
+from ..photo_boundary import PASSED_THROUGH, PhotoBoundary
 from ..results import GoldResult
 from ..runner import StageRun, run_stage
 from ..storage import Storage, open_storage
@@ -110,32 +111,17 @@ def check_gold(run: StageRun) -> GoldResult:
     gold = list_gold(config.gold, root)
     detector = config.gold_detector or config.detector
     models = build_models(("emotion",))
-    records, crops = [], []
+    detection, records, crops = PhotoBoundary("gold (detection)"), [], []
     for row in gold.itertuples(index=False):
         record = {"key": row.key, "uri": row.storage.uri_for(row.key), "label": row.label, "status": "ok",
                   "error": None, "face_index": None}
-        try:
-            data = read_photo(row.storage, row.key)
-            record["image_id"] = content_id(data, row.key)
-            rgb, scale = load_rgb_array(data, config.max_image_pixels, config.detect_max_side)
-            min_size = 0 if detector == "skip" else config.min_face_size
-            faces = [{"w": f.w / scale, "h": f.h / scale, "confidence": f.confidence, "face": f}
-                     for f in detect_faces(rgb, detector)]
-            faces = [f for f in faces if eligible(f["confidence"], f["h"], min_confidence=config.min_face_confidence,
-                                                  min_size=min_size)]
-            if faces:
-                chosen = pick_label_face(faces, config.label_face)["face"]
-                record["face_index"] = len(crops)
-                record.update({f"face_{k}": round(getattr(chosen, k) / scale) for k in ("x", "y", "w", "h")})
-                record["face_confidence"] = chosen.confidence
-                crops.append(chosen.crop)
-            else:
-                record["status"] = "no_face"
-        except ImageError as err:
-            record.update(status=err.status, error=str(err))
+        record = detection.run(record, lambda: _gold_face(config, detector, row, record))
+        if record.get("crop") is not None:
+            record["face_index"] = len(crops)
+            crops.append(record.pop("crop"))
         records.append(record)
-
-    scores = analyze_crops(crops, models).get("emotion", np.zeros((0, len(EMOTIONS))))
+    detection.check()
+    scores = _gold_scores(records, crops, models)
     table = pd.DataFrame(records)
     position = table["face_index"]
     # DeepFace's seven scores of the label face (the label-policy curves re-apply the rule to them)...
@@ -150,6 +136,44 @@ def check_gold(run: StageRun) -> GoldResult:
     log.info("gold: %d photos, DeepFace accuracy %.3f, macro-F1 %.3f, no face %.1f%%", len(table),
              result.deepface["accuracy"], result.deepface["macro_f1"], 100 * result.no_face_share)
     return result
+
+
+def _gold_face(config: PipelineConfig, detector: str, row, record: dict) -> dict:
+    """One gold photo's record with its label face (box, confidence and ``crop``), or ``no_face``."""
+    data = read_photo(row.storage, row.key)
+    record["image_id"] = content_id(data, row.key)
+    rgb, scale = load_rgb_array(data, config.max_image_pixels, config.detect_max_side)
+    min_size = 0 if detector == "skip" else config.min_face_size
+    faces = [{"w": f.w / scale, "h": f.h / scale, "confidence": f.confidence, "face": f}
+             for f in detect_faces(rgb, detector)]
+    faces = [f for f in faces if eligible(f["confidence"], f["h"], min_confidence=config.min_face_confidence,
+                                          min_size=min_size)]
+    if not faces:
+        return {**record, "status": "no_face"}
+    chosen = pick_label_face(faces, config.label_face)["face"]
+    return {**record, **{f"face_{k}": round(getattr(chosen, k) / scale) for k in ("x", "y", "w", "h")},
+            "face_confidence": chosen.confidence, "crop": chosen.crop}
+
+
+def _gold_scores(records: list[dict], crops: list, models: dict) -> np.ndarray:
+    """The emotion scores of every crop, as one batch; when the batch raises, crop by crop, so a crop
+    the model cannot take (one pixel wide) fails its photo alone: ``failed``, no face, no scores."""
+    try:
+        return analyze_crops(crops, models).get("emotion", np.zeros((0, len(EMOTIONS))))
+    except PASSED_THROUGH:
+        raise
+    except Exception:  # noqa: BLE001 (which photo is at fault is found below, one by one)
+        pass
+    scoring, scores = PhotoBoundary("gold (emotion model)"), np.full((len(crops), len(EMOTIONS)), np.nan)
+    for record in [r for r in records if r["face_index"] is not None]:
+        i = record["face_index"]
+        outcome = scoring.run(record, lambda: analyze_crops([crops[i]], models)["emotion"][0])
+        if isinstance(outcome, dict):
+            record.update(outcome, face_index=None, **{f"face_{k}": None for k in ("x", "y", "w", "h", "confidence")})
+        else:
+            scores[i] = outcome
+    scoring.check()
+    return scores
 
 
 def gold_ids(root: Storage) -> set[str]:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from .. import catalog
 from ..config import PipelineConfig
-from ..images import ImageError, decode_rgb, letterbox, open_checked, read_photo, to_jpeg
+from ..images import decode_rgb, letterbox, open_checked, read_photo, to_jpeg
+from ..photo_boundary import PhotoBoundary
 from ..progress import Progress
 from ..results import ResizeResult
 from ..runner import StageRun, run_stage
@@ -51,8 +52,10 @@ def resize(run: StageRun) -> ResizeResult:
     root.sweep_temp_files(catalog.PROCESSED_FOLDER)  # photos a killed attempt was writing when it died
     progress = Progress(f"resize shard {shard}", len(run.photos))
 
+    boundary = PhotoBoundary("resize")
+
     def one(row) -> dict[str, Any]:
-        record = resize_one(config, source, root, row)
+        record = resize_one(config, source, root, row, boundary)
         progress.step()
         return record
 
@@ -60,6 +63,7 @@ def resize(run: StageRun) -> ResizeResult:
     # without pickling storage clients into worker processes.
     with ThreadPoolExecutor(max_workers=max(1, config.threads)) as pool:
         records = list(pool.map(one, run.photos.itertuples(index=False)))
+    boundary.check()
     root.make_durable()  # the photos, before the table and marker that say they exist
 
     metadata = pd.DataFrame(records, columns=COLUMNS)
@@ -71,8 +75,10 @@ def resize(run: StageRun) -> ResizeResult:
     return result
 
 
-def resize_one(config: PipelineConfig, source: Storage, root: Storage, row) -> dict[str, Any]:
-    """One manifest row (a namedtuple) -> its metadata record; the 224x224 photo written."""
+def resize_one(config: PipelineConfig, source: Storage, root: Storage, row,
+               boundary: PhotoBoundary) -> dict[str, Any]:
+    """One manifest row (a namedtuple) -> its metadata record; the 224x224 photo written. Whatever
+    the photo makes a step raise is its record's status and error (``photo_boundary``)."""
     record: dict[str, Any] = {
         "image_id": row.image_id, "source_key": row.source_key, "source_uri": row.source_uri,
         "shard": int(row.shard), "orig_bytes": int(row.size_bytes), "processed_uri": None, "error": None,
@@ -81,15 +87,18 @@ def resize_one(config: PipelineConfig, source: Storage, root: Storage, row) -> d
         return {**record, "status": row.entry_problem, "error": row.entry_error or row.entry_problem}
     if row.duplicate_of:
         return {**record, "status": "duplicate", "error": f"same content as {row.duplicate_of}"}
-    try:
-        data = read_photo(source, row.source_key)
-        record["orig_bytes"] = len(data)
-        image, info = open_checked(data, config.max_image_pixels, row.source_key)
-        record.update(orig_width=info.width, orig_height=info.height, upright_width=info.upright_width,
-                      upright_height=info.upright_height, orig_format=info.format, orig_mode=info.mode)
-        thumbnail = letterbox(decode_rgb(image, draft_size=config.image_size), config.image_size)
-        key = catalog.processed_photo(row.image_id)
-        root.write_bytes(key, to_jpeg(thumbnail), durable=False)
-        return {**record, "status": "ok", "processed_uri": root.uri_for(key)}
-    except ImageError as err:
-        return {**record, "status": err.status, "error": str(err)}
+    return boundary.run(record, lambda: _resized(config, source, root, row, record))
+
+
+def _resized(config: PipelineConfig, source: Storage, root: Storage, row, record: dict[str, Any]) -> dict[str, Any]:
+    """Read, check, letterbox and write one photo; ``record`` learns the source's facts as they come
+    (so a photo that fails later still shows its size and format)."""
+    data = read_photo(source, row.source_key)
+    record["orig_bytes"] = len(data)
+    image, info = open_checked(data, config.max_image_pixels, row.source_key)
+    record.update(orig_width=info.width, orig_height=info.height, upright_width=info.upright_width,
+                  upright_height=info.upright_height, orig_format=info.format, orig_mode=info.mode)
+    thumbnail = letterbox(decode_rgb(image, draft_size=config.image_size), config.image_size)
+    key = catalog.processed_photo(row.image_id)
+    root.write_bytes(key, to_jpeg(thumbnail), durable=False)
+    return {**record, "status": "ok", "processed_uri": root.uri_for(key)}
