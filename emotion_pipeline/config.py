@@ -62,9 +62,10 @@ class PipelineConfig:
     root: str = knob(title="Output root", section="Input",
                      help="Folder or gs://bucket/prefix where every output is written.")
     batch: str = knob("", title="Batch folder", section="Input",
-                      help="This run's batch: a folder under the source, e.g. {{ ds }} (the DAG renders "
-                           "Airflow templates with the run's date). Only it is listed; photos of other "
-                           "batches stay in the dataset as they were. Empty: the whole source.")
+                      help="This run's batch: a folder under the source, e.g. {{ ds }} (rendered with the "
+                           "run's dates only: ds, ds_nodash, year, month, day, data_interval_start/end). "
+                           "Only it is listed; photos of other batches stay in the dataset as they were. "
+                           "Empty: the whole source.")
     shard_size: int = knob(1000, title="Shard size", section="Input", minimum=1,
                            help="Photos per shard (one task per shard and stage).")
     photo_extensions: tuple[str, ...] = knob(PHOTO_EXTENSIONS, title="Photo extensions", section="Input",
