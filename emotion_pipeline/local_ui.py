@@ -27,7 +27,8 @@ from . import local_airflow
 from .local_postgres import LocalPostgres
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-AIRFLOW_GRACE_S = 30  # its components finish their shutdown in ~10 s here; then they are killed
+AIRFLOW_GRACE_S = 30  # idle, its components stop in ~25 s on a loaded 2 cores; with tasks running, the
+# LocalExecutor waits for them (minutes): those are killed, and the scheduler fails or retries them at next start
 REPORT_EVERY_S = 5
 AIRFLOW_ROLES = ("standalone", "scheduler", "dag-processor", "api-server", "triggerer", "worker", "serve-logs",
                  "task")
@@ -336,6 +337,7 @@ def component(process: psutil.Process) -> str:
         name = process.name()
     except psutil.Error:
         return "a process"
+    title = title or name  # an exiting process has no command line left
     if "airflow" not in title or name == "postgres":  # a backend's title names its database, airflow
         return name
     return next((role for role in AIRFLOW_ROLES if role in title.replace("_", "-")), "airflow")

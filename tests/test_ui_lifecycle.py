@@ -18,7 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import free_port
+from .conftest import FLICKR, copy_photos, flickr_names, free_port
+from .test_ui import call
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -108,12 +109,31 @@ def assert_stops_cleanly(ui: Ui, signum: signal.Signals) -> None:
     tree = ui.tree()
     assert len(running(tree)) > 5, [p.name() for p in tree]  # the whole tree is there to be stopped
     ui.process.send_signal(signum)  # to the command only, as `kill PID` or a service manager does
+    sent = time.monotonic()
     code = ui.exit_code(STOP_BOUND_S)
+    print(f"{signum.name}: `ui` and its {len(tree)} processes stopped in {time.monotonic() - sent:.1f} s")
     left = [(p.pid, p.name(), p.cmdline()[:3]) for p in running(tree)]
     assert not left, f"left running after {signum.name}: {left}\n{ui.output()}"
     assert not listening(ui.port), ui.output()
     assert code == 128 + signum, ui.output()
     assert any("waiting for" in line for line in ui.lines), ui.output()
+
+
+def start_a_run(ui: Ui, tmp_path: Path) -> None:
+    """Trigger a run over the REST API and return once one of its tasks runs."""
+    banner = next(line for line in ui.lines if "Airflow UI:" in line)
+    user, password = banner.split("login:")[1].strip().split(" / ")
+    base = f"http://localhost:{ui.port}"
+    token = call(f"{base}/auth/token", body={"username": user, "password": password})["access_token"]
+    copy_photos(FLICKR, tmp_path / "photos", flickr_names(4))
+    conf = {"source": str(tmp_path / "photos"), "root": str(tmp_path / "out"), "shard_size": 2,
+            "embed_weights": "none"}
+    run = call(f"{base}/api/v2/dags/emotion_pipeline/dagRuns", token, body={"logical_date": None, "conf": conf})
+    tasks_url = f"{base}/api/v2/dags/emotion_pipeline/dagRuns/{run['dag_run_id']}/taskInstances"
+    deadline = time.monotonic() + START_BOUND_S
+    while not any(t["state"] == "running" for t in call(tasks_url, token)["task_instances"]):
+        assert time.monotonic() < deadline, ui.output()
+        time.sleep(1)
 
 
 def test_sigterm_stops_the_whole_tree_and_a_second_start_is_refused(tmp_path, uis):
@@ -131,6 +151,8 @@ def test_sigterm_stops_the_whole_tree_and_a_second_start_is_refused(tmp_path, ui
     assert third.exit_code(REFUSAL_BOUND_S) != 0
     assert f"port {port} is taken" in third.output() and "airflow" in third.output(), third.output()
 
+    # As in the issue: stopped while a run is going (the LocalExecutor then waits for its tasks).
+    start_a_run(first, tmp_path)
     assert_stops_cleanly(first, signal.SIGTERM)
 
 
