@@ -107,7 +107,8 @@ def summarize(dag_run, config: PipelineConfig, seconds: float, errors: dict | No
             "report": evaluation.get("report_uri"),
             "mlflow": training.get("tracking_uri"),
         },
-        "model": {k: training.get(k) for k in ("model_version", "test_macro_f1", "champion", "run_id")},
+        "model": {k: training.get(k) for k in ("model_version", "test_macro_f1", "champion", "run_id", "reason",
+                                               "flags")},
         "gold": gold_summary(root, config),
     }
 
@@ -183,7 +184,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     model = summary["model"]
     if model.get("model_version"):
         lines.append(f"model: version {model['model_version']}, test macro-F1 {model['test_macro_f1']:.3f}, "
-                     f"champion: {model['champion']}")
+                     f"champion: {model['champion']}" + "".join(f", {flag}" for flag in model.get("flags") or []))
+    elif model.get("reason"):  # a green run that trained nothing says why
+        lines.append(f"model: none, {model['reason']}")
     if summary.get("gold"):
         lines.append(_gold_line(summary["gold"]))
     lines += [f"  {name:<15} {uri}" for name, uri in summary["outputs"].items() if uri]
