@@ -42,6 +42,9 @@ def airflow_env(home: Path, executor: str = "LocalExecutor", database_url: str |
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url or f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
+        # The LocalExecutor starts a worker process per parallelism slot (32 by default): on one machine
+        # two tasks a core is plenty (each loads TensorFlow), unless the user set it.
+        "AIRFLOW__CORE__PARALLELISM": os.environ.get("AIRFLOW__CORE__PARALLELISM") or str(2 * (os.cpu_count() or 2)),
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
     }
 
@@ -83,6 +86,19 @@ def ensure_gpu_pool(slots: int = 1) -> None:
             "gpu", slots=slots, description="one slot per GPU: DeepFace and ResNet50 tasks",
             include_deferred=False,
         )
+
+
+def set_paused(paused: bool) -> bool:
+    """Pause or unpause the DAG in the metadata database; returns whether it was paused before."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        model = session.get(DagModel, DAG_ID)
+        if model is None:
+            return False
+        before, model.is_paused = model.is_paused, paused
+    return before
 
 
 def load_dag():

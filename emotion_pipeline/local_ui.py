@@ -51,11 +51,11 @@ def start_ui(source: str, root: str, port: int, airflow_home: Path | None = None
         standalone = None
         try:
             database.start(atomic=signals.deferred)
-            prepare_airflow(home, database, source, root, port)
+            unpause = prepare_airflow(home, database, source, root, port)
             with signals.deferred():  # a started standalone is always one that is stopped
                 standalone = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"],
                                               env=os.environ.copy(), start_new_session=True)
-            return serve_until_stopped(standalone, home, port)
+            return serve_until_stopped(standalone, home, port, unpause)
         except StopRequested as stop:
             say(f"{stop} received: stopping everything `ui` started")
             return 128 + stop.signum
@@ -71,9 +71,10 @@ def start_ui(source: str, root: str, port: int, airflow_home: Path | None = None
             say("Stopped.")
 
 
-def prepare_airflow(home: Path, database: LocalPostgres, source: str, root: str, port: int) -> None:
+def prepare_airflow(home: Path, database: LocalPostgres, source: str, root: str, port: int) -> bool:
     """The environment ``airflow standalone`` and its components read, a migrated database, the gpu
-    pool and the DAG stored (so it is in the UI at once instead of after the next DAG scan)."""
+    pool and the DAG stored (so it is in the UI at once instead of after the next DAG scan), paused.
+    Returns whether to unpause it once the API answers (not when its user had paused it)."""
     os.environ.update({
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
@@ -90,11 +91,16 @@ def prepare_airflow(home: Path, database: LocalPostgres, source: str, root: str,
     local_airflow.ensure_gpu_pool()
     subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True,
                    stdout=subprocess.DEVNULL)
+    # Held paused until the API server answers: the scheduler starts first, and a task it started
+    # before then failed "Connection refused" (a retry for nothing). A DAG its user paused stays so.
+    return not local_airflow.set_paused(True)
 
 
-def serve_until_stopped(standalone: subprocess.Popen, home: Path, port: int) -> int:
+def serve_until_stopped(standalone: subprocess.Popen, home: Path, port: int, unpause: bool) -> int:
     url = f"http://localhost:{port}"
     if wait_until_healthy(url, standalone):
+        if unpause:
+            local_airflow.set_paused(False)
         user, password = login(home)
         say(f"\nAirflow UI: {url}/dags/{local_airflow.DAG_ID}   login: {user} / {password}\n"
             "Trigger the DAG with the form (source, root, shard size, detector, ...).\n")

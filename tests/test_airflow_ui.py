@@ -55,6 +55,8 @@ def test_the_run_airflow_schedules_on_unpause_uses_the_deployments_defaults(loca
     (run,) = local_ui.wait_for_runs("scheduled", 1)
     state, tasks = local_ui.wait_for_run(run["dag_run_id"])
     assert state == "success", summary(tasks)
+    # No task needed a retry: they used to start before the API server and fail "Connection refused".
+    assert [(t["task_id"], t["try_number"]) for t in tasks if t["try_number"] > 1] == []
     annotated = [t for t in tasks if t["task_id"] == "annotate"]
     assert len(annotated) == 1 and annotated[0]["state"] == "success", summary(tasks)  # 2 photos, shards of 2
 
