@@ -3,6 +3,7 @@ drives Debian's chromium; no browser is downloaded). One instance serves every t
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -43,13 +44,7 @@ class LocalAirflow:
         return user, password
 
     def call(self, path: str, body=None, method: str | None = None):
-        headers = {"Content-Type": "application/json"}
-        if getattr(self, "token", None):
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"null")
+        return call(self.base + path, getattr(self, "token", None), body, method)
 
     def runs(self, run_type: str | None = None) -> list[dict]:
         found = self.call(f"/api/v2/dags/{DAG}/dagRuns?limit=100")["dag_runs"]
@@ -82,9 +77,33 @@ class LocalAirflow:
         return json.loads(value) if isinstance(value, str) else value
 
     def stop(self) -> None:
-        from .test_ui import stop_tree
-
         stop_tree(self.process)
+
+
+def call(url: str, token: str | None = None, body=None, method: str | None = None):
+    """A JSON request to Airflow's REST API (with a bearer token once logged in)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read() or b"null")
+
+
+def stop_tree(process: subprocess.Popen) -> None:
+    """Stop `ui` gracefully, then make sure no Airflow component it started outlives the test."""
+    import psutil
+
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for child in alive:
+        child.kill()
 
 
 def summary(tasks: list[dict]) -> list[tuple]:

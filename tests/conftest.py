@@ -184,10 +184,9 @@ def flickr_names(n: int, offset: int = 0) -> list[str]:
 # `make test` runs the suite on every core (pytest-xdist, --dist loadfile: a module's tests share a
 # worker, so its module fixtures are built once). The longest modules are handed out first (measured
 # with `--durations`; --no-loadscope-reorder keeps this order), so the last to finish does not start last.
-LONGEST_FIRST = ("test_airflow_ui", "test_pipeline_e2e", "test_scale_out", "test_backfill", "test_gold", "test_ui",
-                 "test_api",
-                 "test_gold_added_later",
-                 "test_faults", "test_dataset_life", "test_run_console", "test_fail_fast", "test_faces")
+LONGEST_FIRST = ("test_airflow_ui", "test_pipeline_e2e", "test_scale_out", "test_backfill", "test_gold",
+                 "test_ui_lifecycle", "test_api", "test_gold_added_later", "test_faults", "test_dataset_life",
+                 "test_run_console", "test_fail_fast", "test_faces")
 
 
 def pytest_collection_modifyitems(config, items):

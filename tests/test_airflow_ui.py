@@ -8,6 +8,7 @@ filled in, then a backfill from the Backfill dialog while another run is going.
 import os
 import re
 import time
+import urllib.parse
 
 import pytest
 
@@ -50,8 +51,11 @@ def browser_page(tmp_path_factory):
 
 def test_the_run_airflow_schedules_on_unpause_uses_the_deployments_defaults(local_ui):
     """It used to run with the DAG's own defaults (imagenet weights: failing at embed offline)."""
-    params = local_ui.call(f"/api/v2/dags/{DAG}/details")["params"]
-    assert {name: params[name]["value"] for name in DEPLOYMENT} == DEPLOYMENT
+    details = local_ui.call(f"/api/v2/dags/{DAG}/details")
+    assert {name: details["params"][name]["value"] for name in DEPLOYMENT} == DEPLOYMENT
+    assert details["is_paused"] is False  # unpaused once the API answered
+    pools = {p["name"]: p["slots"] for p in local_ui.call("/api/v2/pools")["pools"]}
+    assert pools.get("gpu", 0) >= 1  # tasks in a pool that does not exist never start
     (run,) = local_ui.wait_for_runs("scheduled", 1)
     state, tasks = local_ui.wait_for_run(run["dag_run_id"])
     assert state == "success", summary(tasks)
@@ -59,6 +63,13 @@ def test_the_run_airflow_schedules_on_unpause_uses_the_deployments_defaults(loca
     assert [(t["task_id"], t["try_number"]) for t in tasks if t["try_number"] > 1] == []
     annotated = [t for t in tasks if t["task_id"] == "annotate"]
     assert len(annotated) == 1 and annotated[0]["state"] == "success", summary(tasks)  # 2 photos, shards of 2
+    assert annotated[0]["pool"] == "gpu"
+    # The merged dataset is an Airflow asset: the run posted an event with what it made.
+    events = local_ui.call(f"/api/v2/assets/events?source_dag_id={DAG}&source_run_id="
+                           f"{urllib.parse.quote(run['dag_run_id'])}")["asset_events"]
+    (dataset_event,) = [e for e in events if e["name"] == "emotion_dataset"]
+    assert dataset_event["extra"]["images"] == 2 and dataset_event["extra"]["skipped"] is False
+    assert dataset_event["extra"]["dataset_uri"].endswith("final_emotion_dataset.parquet")
 
 
 def test_the_trigger_form_submits_with_its_defaults_and_redoes_no_work(local_ui, browser_page):

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from .conftest import FLICKR, copy_photos, flickr_names, free_port
-from .test_ui import call
+from .airflow_ui import call
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
