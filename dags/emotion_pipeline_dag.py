@@ -62,8 +62,23 @@ def schedule():
 SCHEDULE = schedule()
 
 
+def _with_deployment_defaults(params) -> dict:
+    """A form field left empty (null) means the deployment's default, as for a run started without
+    params, not the knob's declared one."""
+    return {name: PARAMS[name].value if name in PARAMS and value in (None, "") else value
+            for name, value in params.items()}
+
+
 def _config(params) -> PipelineConfig:
-    return PipelineConfig.from_mapping(params)
+    return PipelineConfig.from_mapping(_with_deployment_defaults(params))
+
+
+def _tasks_run_here() -> bool:
+    """Whether every task runs on this machine (LocalExecutor: `ui`, `emotion-pipeline run`). With
+    Celery, discover's worker is not the GPU worker that embeds: its files say nothing of the other's."""
+    from airflow.configuration import conf
+
+    return conf.get("core", "executor").split(".")[-1] in ("LocalExecutor", "SequentialExecutor")
 
 
 def _on_failure(context) -> None:
@@ -135,10 +150,12 @@ def emotion_pipeline():
 
         from emotion_pipeline.modeling.embedding import check_weights
 
+        params = _with_deployment_defaults(params)
         values = {**params, "batch": run_batch_folder(params.get("batch") or "", context)}
         with fail_fast():
-            config = _config(values)
-            check_weights(config.embed_weights)  # fail here in a second, not at embed after annotate
+            config = PipelineConfig.from_mapping(values)  # the batch as rendered: "" is the whole source
+            if _tasks_run_here():
+                check_weights(config.embed_weights)  # fail here in a second, not at embed after annotate
             summary = run_stage("discover", config).to_dict()
         ti.xcom_push(key="summary", value=summary)
         return summary["pending"]

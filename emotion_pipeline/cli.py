@@ -120,7 +120,10 @@ def _ui(args: argparse.Namespace) -> int:
     defaults = {k: v for k, v in config_values(args).items() if k not in ("source", "root")}
     PipelineConfig.from_mapping({"source": "-", "root": "-", **defaults})  # a bad default fails here, not in the DAG
     os.environ.update(deployment_environment(defaults))  # Airflow's processes read them when parsing the DAG
-    return start_ui(source=args.source or "", root=args.root or "", port=args.port, airflow_home=args.airflow_home)
+    # Not given here: the deployment's $EMOTION_PIPELINE_SOURCE / _ROOT (e.g. from .env) stay the defaults.
+    source = args.source or os.environ.get("EMOTION_PIPELINE_SOURCE", "")
+    root = args.root or os.environ.get("EMOTION_PIPELINE_ROOT", "")
+    return start_ui(source=source, root=root, port=args.port, airflow_home=args.airflow_home)
 
 
 def _serve(args: argparse.Namespace) -> int:

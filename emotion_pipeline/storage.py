@@ -325,22 +325,21 @@ class GCSStorage:
         from google.api_core import exceptions
 
         try:
-            return self._bucket.blob(self._listed_name(key)).download_as_bytes(retry=_retry())
+            with _service_errors(self.uri_for(key)):
+                return self._bucket.blob(self._listed_name(key)).download_as_bytes(retry=_retry())
         except exceptions.NotFound as err:
             raise FileNotFoundError(self.uri_for(key)) from err
-        except exceptions.Forbidden as err:
-            raise AccessDenied(_forbidden_hint(self.uri_for(key), err)) from err
 
     def write_bytes(self, key: str, data: bytes, durable: bool = True) -> None:
         from google.api_core import exceptions
 
         try:
-            # Without a generation precondition the client would not retry an upload at all.
-            self._bucket.blob(self._name(key)).upload_from_file(io.BytesIO(data), size=len(data), retry=_retry())
+            with _service_errors(self.uri_for(key)):
+                # Without a generation precondition the client would not retry an upload at all.
+                self._bucket.blob(self._name(key)).upload_from_file(io.BytesIO(data), size=len(data),
+                                                                    retry=_retry())
         except exceptions.NotFound as err:
             raise BucketNotFound(f"bucket {self._bucket.name!r} does not exist: create it first") from err
-        except exceptions.Forbidden as err:
-            raise AccessDenied(_forbidden_hint(self.uri_for(key), err)) from err
 
     def make_durable(self) -> None:
         """An upload is durable once it returns."""
@@ -495,6 +494,26 @@ def _retry():
     from google.cloud.storage.retry import DEFAULT_RETRY
 
     return DEFAULT_RETRY
+
+
+@contextmanager
+def _service_errors(uri: str):
+    """GCS failing after the client's retries (5xx, 429, dropped connections, credentials) is a
+    StorageError: the task fails and Airflow retries it. Left raw, a per-photo step would record it as
+    that photo's own fault, under a done marker, and the photo would never be tried again.
+    NotFound passes through for the caller to name; Forbidden becomes AccessDenied."""
+    import requests
+    from google.api_core import exceptions
+    from google.auth.exceptions import GoogleAuthError
+
+    try:
+        yield
+    except exceptions.NotFound:
+        raise
+    except exceptions.Forbidden as err:
+        raise AccessDenied(_forbidden_hint(uri, err)) from err
+    except (exceptions.GoogleAPIError, GoogleAuthError, requests.exceptions.RequestException) as err:
+        raise StorageError(f"GCS did not serve {uri} ({type(err).__name__}: {err}); the task is retried") from err
 
 
 def _forbidden_hint(uri: str, err: Exception) -> str:

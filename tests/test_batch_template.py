@@ -30,7 +30,7 @@ def context(monkeypatch):
     ("{{ ds }}", "2026-11-02"), ("incoming/{{ ds_nodash }}", "incoming/20261102"),
     ("{{ year }}/{{ month }}/{{ day }}", "2026/11/02"), ("{{ logical_date }}", "2026-11-02"),
     ("{{ data_interval_start }}_{{ data_interval_end }}", "2026-11-01_2026-11-02"),
-    ("{{ ds | replace('-', '/') }}", "2026/11/02"),
+    ("{{ds}}/x", "2026-11-02/x"),
 ])
 def test_the_batch_folder_renders_the_run_dates(context, layout, folder):
     assert run_batch_folder(layout, context) == folder
@@ -39,7 +39,8 @@ def test_the_batch_folder_renders_the_run_dates(context, layout, folder):
 @pytest.mark.parametrize("layout", [
     "{{ conn.smtp_default.password }}", "{{ conn }}", "{{ var.value.api_key }}", "{{ params }}", "{{ task }}",
     "{{ ds.__class__ }}", "{{ ds.upper() }}", "{{ ds['0'] }}", "{{ ds | attr('upper') }}", "{{ range(3) }}", "{{ ds * 100000000000 }}", "{{ 9 ** 9 ** 9 }}",
-    "{% for c in ds %}{{ c }}{% endfor %}{{ lipsum() }}",
+    "{% for c in ds %}{{ c }}{% endfor %}{{ lipsum() }}", "{{ ds | replace('-', '/') }}",
+    "{{ ds|center(99999999999) }}", "{% for a in ds %}{% for b in ds %}x{% endfor %}{% endfor %}", "{{ nope }}",
 ])
 def test_the_batch_folder_sees_nothing_but_the_dates(context, layout):
     """Today the first renders the SMTP password into the folder name (and the run's logs)."""

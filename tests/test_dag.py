@@ -104,3 +104,22 @@ def test_deployment_defaults_come_from_the_environment_and_enable_the_asset_sche
                                     "alert_emails": ["ops@example.com"], "gold": "/data/gold"}
     # With a default source and root, an event on the asset (a new batch) is what starts a run.
     assert deployed["timetable"] == "AssetTriggeredTimetable" and deployed["assets"] == ["emotion_photos"]
+
+
+EMPTIED = textwrap.dedent("""
+    import importlib.util, json, sys
+    spec = importlib.util.spec_from_file_location("emotion_pipeline_dag", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module._config({"source": "in", "root": "out", "shard_size": None, "detector": "", "seed": 7})
+    print(json.dumps([config.shard_size, config.detector, config.seed]))
+""")
+
+
+def test_a_form_field_left_empty_takes_the_deployments_default_not_the_declared_one(tmp_path):
+    """Emptied in the form, shard_size fell back to 1000 while runs without params used the deployment's 5."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("EMOTION_PIPELINE_")},
+           "AIRFLOW_HOME": str(tmp_path), "EMOTION_PIPELINE_SHARD_SIZE": "5", "EMOTION_PIPELINE_DETECTOR": "opencv"}
+    out = subprocess.run([sys.executable, "-c", EMPTIED, str(REPO / "dags" / "emotion_pipeline_dag.py")], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == [5, "opencv", 7]

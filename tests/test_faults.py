@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from emotion_pipeline import catalog
 from emotion_pipeline.config import PipelineConfig
 from emotion_pipeline.stages.discover import discover_images
 from emotion_pipeline.stages.merge import merge_dataset
@@ -79,6 +80,24 @@ def test_transient_gcs_errors_are_retried_and_outputs_equal_a_clean_run(gcs_emul
     pd.testing.assert_frame_equal(faulty, clean)
     direct = GCSStorage(f"gs://{gcs_bucket}/faulty")
     assert list(digests(direct, "processed").values()) == list(digests(GCSStorage(f"gs://{gcs_bucket}/clean"), "processed").values())
+
+
+def test_gcs_failing_after_its_retries_fails_the_task_not_the_photos(gcs_emulator, gcs_bucket):
+    """A server error the client does not retry (or one still failing after its retries) was taken
+    for the photo's own fault: every photo of the shard 'failed' under a done marker, never retried."""
+    upload(gcs_bucket, "photos", {n: (FLICKR / n).read_bytes() for n in flickr_names(3)})
+    source_uri, root = f"gs://{gcs_bucket}/photos", GCSStorage(f"gs://{gcs_bucket}/out")
+    config = PipelineConfig(source=source_uri, root=root.uri, shard_size=4)
+    discover_images(config, source=GCSStorage(source_uri), root=root)
+
+    def photo_downloads_fail(n, method, path):
+        return 400 if method == "GET" and "alt=media" in path and "/photos%2F" in path else None
+
+    with FaultyProxy(gcs_emulator, photo_downloads_fail) as proxy:
+        with pytest.raises(StorageError, match="GCS did not serve .*photos.*BadRequest"):
+            resize_shard(config, 0, source=GCSStorage(source_uri, client=proxy.client()), root=root)
+    assert proxy.counts[400]
+    assert not root.exists(catalog.done_marker(catalog.RESIZE_FOLDER, 0))  # nothing recorded: a retry redoes it
 
 
 def test_permanent_gcs_errors_fail_at_once_with_what_to_fix(gcs_emulator, gcs_bucket):
