@@ -7,6 +7,10 @@ Each server runs alone (started, measured, stopped; never both at once on the sa
   * req/s, p50 and p95 at 1, 8 and 32 concurrent clients sending the photo;
   * /health latency while 8 clients predict and 1 client stalls mid-body (sends its headers and a
     sliver of a 500 KB body, then nothing).
+
+Then the pipeline's API alone under the hostile mix (``bench/api_hostile.py``; ``--mix-only`` runs
+just this): p95 of normal requests while hostile clients send thin, huge-dimension and many-face
+photos, trickle their bodies, hang up, idle and send huge headers, against p95 without them.
 """
 from __future__ import annotations
 
@@ -114,14 +118,21 @@ def health_while_busy(url: str, body: bytes, seconds: float = 20.0) -> dict:
 
 
 def measure(kind: str, root: str, body: bytes, workers: int) -> dict:
+    def figures(url: str) -> dict:
+        results = {clients: load(url, body, clients, max(16, 2 * clients)) for clients in (1, 8, 32)}
+        return {"load": results, **health_while_busy(url, body)}
+    return with_server(kind, root, workers, body, figures)
+
+
+def with_server(kind: str, root: str, workers: int, body: bytes, measure_on):
+    """``measure_on(url)`` on a fresh server of ``kind``, warmed up, stopped afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = start(kind, root, port, workers)
     try:
         wait_ready(url, process)
         predict(url, body)  # warm-up: the first TensorFlow calls trace graphs
-        figures = {clients: load(url, body, clients, max(16, 2 * clients)) for clients in (1, 8, 32)}
-        return {"load": figures, **health_while_busy(url, body)}
+        return measure_on(url)
     finally:
         process.terminate()
         try:
@@ -130,14 +141,44 @@ def measure(kind: str, root: str, body: bytes, workers: int) -> dict:
             process.kill()
 
 
+def measure_hostile_mix(root: str, body: bytes, workers: int) -> dict:
+    try:  # python bench/api.py, or python -m bench.api
+        from api_hostile import normal_latencies_under_mix
+    except ImportError:
+        from bench.api_hostile import normal_latencies_under_mix
+
+    def figures(url: str) -> dict:
+        calm = normal_latencies_under_mix(url, body, hostile=False)
+        stormy = normal_latencies_under_mix(url, body, hostile=True)
+        return {"without_mix": calm, "with_mix": stormy, "p95_ratio": stormy["p95"] / calm["p95"]}
+    return with_server("pipeline", root, workers, body, figures)
+
+
+def print_hostile_mix(mix: dict) -> None:
+    calm, stormy = mix["without_mix"], mix["with_mix"]
+    print(f"{'normal requests (4 clients)':<32} {'without the mix':>24} {'with the mix':>20} {'ratio':>7}")
+    print(f"{'p50 s':<32} {calm['p50']:>24.2f} {stormy['p50']:>20.2f} {stormy['p50'] / calm['p50']:>7.2f}")
+    print(f"{'p95 s':<32} {calm['p95']:>24.2f} {stormy['p95']:>20.2f} {mix['p95_ratio']:>7.2f}")
+    print(f"{'answered 200 / refused 503':<32} {calm['ok']:>18} / {calm['refused']:<3} "
+          f"{stormy['ok']:>14} / {stormy['refused']:<3}")
+    print("hostile requests by outcome:", json.dumps(stormy["hostile"], sort_keys=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="a pipeline root with a registered model")
     parser.add_argument("--image", default="../shared/data/faces/couple.jpg")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--mix-only", action="store_true", help="only the hostile mix, not the baseline")
     args = parser.parse_args()
     body = Path(args.image).read_bytes()
+    mix = measure_hostile_mix(args.root, body, args.workers)
+    print_hostile_mix(mix)
+    if args.mix_only:
+        if args.json:
+            args.json.write_text(json.dumps({"hostile_mix": mix}, indent=2))
+        return
     results = {kind: measure(kind, args.root, body, args.workers) for kind in ("baseline", "pipeline")}
     base, ours = results["baseline"], results["pipeline"]
     print(f"{'measure':<32} {'baseline (Flask, sync)':>24} {'pipeline (uvicorn)':>20} {'ratio':>7}")
@@ -149,7 +190,7 @@ def main() -> None:
         label = f"/health {key[7:]} s, 8 busy + 1 stalled"
         print(f"{label:<32} {base[key]:>24.3f} {ours[key]:>20.3f} {base[key] / max(ours[key], 1e-3):>7.1f}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({**results, "hostile_mix": mix}, indent=2))
 
 
 if __name__ == "__main__":

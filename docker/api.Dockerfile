@@ -25,4 +25,6 @@ RUN useradd --create-home app && chown -R app /opt/deepface
 USER app
 EXPOSE 8080
 # One worker per container: Cloud Run scales containers, each loads the models once.
-CMD exec emotion-pipeline serve --root "$EMOTION_PIPELINE_ROOT" --port "$PORT" --workers 1
+# 0.0.0.0: the container is reached through Cloud Run, whose IAM (--no-allow-unauthenticated) is the
+# API's only authentication.
+CMD exec emotion-pipeline serve --root "$EMOTION_PIPELINE_ROOT" --host 0.0.0.0 --port "$PORT" --workers 1

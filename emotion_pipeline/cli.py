@@ -67,20 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "postgres/ in it)")
 
     serve = commands.add_parser("serve", help="the prediction API (uvicorn) on the registered champion")
-    serve.add_argument("--root", required=True, help="the pipeline's storage root (MLflow store, reports)")
-    serve.add_argument("--model-uri", help="default: models:/emotion-classifier@champion")
-    serve.add_argument("--embed-weights", help="default: the weights the model was trained with")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--workers", type=int, default=1, help="processes; each loads the models once")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0)
-    serve.add_argument("--read-timeout", type=float, default=30.0,
-                       help="seconds a client has to send its request body (then 408)")
+    from .serve.launch import add_serve_arguments
+
+    add_serve_arguments(serve)
 
     dashboard = commands.add_parser("dashboard", help="the Streamlit dashboard on a pipeline's outputs")
     dashboard.add_argument("--root", required=True, help="the pipeline's storage root")
     dashboard.add_argument("--port", type=int, default=8501)
-    dashboard.add_argument("--host", default="0.0.0.0")
+    dashboard.add_argument("--host", default="127.0.0.1", help="no authentication: 0.0.0.0 only on a private network")
 
     stage = commands.add_parser("stage", help="run one stage function without Airflow")
     stage.add_argument("name", choices=[*STAGES, *ALIASES], help="a stage of the registry")
@@ -127,20 +121,9 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """exec uvicorn: ``--workers`` processes, each loading the models once (never preloaded), each
-    reading bodies on its event loop and predicting in a thread (see serve/api.py)."""
-    env = {"EMOTION_PIPELINE_ROOT": args.root, "EMOTION_PIPELINE_MAX_UPLOAD_MB": str(args.max_upload_mb),
-           "EMOTION_PIPELINE_READ_TIMEOUT": str(args.read_timeout)}
-    if args.model_uri:
-        env["EMOTION_PIPELINE_MODEL_URI"] = args.model_uri
-    if args.embed_weights:
-        env["EMOTION_PIPELINE_EMBED_WEIGHTS"] = args.embed_weights
-    os.environ.update(env)
-    uvicorn = [sys.executable, "-m", "uvicorn", "--factory", "emotion_pipeline.serve.api:create_app",
-               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
-               "--timeout-graceful-shutdown", "20", "--timeout-keep-alive", "5"]
-    os.execv(sys.executable, uvicorn)
-    return 0
+    from .serve.launch import exec_uvicorn
+
+    return exec_uvicorn(args)
 
 
 def _dashboard(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """The real API under uvicorn on loopback: real HTTP requests (urllib, raw sockets, real curl), real
-photos, every bad input, stalled and oversized clients."""
+photos, every bad input, stalled, oversized, idle, abandoned and too many clients, photos that cost
+too much (pixels, faces, multipart parts)."""
 import io
 import http.client
 import json
@@ -25,17 +26,27 @@ from .conftest import FACES, FLICKR, flickr_names, free_port, stop
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 LIMIT_MB = 1
 READ_TIMEOUT = 3  # seconds the API gives a client to send its body
+HEADER_TIMEOUT = 2  # seconds a connection has to send a request's headers
+MAX_FACES = 4
+MAX_WAITING = 4  # predictions waiting per worker (2 workers)
+MAX_IMAGE_MPX = 16
 
 
 @pytest.fixture(scope="module")
-def api(trained_root):
+def api_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("api") / "api.log"
+
+
+@pytest.fixture(scope="module")
+def api(trained_root, api_log):
     config, _ = trained_root
     port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "emotion-pipeline"), "serve", "--root", config.root,
          "--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--max-upload-mb", str(LIMIT_MB),
-         "--read-timeout", str(READ_TIMEOUT)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--read-timeout", str(READ_TIMEOUT), "--header-timeout", str(HEADER_TIMEOUT),
+         "--max-faces", str(MAX_FACES), "--max-waiting", str(MAX_WAITING), "--max-image-mpx", str(MAX_IMAGE_MPX)],
+        stdout=subprocess.DEVNULL, stderr=api_log.open("w"),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -55,12 +66,17 @@ def api(trained_root):
 
 
 def call(base, method, path, data=None, headers=None):
+    return call_with_headers(base, method, path, data, headers)[:2]
+
+
+def call_with_headers(base, method, path, data=None, headers=None):
+    """(status, JSON body, response headers)."""
     request = urllib.request.Request(base + path, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
+            return response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        return err.code, json.loads(err.read()), err.headers
 
 
 def multipart(data: bytes, field="image", filename="photo.jpg"):
@@ -142,8 +158,8 @@ def test_oversized_upload_is_refused_from_its_declared_size_before_the_body_is_s
 def test_concurrent_requests_are_safe(api):
     photos = [(FACES / "img2.jpg").read_bytes(), (FACES / "couple.jpg").read_bytes()]  # both under the limit
     expected = [call(api, "POST", "/predict", *raw(p))[1] for p in photos]
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda i: call(api, "POST", "/predict", *raw(photos[i % 2])), range(16)))
+    with ThreadPoolExecutor(MAX_WAITING) as pool:  # never more than one worker's queue holds
+        results = list(pool.map(lambda i: call(api, "POST", "/predict", *raw(photos[i % 2])), range(8)))
     for i, (status, body) in enumerate(results):
         assert status == 200
         assert body["model_version"] == expected[i % 2]["model_version"]
@@ -182,13 +198,17 @@ def test_a_chunked_upload_over_the_limit_is_413(api, tmp_path):
     assert status == 413 and "limit" in body["error"]
 
 
-def test_the_pixel_limit_is_the_pipelines(api, trained_root):
+def test_the_pixel_cap_is_the_apis_below_the_pipelines(api, trained_root):
+    """A 60 Mpx photo the pipeline takes costs a serving worker 11-14 s: the API's cap is lower, and
+    declared dimensions over it are refused before any pixel is decoded."""
     config, _ = trained_root
-    assert call(api, "GET", "/model")[1]["max_image_pixels"] == config.max_image_pixels
-    under = int((config.max_image_pixels * 0.9) ** 0.5)  # declared under the limit: decoded, then corrupt
+    cap = MAX_IMAGE_MPX * 1_000_000
+    assert call(api, "GET", "/model")[1]["max_image_pixels"] == cap < config.max_image_pixels
+    under = int((cap * 0.9) ** 0.5)  # declared under the cap: decoded, then corrupt
     assert call(api, "POST", "/predict", *raw(giant_png_header(under, under)))[0] == 400
-    over = int((config.max_image_pixels * 1.1) ** 0.5)
-    assert call(api, "POST", "/predict", *raw(giant_png_header(over, over)))[0] == 422
+    over = int((cap * 1.1) ** 0.5)  # under the pipeline's limit, over the API's
+    status, body = call(api, "POST", "/predict", *raw(giant_png_header(over, over)))
+    assert status == 422 and body["status"] == "too_large"
 
 
 def test_stalled_clients_do_not_delay_health_and_are_cut_off(api):
@@ -211,3 +231,126 @@ def test_stalled_clients_do_not_delay_health_and_are_cut_off(api):
         assert answer.startswith("HTTP/1.1 408"), answer[:200]
         client.close()
     assert time.monotonic() - started < READ_TIMEOUT + 10
+
+
+def face_grid(side: int) -> bytes:
+    """One face photo tiled side x side: side**2 faces the detector finds."""
+    face = Image.open(FACES / "img2.jpg").convert("RGB")
+    face.thumbnail((240, 240))
+    grid = Image.new("RGB", (face.width * side, face.height * side))
+    for i in range(side * side):
+        grid.paste(face, ((i % side) * face.width, (i // side) * face.height))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_faces_per_photo_are_capped_at_the_largest(api):
+    """An 8x8 grid of one face cost 64 ResNet50 passes (34.5 s) while every other prediction waited."""
+    status, body = call(api, "POST", "/predict", *raw(face_grid(3)))
+    assert status == 200 and len(body["faces"]) == MAX_FACES and body["faces_found"] > MAX_FACES, body
+
+
+def test_a_full_queue_is_503_with_retry_after_and_nothing_else_fails(api):
+    """16 clients at once on 2 workers that each run 1 and queue MAX_WAITING: the rest are told when
+    to come back, at once, instead of waiting behind everyone."""
+    face = Image.open(FACES / "img2.jpg").convert("RGB")
+    face.thumbnail((320, 320))  # quick to predict: the admitted ones are done soon
+    buffer = io.BytesIO()
+    face.save(buffer, format="JPEG")
+    photo = buffer.getvalue()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: call_with_headers(api, "POST", "/predict", *raw(photo)), range(16)))
+    statuses = sorted(status for status, _, _ in results)
+    assert set(statuses) == {200, 503} and statuses.count(200) <= 2 * (1 + MAX_WAITING), statuses
+    for status, body, headers in results:
+        if status == 503:
+            assert int(headers["Retry-After"]) >= 1 and "retry" in body["error"]
+
+
+def test_work_of_clients_that_left_is_dropped(api, api_log):
+    """Six clients send a many-face photo and hang up after 0.3 s: their predictions are dropped
+    (waiting ones at once, a running one between its steps) instead of running to the end."""
+    photo = face_grid(3)
+    url = urlsplit(api)
+    before = api_log.read_text().count("dropped a prediction")
+    clients = []
+    for _ in range(6):
+        client = socket.create_connection((url.hostname, url.port), timeout=60)
+        client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(photo) + photo)
+        clients.append(client)
+    time.sleep(0.3)
+    for client in clients:
+        client.close()
+    deadline = time.monotonic() + 60
+    while api_log.read_text().count("dropped a prediction") - before < 5 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert api_log.read_text().count("dropped a prediction") - before >= 5, api_log.read_text()[-3000:]
+    assert call(api, "POST", "/predict", *raw((FACES / "img2.jpg").read_bytes()))[0] == 200
+
+
+def raw_exchange(base: str, request: bytes, timeout: float = 30) -> bytes:
+    """What the server answers to raw request bytes; b"" when it closes the connection (or resets it)."""
+    url = urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=timeout) as client:
+        try:
+            client.sendall(request)
+            return client.recv(4096)
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+
+
+def test_a_huge_header_is_refused(api):
+    """httptools took a 50 MB header (+123 MB, /health stalled): h11 refuses past 32 KiB."""
+    answer = raw_exchange(api, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n")
+    assert not answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    assert call(api, "GET", "/health")[0] == 200
+
+
+def test_idle_and_trickling_connections_are_closed(api):
+    """Connections that send no request, or a header byte at a time, are closed after the header
+    timeout: they cannot pile up until every client is refused."""
+    url = urlsplit(api)
+    idle = [socket.create_connection((url.hostname, url.port), timeout=HEADER_TIMEOUT + 10) for _ in range(20)]
+    trickling = socket.create_connection((url.hostname, url.port), timeout=HEADER_TIMEOUT + 10)
+    trickling.sendall(b"GET /health HTTP/1.1\r\n")
+    started = time.monotonic()
+    closed = False
+    while not closed and time.monotonic() - started < HEADER_TIMEOUT + 10:
+        try:
+            trickling.sendall(b"X")
+            time.sleep(0.3)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+    assert closed, "a connection trickling its headers was held"
+    for client in idle:
+        try:
+            assert client.recv(100) == b""  # closed by the server, nothing sent
+        except ConnectionResetError:
+            pass
+        client.close()
+    assert call(api, "GET", "/health")[0] == 200
+
+
+def test_a_multipart_body_of_many_parts_is_refused(api):
+    """A body of 126k parts was parsed on the event loop (/health stalled 5.6 s): parts are capped."""
+    body, headers = multipart((FACES / "img2.jpg").read_bytes())
+    boundary = b"emotionboundary42"
+    filler = b"".join(b"--%s\r\nContent-Disposition: form-data; name=\"f%d\"\r\n\r\nx\r\n" % (boundary, i)
+                      for i in range(2000))
+    status, answer = call(api, "POST", "/predict", filler + body, headers)
+    assert status == 400 and "parts" in answer["error"], answer
+
+
+def test_media_types_are_case_insensitive(api):
+    photo = (FACES / "couple.jpg").read_bytes()
+    body, headers = multipart(photo)
+    status, answer = call(api, "POST", "/predict", body,
+                          {"Content-Type": headers["Content-Type"].replace("multipart/form-data", "Multipart/Form-Data")})
+    assert status == 200 and answer == call(api, "POST", "/predict", *raw(photo))[1]
+
+
+def test_a_wrong_method_is_405_with_allow(api):
+    status, body, headers = call_with_headers(api, "GET", "/predict")
+    assert status == 405 and "POST" in headers["Allow"] and body["error"]

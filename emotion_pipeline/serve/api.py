@@ -4,8 +4,8 @@
                     registered champion model. The image is the raw request body (any content type:
                     ``curl --data-binary @photo.jpg``) or a multipart part (field ``image``, else the
                     first part, with or without a file name: ``curl -F image=@photo.jpg``).
-    GET  /health    200 once the model is loaded, 503 while loading, 500 if loading failed
-    GET  /model     version, metrics, classes
+    GET  /health    200 once a model is loaded; until then 503 with what to do (loading is retried)
+    GET  /model     version, metrics, classes, limits
 
 Why asynchronous: the event loop reads request bodies, so a client that stalls mid-upload holds a
 coroutine, not a worker, and is cut off after ``read_timeout`` seconds (408). Predictions run in a
@@ -15,7 +15,13 @@ once, in the background, so /health can answer meanwhile.
 
 Bad input is a 4xx JSON error, never a 500: a body over the limit is 413 however it is sent (from
 Content-Length before anything is read, or counted while a chunked body streams in), and declared
-image dimensions are checked against the pipeline's own pixel limit before any pixel is decoded.
+image dimensions are checked against the API's pixel cap (below the pipeline's) before any pixel is
+decoded.
+
+No request costs more than a request (``admission``): at most ``max_faces`` faces per photo go through
+ResNet50, at most ``max_waiting`` predictions wait per process (then 503 with Retry-After), and a
+prediction whose client hung up is dropped. Errors tell the client what to do; the detail (which can
+hold secrets and paths) goes to the log only, once.
 """
 from __future__ import annotations
 
@@ -23,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 import time
 
 from python_multipart.exceptions import MultipartParseError
@@ -32,15 +37,19 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..images import ImageError
-from .predictor import Predictor, ServeSettings
+from .admission import Busy, PredictionQueue
+from .model_holder import ModelHolder
+from .predictor import ClientGone, ServeSettings
 
 log = logging.getLogger(__name__)
 
 STATUS_FOR_IMAGE_ERROR = {"empty": 400, "corrupt": 400, "unsupported": 415, "too_large": 422}
+MAX_MULTIPART_PARTS = 8  # a photo and a few form fields; a 126k-part body is refused at part 9
+MAX_PART_HEADER_BYTES = 8192
 
 
 class BadRequest(Exception):
@@ -59,7 +68,14 @@ def settings_from_env() -> ServeSettings:
         embed_weights=os.environ.get("EMOTION_PIPELINE_EMBED_WEIGHTS") or None,
         max_upload_bytes=int(float(os.environ.get("EMOTION_PIPELINE_MAX_UPLOAD_MB", "10")) * 1024 * 1024),
         read_timeout=float(os.environ.get("EMOTION_PIPELINE_READ_TIMEOUT", "30")),
+        pixel_cap=int(float(os.environ.get("EMOTION_PIPELINE_MAX_IMAGE_MPX", "16")) * 1_000_000),
+        max_faces=int(os.environ.get("EMOTION_PIPELINE_MAX_FACES", "20")),
+        reload_interval=float(os.environ.get("EMOTION_PIPELINE_RELOAD_INTERVAL", "60")),
     )
+
+
+def max_waiting_from_env() -> int:
+    return int(os.environ.get("EMOTION_PIPELINE_MAX_WAITING", "8"))
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -84,24 +100,43 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
         chunks.append(chunk)
 
 
+def image_from_body(body: bytes, content_type: str) -> bytes:
+    """The photo: the body itself, or its part when the body is multipart (media types are
+    case-insensitive: ``Multipart/Form-Data`` is multipart too)."""
+    media_type, _ = parse_options_header(content_type)
+    return image_from_multipart(body, content_type) if media_type.startswith(b"multipart/") else body
+
+
 def image_from_multipart(body: bytes, content_type: str) -> bytes:
     """The ``image`` part of a multipart/form-data body, else its first part, as raw bytes (a part
-    without a file name too: ``curl -F image=<photo.jpg`` sends one)."""
+    without a file name too: ``curl -F image=<photo.jpg`` sends one). At most MAX_MULTIPART_PARTS
+    parts with MAX_PART_HEADER_BYTES of headers each (python-multipart calls back per part and header)."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest(400, "multipart body without a boundary")
     parts: list[tuple[bytes, bytearray]] = []
     header: dict[str, bytes] = {"field": b"", "value": b""}
+    header_bytes = [0]
 
     def on_part_begin() -> None:
+        if len(parts) == MAX_MULTIPART_PARTS:
+            raise BadRequest(400, f"more than {MAX_MULTIPART_PARTS} multipart parts: send the photo alone")
         parts.append((b"", bytearray()))
+        header_bytes[0] = 0
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        count_header_bytes(end - start)
         header["field"] += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        count_header_bytes(end - start)
         header["value"] += data[start:end]
+
+    def count_header_bytes(size: int) -> None:
+        header_bytes[0] += size
+        if header_bytes[0] > MAX_PART_HEADER_BYTES:
+            raise BadRequest(400, f"multipart part headers longer than {MAX_PART_HEADER_BYTES} bytes")
 
     def on_header_end() -> None:
         if header["field"].lower() == b"content-disposition":
@@ -125,65 +160,76 @@ def image_from_multipart(body: bytes, content_type: str) -> bytes:
     return bytes(named[0] if named else parts[0][1] if parts else b"")
 
 
-def create_app(settings: ServeSettings | None = None) -> Starlette:
-    settings = settings or settings_from_env()
-    state: dict = {"predictor": None, "error": None}
+def error(code: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=code, headers=headers)
 
-    def load() -> None:
+
+def logged_once(endpoint):
+    """An unexpected exception becomes a JSON 500 saying only that the server failed, logged here
+    once with its traceback (Starlette's own 500 handler re-raises, so uvicorn logged it again)."""
+    async def guarded(request: Request) -> Response:
         try:
-            state["predictor"] = Predictor(settings)
-        except Exception as err:  # reported by /health, so an orchestrator sees why
-            log.exception("model loading failed")
-            state["error"] = f"{type(err).__name__}: {err}"
+            return await endpoint(request)
+        except Exception:  # noqa: BLE001 - the client learns nothing of it but that it failed
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error(500, "internal error: the server log has the details; retrying will not help")
+    return guarded
 
-    def error(code: int, message: str, **extra) -> JSONResponse:
-        return JSONResponse({"error": message, **extra}, status_code=code)
 
-    def not_ready() -> JSONResponse | None:
-        if state["predictor"] is not None:
-            return None
-        if state["error"]:
-            return error(500, "model failed to load", detail=state["error"])
-        return error(503, "model is loading, retry shortly")
+def create_app(settings: ServeSettings | None = None) -> Starlette:
+    if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s")
+    settings = settings or settings_from_env()
+    holder = ModelHolder(settings)
+    queue = PredictionQueue(max_waiting_from_env())
+
+    def not_ready() -> JSONResponse:
+        return error(503, holder.problem, headers={"Retry-After": "5"}, status="not ready")
 
     async def health(request: Request) -> JSONResponse:
-        return not_ready() or JSONResponse(
-            {"status": "ready", "model_version": state["predictor"].info["model_version"]})
+        predictor = holder.predictor
+        if predictor is None:
+            return not_ready()
+        return JSONResponse({"status": "ready", "model_version": predictor.info["model_version"]})
 
     async def model(request: Request) -> JSONResponse:
-        return not_ready() or JSONResponse(state["predictor"].info)
+        predictor = holder.predictor
+        return JSONResponse(predictor.info) if predictor else not_ready()
 
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(request: Request) -> Response:
         try:
             body = await read_body(request, settings.max_upload_bytes, settings.read_timeout)
-            content_type = request.headers.get("content-type", "")
-            data = image_from_multipart(body, content_type) if content_type.startswith("multipart/") else body
+            # In a thread: a multipart body is parsed by pure Python, which would hold the event loop.
+            data = await run_in_threadpool(image_from_body, body, request.headers.get("content-type", ""))
         except BadRequest as err:
             return error(err.status, str(err))
-        problem = not_ready()
-        if problem:
-            return problem
+        predictor = holder.predictor
+        if predictor is None:
+            return not_ready()
         if not data:
             return error(400, "no image: send it as the raw request body or as the multipart field 'image'")
         try:
-            return JSONResponse(await run_in_threadpool(state["predictor"].predict, data))
+            return JSONResponse(await queue.run(lambda left: predictor.predict(data, left), request.receive))
         except ImageError as err:
             return error(STATUS_FOR_IMAGE_ERROR.get(err.status, 400), str(err), status=err.status)
+        except Busy as err:
+            return error(503, f"busy: too many predictions waiting; retry after {err.retry_after} s",
+                         headers={"Retry-After": str(err.retry_after)})
+        except ClientGone as err:
+            log.info("dropped a prediction: its client left (%s)", err)
+            return Response(status_code=499)  # nobody reads it; nginx's code for a closed request
 
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
-        return error(err.status_code, err.detail)  # 404, 405 as JSON like every other error
-
-    async def internal_error(request: Request, err: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=err)
-        return error(500, f"internal error: {type(err).__name__}")
+        return error(err.status_code, err.detail, headers=err.headers)  # 404, 405 (with Allow) as JSON
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        threading.Thread(target=load, name="load-model", daemon=True).start()
+        holder.start()
         yield
+        holder.stop()
 
     return Starlette(routes=[
-        Route("/health", health, methods=["GET"]),
-        Route("/model", model, methods=["GET"]),
-        Route("/predict", predict, methods=["POST"]),
-    ], exception_handlers={HTTPException: http_error, Exception: internal_error}, lifespan=lifespan)
+        Route("/health", logged_once(health), methods=["GET"]),
+        Route("/model", logged_once(model), methods=["GET"]),
+        Route("/predict", logged_once(predict), methods=["POST"]),
+    ], exception_handlers={HTTPException: http_error}, lifespan=lifespan)

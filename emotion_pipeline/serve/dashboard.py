@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -262,19 +261,10 @@ def caption_section(check: dict) -> None:
 
 
 def tracking_client(uri: str):
-    """An MLflow client on the root's store, or None when the root has none yet: opening a missing
-    SQLite store creates it, and a dashboard only reads. A tracking server is read as it is."""
-    from mlflow import MlflowClient
+    """An MLflow client on the root's store, or None when the root has none yet (nothing is created)."""
+    from emotion_pipeline.serve.predictor import read_only_client
 
-    from emotion_pipeline.modeling import tracking
-
-    config = PipelineConfig(source=uri, root=uri)
-    explicit = config.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if explicit and not explicit.startswith("sqlite:"):
-        return MlflowClient(tracking_uri=explicit)
-    database = (Path(explicit.split(":///", 1)[1]) if explicit
-                else tracking._local_mlflow_folder(config) / catalog.MLFLOW_DB)  # the path tracking_uri makes
-    return MlflowClient(tracking_uri=f"sqlite:///{database}") if database.is_file() else None
+    return read_only_client(uri)
 
 
 @st.cache_data(ttl=60)

@@ -1,23 +1,28 @@
-"""Loads the registered model once per process and turns one photo into per-face emotion probabilities.
+"""Loads the registered model and turns one photo into per-face emotion probabilities.
 
 Same path as the pipeline: DeepFace detection on the photo, the face crop (or the whole photo, as the
-model was trained) through ResNet50, then the trained head.
+model was trained) through ResNet50, then the trained head. It only reads the MLflow store: a root
+without one (or no root at all) is an error, never an empty store created.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from .. import catalog
 from ..config import CLASSES, PipelineConfig
 from ..faces import build_models, detect_faces
 from ..labels import label_of
 from ..modeling import tracking
 from ..modeling.embedding import decode_photo, image_vectors, model_input, resnet50
+from ..storage import GCS_SCHEME
 
 _PIPELINE = PipelineConfig(source="", root="")  # the pipeline's defaults, shared with the API
 
@@ -35,6 +40,71 @@ class ServeSettings:
     # pipeline takes, the API takes, and faces are found at the same detection size.
     max_image_pixels: int | None = None
     detect_max_side: int | None = None
+    # A request's cost is bounded: at most this many pixels (below the pipeline's 60 Mpx: a 60 Mpx
+    # photo costs a serving worker 11-14 s and 1.4 GB) and this many faces through ResNet50 (the
+    # largest; an 8x8 grid of one face would otherwise cost 64 passes).
+    pixel_cap: int = 16_000_000
+    max_faces: int = 20
+    reload_interval: float = 60.0  # seconds between checks of where the champion alias points; 0: never
+
+
+class ClientGone(Exception):
+    """The client of a prediction left: the work still to do is dropped."""
+
+
+class StoreMissing(Exception):
+    """The storage root, or the MLflow store under it, does not exist (nothing is created)."""
+
+
+def read_only_client(root: str):
+    """An MLflow client on the root's store, or None when the root has none yet: opening a missing
+    SQLite store creates it, and a server (or dashboard) only reads. A tracking server is read as it is."""
+    from mlflow import MlflowClient
+
+    from ..modeling import tracking
+
+    config = PipelineConfig(source=root, root=root)
+    explicit = config.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if explicit and not explicit.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=explicit)
+    database = (Path(explicit.split(":///", 1)[1]) if explicit
+                else tracking._local_mlflow_folder(config) / catalog.MLFLOW_DB)  # the path tracking_uri makes
+    return MlflowClient(tracking_uri=f"sqlite:///{database}") if database.is_file() else None
+
+
+def store_client(root: str):
+    """``read_only_client``, or ``StoreMissing`` saying which of root and store is missing."""
+    if not root.startswith(GCS_SCHEME) and not Path(root).expanduser().is_dir():
+        raise StoreMissing(f"the storage root {root} does not exist")
+    client = read_only_client(root)
+    if client is None:
+        raise StoreMissing(f"no MLflow store under {root}: run the pipeline first")
+    return client
+
+
+def registered_version(client, model_name: str, uri: str):
+    """The model version ``uri`` names (``models:/name@alias`` or ``models:/name/N``) in the registry."""
+    if uri.startswith(f"models:/{model_name}@"):
+        return client.get_model_version_by_alias(model_name, uri.rsplit("@", 1)[1])
+    return client.get_model_version(model_name, uri.rsplit("/", 1)[1])
+
+
+def model_uri(settings: ServeSettings) -> str:
+    name = PipelineConfig(source=settings.root, root=settings.root).registered_model
+    return settings.model_uri or f"models:/{name}@{tracking.CHAMPION}"
+
+
+def _use_tracking_uri(uri: str) -> None:
+    """Point mlflow's model loading at the store without exporting MLFLOW_TRACKING_URI (mlflow's
+    set_tracking_uri does; see tracking.use_experiment)."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 class Predictor:
@@ -44,13 +114,9 @@ class Predictor:
         self.settings = settings
         self._lock = threading.Lock()
         config = PipelineConfig(source=settings.root, root=settings.root)
-        mlflow = tracking.use_experiment(config)
-        uri = settings.model_uri or f"models:/{config.registered_model}@{tracking.CHAMPION}"
-        client = mlflow.MlflowClient()
-        if uri.startswith(f"models:/{config.registered_model}@"):
-            version = client.get_model_version_by_alias(config.registered_model, uri.rsplit("@", 1)[1])
-        else:
-            version = client.get_model_version(config.registered_model, uri.rsplit("/", 1)[1])
+        client = store_client(settings.root)
+        uri = model_uri(settings)
+        version = registered_version(client, config.registered_model, uri)
         run = client.get_run(version.run_id)
         params = run.data.params
         self.info = {
@@ -59,41 +125,54 @@ class Predictor:
             "embed_input": params.get("config.embed_input", "face"),
             "detector": params.get("config.detector", "mtcnn"),
             "min_face_confidence": float(params.get("config.min_face_confidence", 0.9)),
-            "max_image_pixels": settings.max_image_pixels or int(
-                params.get("config.max_image_pixels", _PIPELINE.max_image_pixels)),
+            "max_image_pixels": settings.max_image_pixels or min(settings.pixel_cap, int(
+                params.get("config.max_image_pixels", _PIPELINE.max_image_pixels))),
+            "max_faces": settings.max_faces,
             "detect_max_side": settings.detect_max_side or int(
                 params.get("config.detect_max_side", _PIPELINE.detect_max_side)),
         }
         weights = settings.embed_weights or params.get("config.embed_weights", "imagenet")
         self.batch_size = int(params.get("config.embed_batch_size", _PIPELINE.embed_batch_size))
+        _use_tracking_uri(client.tracking_uri)
         self.head = tracking.load_model(f"models:/{config.registered_model}/{version.version}")
         # The precision the training vectors were made with (it only differs from float32 on a GPU).
         self.resnet = resnet50(weights, params.get("config.mixed_precision", "True") == "True")
         build_models(("emotion",))  # fail now, not on the first request, if DeepFace weights are missing
         log.info("model %s (version %s) loaded", uri, self.info["model_version"])
 
-    def predict(self, data: bytes) -> dict[str, Any]:
-        """Faces with boxes (original pixels) and the five probabilities. Raises ImageError on bad input."""
+    def predict(self, data: bytes, cancelled: threading.Event | None = None) -> dict[str, Any]:
+        """Faces with boxes (original pixels) and the five probabilities. Raises ImageError on bad input,
+        and ClientGone between steps once ``cancelled`` is set (its client left)."""
+        cancelled = cancelled or threading.Event()
         with self._lock:
-            boxes, confidences, vectors = self.face_vectors(data)
+            boxes, confidences, vectors, found = self.face_vectors(data, cancelled)
             probabilities = np.asarray(self.head.predict(vectors, verbose=0)) if boxes else []
-        return self._response(boxes, confidences, probabilities)
+        return {**self._response(boxes, confidences, probabilities), "faces_found": found}
 
-    def face_vectors(self, data: bytes) -> tuple[list[tuple[int, int, int, int]], list[float], np.ndarray]:
-        """The confident faces of a photo, as the pipeline finds them, and the vector of each: the same
-        model-input path as embed (``modeling.embedding``), so the head sees what it was trained on."""
+    def face_vectors(self, data: bytes, cancelled: threading.Event) -> tuple[list, list[float], np.ndarray, int]:
+        """The largest ``max_faces`` confident faces of a photo, as the pipeline finds them, the vector
+        of each (the same model-input path as embed, ``modeling.embedding``, so the head sees what it
+        was trained on), and how many confident faces there were."""
+        _stop_if(cancelled, "before decoding")
         photo = decode_photo(data, self.info["max_image_pixels"])
+        _stop_if(cancelled, "before detection")
         scale = min(1.0, self.info["detect_max_side"] / max(photo.size))
         small = photo if scale == 1.0 else photo.resize(
             (max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.BICUBIC)
         found = [f for f in detect_faces(np.asarray(small), self.info["detector"])
                  if f.confidence >= self.info["min_face_confidence"]]
-        boxes = [tuple(round(v / scale) for v in (f.x, f.y, f.w, f.h)) for f in found]
+        kept = sorted(found, key=lambda f: f.w * f.h, reverse=True)[:self.settings.max_faces]
+        kept.sort(key=found.index)  # in the detector's order, as without a cap
+        boxes = [tuple(round(v / scale) for v in (f.x, f.y, f.w, f.h)) for f in kept]
         if not boxes:
-            return [], [], np.zeros((0, 2048), dtype=np.float32)
+            return [], [], np.zeros((0, 2048), dtype=np.float32), 0
         whole = self.info["embed_input"] == "photo"
         inputs = [model_input(photo, None if whole else box) for box in boxes]
-        return boxes, [f.confidence for f in found], image_vectors(self.resnet, inputs, self.batch_size)
+        vectors = []
+        for start in range(0, len(inputs), self.batch_size):  # a departed client stops between batches
+            _stop_if(cancelled, f"after {start} of {len(inputs)} faces")
+            vectors.append(image_vectors(self.resnet, inputs[start:start + self.batch_size], self.batch_size))
+        return boxes, [f.confidence for f in kept], np.concatenate(vectors), len(found)
 
     def _response(self, boxes, confidences, probabilities) -> dict[str, Any]:
         faces = [
@@ -104,3 +183,7 @@ class Predictor:
         ]
         return {"model_version": self.info["model_version"], "faces": faces}
 
+
+def _stop_if(cancelled: threading.Event, where: str) -> None:
+    if cancelled.is_set():
+        raise ClientGone(where)
