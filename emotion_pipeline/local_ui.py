@@ -31,6 +31,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 AIRFLOW_GRACE_S = 30  # idle, its components stop in ~25 s on a loaded 2 cores; with tasks running, the
 # LocalExecutor waits for them (minutes): those are killed, and the scheduler fails or retries them at next start
 REPORT_EVERY_S = 5
+PAUSED_BY_UI = "dag-paused-by-ui"  # in the Airflow home while `ui` holds the DAG paused
 AIRFLOW_ROLES = ("standalone", "scheduler", "dag-processor", "api-server", "triggerer", "worker", "serve-logs",
                  "task")
 
@@ -91,22 +92,47 @@ def prepare_airflow(home: Path, database: LocalPostgres, source: str, root: str,
     local_airflow.ensure_gpu_pool()
     subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True,
                    stdout=subprocess.DEVNULL)
-    # Held paused until the API server answers: the scheduler starts first, and a task it started
-    # before then failed "Connection refused" (a retry for nothing). A DAG its user paused stays so.
-    return not local_airflow.set_paused(True)
+    return hold_dag_paused(home)
+
+
+def hold_dag_paused(home: Path) -> bool:
+    """Pause the DAG until the API server answers: the scheduler starts first, and a task it started
+    before then failed "Connection refused" (a retry for nothing). Returns whether to unpause it then.
+    A marker in the home, written before pausing and removed after unpausing, tells a DAG that a `ui`
+    stopped or killed in between left paused (unpause it) from one its user paused (it stays so)."""
+    marker = home / PAUSED_BY_UI
+    left_paused_by_ui = marker.exists()
+    marker.touch()
+    unpause = should_unpause(local_airflow.set_paused(True), left_paused_by_ui)
+    if not unpause:
+        marker.unlink()
+    return unpause
+
+
+def should_unpause(was_paused: bool, marker_found: bool) -> bool:
+    """Paused with the marker there: an earlier `ui` paused it and did not get to unpause it."""
+    return not was_paused or marker_found
+
+
+def release_dag(home: Path) -> None:
+    local_airflow.set_paused(False)
+    (home / PAUSED_BY_UI).unlink(missing_ok=True)
 
 
 def serve_until_stopped(standalone: subprocess.Popen, home: Path, port: int, unpause: bool) -> int:
     url = f"http://localhost:{port}"
-    if wait_until_healthy(url, standalone):
+    healthy = wait_until_healthy(url, standalone)
+    if not healthy and standalone.poll() is None:
+        say(f"Airflow's API did not report a healthy database and scheduler on {url}/api/v2/monitor/health "
+            "in time (its output is above); still waiting for it (the DAG stays paused until then). "
+            "Stop with Ctrl-C.")
+        healthy = wait_until_healthy(url, standalone, timeout=float("inf"))
+    if healthy:
         if unpause:
-            local_airflow.set_paused(False)
+            release_dag(home)
         user, password = login(home)
         say(f"\nAirflow UI: {url}/dags/{local_airflow.DAG_ID}   login: {user} / {password}\n"
             "Trigger the DAG with the form (source, root, shard size, detector, ...).\n")
-    elif standalone.poll() is None:
-        say(f"Airflow's API did not report a healthy database and scheduler on {url}/api/v2/monitor/health "
-            "in time (its output is above); still waiting for it. Stop with Ctrl-C.")
     code = standalone.wait()
     say(f"`airflow standalone` exited by itself with code {code}; its output is above.")
     return code or 1
