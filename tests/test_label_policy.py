@@ -37,7 +37,7 @@ def test_the_curves_label_each_photo_as_annotate_does(policy):
                  "eligible": r["confidence"] >= config.min_face_confidence and r["h"] >= config.min_face_size}
                 for r in group.to_dict("records")]
         photo = {"image_id": image_id, "source_key": "k", "shard": 0, "status": "ok", "error": None,
-                 "faces": [{"row": r} for r in rows]}
+                 "faces": [{"box": r, "scores": {}} for r in rows]}
         expected[image_id] = _photo_row(photo, config)["label"]
     labels = label_policy.photo_labels(faces, policy)
     assert {k: (v if isinstance(v, str) else None) for k, v in labels.items()} == expected

@@ -67,7 +67,7 @@ def photo_row(faces, **knobs):
     for f in faces:
         f["eligible"] = f["confidence"] >= config.min_face_confidence and f["h"] >= config.min_face_size
     photo = {"image_id": "i", "source_key": "k", "shard": 0, "status": "ok", "error": None,
-             "faces": [{"row": f} for f in faces]}
+             "faces": [{"box": f, "scores": {}} for f in faces]}
     return _photo_row(photo, config)
 
 

@@ -5,6 +5,7 @@ photo into the same vector (a training/serving skew would show here first).
 a row differently depending on the batch it is computed in, by ~1e-7 of the vector's scale. Any real
 skew (another crop, resize, colour order or normalisation) moves a vector by more than 1e-2 of it.
 """
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_the_same_photo_gets_the_same_vector_in_embed_evaluate_and_the_api(train
         gold_row = SimpleNamespace(uri=note["source_uri"], face_x=box[0], face_y=box[1], face_w=box[2], face_h=box[3])
         gold = image_vectors(resnet, gold_input(config, gold_row)[None], config.embed_batch_size)[0]
         # the API: detection on the uploaded bytes, then the same path
-        boxes, _, api_vectors = predictor.face_vectors(source.read_bytes(note["source_key"]))
+        boxes, _, api_vectors, _ = predictor.face_vectors(source.read_bytes(note["source_key"]), threading.Event())
         assert box in boxes, (box, boxes)
         served = api_vectors[boxes.index(box)]
         assert np.abs(embedded).sum() > 0
