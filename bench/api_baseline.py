@@ -10,7 +10,7 @@ import threading
 
 from flask import Flask, jsonify, request
 
-from emotion_pipeline.images import ImageError
+from emotion_pipeline.labelling.images import ImageError
 from emotion_pipeline.serve.predictor import Predictor, ServeSettings
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emotion_pipeline.images import decode_rgb, letterbox, open_checked, to_jpeg
+from emotion_pipeline.labelling.images import decode_rgb, letterbox, open_checked, to_jpeg
 from emotion_pipeline.stages.dedupe import perceptual_hash
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from emotion_pipeline import catalog
-from emotion_pipeline.storage import open_storage
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.storage import open_storage
 
 from .common import Row, distinct_photos, peak_rss_mib
 

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from emotion_pipeline import catalog
-from emotion_pipeline.config import EMOTIONS, PipelineConfig
-from emotion_pipeline.manifest import load_manifest
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import EMOTIONS, PipelineConfig
+from emotion_pipeline.core.manifest import load_manifest
+from emotion_pipeline.core.storage import open_storage
 from emotion_pipeline.modeling.embedding import image_vectors, resnet50
 from emotion_pipeline.stages import annotate, embed, resize
 from emotion_pipeline.stages.discover import discover_images
-from emotion_pipeline.storage import open_storage
 
 from .common import Row, side_by_side
 
@@ -84,7 +84,7 @@ def bench_annotate(source: Path, work: Path, chunk: int, detector: str) -> tuple
         resize.resize_shard(config, shard)
     warm = {}  # both sides build their models before the clock starts (DeepFace caches them per process)
     analyze_loop(source, shards[0][:1], detector, warm)
-    from emotion_pipeline.faces import build_models, face_detector
+    from emotion_pipeline.labelling.faces import build_models, face_detector
     build_models(config.actions)
     face_detector(detector)
 

@@ -6,7 +6,7 @@ shards -> near duplicates -> label-drift monitoring with e-mail alerts ->
 `datasets/final_emotion_dataset.parquet` -> ResNet50 vectors -> a Keras Tuner classifier tracked in
 MLflow -> evaluation, SHAP and `reports/<model version>/report.html`.
 
-Wiring only: every task runs one stage of `emotion_pipeline.registry` (`stage_task(name)`), which
+Wiring only: every task runs one stage of `emotion_pipeline.core.registry` (`stage_task(name)`), which
 says whether it maps over shards, runs on the GPU pool, and when it has nothing to do. Shards are the
 unit of dynamic task mapping (never single photos); only shards with work left are mapped, so a
 re-run with nothing new launches no shard task. DeepFace, ResNet50 and SHAP run on the `gpu` queue
@@ -29,8 +29,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from emotion_pipeline.config import PipelineConfig, deployment_default, form_params
-from emotion_pipeline.registry import STAGES, execution_timeout, stage
+from emotion_pipeline.core.config import PipelineConfig, deployment_default, form_params
+from emotion_pipeline.core.registry import STAGES, execution_timeout, stage
 
 # Whoever lands a new batch of photos in the source posts an event on this asset; that starts a run
 # with the default params, so it can only be the schedule where the default source and root are set.
@@ -42,7 +42,7 @@ OUTPUTS = {spec.asset: Asset(name=spec.asset, uri=f"emotion-pipeline://{spec.ass
            for spec in STAGES.values() if spec.asset}
 
 
-# The trigger form, grouped in sections: every knob of emotion_pipeline.config with a section. Its
+# The trigger form, grouped in sections: every knob of emotion_pipeline.core.config with a section. Its
 # defaults are the deployment's ($EMOTION_PIPELINE_<NAME>, or `emotion-pipeline ui --<knob> ...`): runs
 # that start without params (scheduled, asset-triggered, a backfill without "override") use them.
 PARAMS = {name: Param(deployment_default(name, default), **schema) for name, (default, schema) in form_params().items()}
@@ -82,7 +82,7 @@ def _tasks_run_here() -> bool:
 
 
 def _on_failure(context) -> None:
-    from emotion_pipeline.airflow_adapter import notify_failure
+    from emotion_pipeline.orchestration.airflow_adapter import notify_failure
 
     notify_failure(context)
 
@@ -106,8 +106,8 @@ def stage_task(name: str, **options):
 
     @task(task_id=name, doc_md=f"Runs stage `{name}` (`{spec.function}`).", **options)
     def run_stage_task(shard=None, params=None, run_id=None, ti=None, outlet_events=None) -> dict:
-        from emotion_pipeline.airflow_adapter import asset_extra, fail_fast, skip_without_output
-        from emotion_pipeline.runner import run_stage
+        from emotion_pipeline.core.runner import run_stage
+        from emotion_pipeline.orchestration.airflow_adapter import asset_extra, fail_fast, skip_without_output
 
         shard = shard["shard"] if isinstance(shard, dict) else shard
         config = _config(params)
@@ -145,10 +145,9 @@ def emotion_pipeline():
         (photos found, new, hashed, all shards) goes to the XCom key ``summary``. The batch folder
         is rendered with the run's context (``{{ ds }}``: the run's date, a backfill's too); a run
         without a date reads the folder its asset event names (``extra.batch``), else everything."""
-        from emotion_pipeline.airflow_adapter import fail_fast, run_batch_folder
-        from emotion_pipeline.runner import run_stage
-
+        from emotion_pipeline.core.runner import run_stage
         from emotion_pipeline.modeling.embedding import check_weights
+        from emotion_pipeline.orchestration.airflow_adapter import fail_fast, run_batch_folder
 
         params = _with_deployment_defaults(params)
         values = {**params, "batch": run_batch_folder(params.get("batch") or "", context)}
@@ -162,7 +161,7 @@ def emotion_pipeline():
 
     @task(execution_timeout=timedelta(minutes=10))
     def alert_on_drift(report: dict, **context) -> bool:
-        from emotion_pipeline.airflow_adapter import send_drift_alert
+        from emotion_pipeline.orchestration.airflow_adapter import send_drift_alert
 
         return send_drift_alert(_config(context["params"]), report, context)
 

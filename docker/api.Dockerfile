@@ -18,7 +18,7 @@ COPY emotion_pipeline emotion_pipeline
 RUN uv pip install --system --no-cache --no-deps .
 
 # Bake DeepFace's emotion weights and the detector into the image: a cold start downloads nothing.
-RUN python -c "from emotion_pipeline.faces import build_models, detect_faces; import numpy as np; \
+RUN python -c "from emotion_pipeline.labelling.faces import build_models, detect_faces; import numpy as np; \
 build_models(('emotion',)); detect_faces(np.zeros((64, 64, 3), np.uint8), 'mtcnn')"
 
 RUN useradd --create-home app && chown -R app /opt/deepface

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg2
 
-from .conftest import REPO, free_port
+from tests.conftest import REPO, free_port
 
 POSTGRES = "postgres@127.0.0.1:5432"
 REDIS = "redis://127.0.0.1:6379"
@@ -49,7 +49,7 @@ class AirflowCluster:
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "emotion_pipeline.airflow_adapter.worker_name",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "emotion_pipeline.orchestration.airflow_adapter.worker_name",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),

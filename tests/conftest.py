@@ -7,8 +7,8 @@ import pickle
 import shutil
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,7 +84,7 @@ def gcs_emulator():
 @pytest.fixture
 def gcs_bucket(gcs_emulator, request):
     """A fresh bucket on the emulator; yields its name."""
-    from emotion_pipeline.storage import _gcs_client
+    from emotion_pipeline.core.storage import _gcs_client
 
     name = f"test-{request.node.name.lower().replace('_', '-').replace('[', '-').replace(']', '')}"[:60].rstrip("-")
     client = _gcs_client()
@@ -145,10 +145,9 @@ def trained_root_reads(trained_root) -> dict[tuple[str, int | None], dict[str, s
 
 
 def _train_a_root(base: Path):
-    from emotion_pipeline.config import PipelineConfig
+    from emotion_pipeline.core.config import PipelineConfig
     from emotion_pipeline.stages.all import run_all_stages
-
-    from .read_log import ReadLog
+    from tests.read_log import ReadLog
 
     src = base / "photos"
     copy_photos(FLICKR, src, flickr_names(40, offset=200))

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from emotion_pipeline.config import CLASSES, EMOTIONS
-from emotion_pipeline.storage import Storage
+from emotion_pipeline.core.config import CLASSES, EMOTIONS
+from emotion_pipeline.core.storage import Storage
 
 CLI = str(Path(sys.executable).parent / "emotion-pipeline")
 
@@ -54,7 +54,7 @@ def airflow_home(home: Path) -> Path:
     if _template is None:
         _template = Path(tempfile.mkdtemp(prefix="airflow-db-template-", dir=_TEMPLATES))
         subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                        "from emotion_pipeline.local_airflow import configure; configure(Path(sys.argv[1]))",
+                        "from emotion_pipeline.local.airflow_home import configure; configure(Path(sys.argv[1]))",
                         str(_template)], check=True, capture_output=True, timeout=300)
     home.mkdir(parents=True)
     for migrated in [_template / "airflow.db", *_template.glob(".migrated-*")]:
@@ -69,7 +69,7 @@ def _without_mlflow_uri(environ) -> dict:
 
 def photo_entries(folder: Path) -> list[str]:
     """Every entry named like a photo under ``folder`` (links, pipes and sockets included), relative."""
-    from emotion_pipeline.manifest import is_image_name
+    from emotion_pipeline.core.manifest import is_image_name
 
     return sorted((Path(d) / name).relative_to(folder).as_posix()
                   for d, _, names in os.walk(folder) for name in names if is_image_name(name))

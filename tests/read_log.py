@@ -2,9 +2,9 @@
 cover (tests/test_read_coverage.py)."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
-from emotion_pipeline.storage import ObjectInfo, Storage, open_storage
+from emotion_pipeline.core.storage import ObjectInfo, Storage, open_storage
 
 
 class RecordingStorage:

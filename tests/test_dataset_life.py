@@ -9,15 +9,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from emotion_pipeline import catalog
-from emotion_pipeline.config import PipelineConfig
-from emotion_pipeline.manifest import discover, shard_fingerprint, shard_rows
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.manifest import discover, shard_fingerprint, shard_rows
+from emotion_pipeline.core.storage import LocalStorage, open_storage
 from emotion_pipeline.stages.discover import discover_images
 from emotion_pipeline.stages.merge import merge_dataset
 from emotion_pipeline.stages.resize import resize_shard
-from emotion_pipeline.storage import LocalStorage, open_storage
-
-from .conftest import FACES, FLICKR, copy_photos, flickr_names
+from tests.conftest import FACES, FLICKR, copy_photos, flickr_names
 
 
 def resize_and_merge(config: PipelineConfig) -> pd.DataFrame:
@@ -224,8 +223,8 @@ def check_against_scratch(steps, config_for) -> None:
 def test_a_new_batch_refits_the_champion_and_force_searches_afresh(tmp_path, monkeypatch):
     """Retraining after a batch used to repeat the whole search (88% of a cold run); a forced
     retrain reloaded the finished search (same tuner project) instead of searching again."""
-    from emotion_pipeline.config import state_home
-    from emotion_pipeline.runner import run_stage
+    from emotion_pipeline.core.config import state_home
+    from emotion_pipeline.core.runner import run_stage
     from emotion_pipeline.stages.all import build_dataset_and_features
 
     monkeypatch.setenv("EMOTION_PIPELINE_HOME", str(tmp_path / "state"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FLICKR, copy_photos, flickr_names
-from .pipeline_run import CLI, _without_mlflow_uri, airflow_home
+from tests.conftest import FLICKR, copy_photos, flickr_names
+from tests.pipeline_run import CLI, _without_mlflow_uri, airflow_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -51,7 +51,7 @@ def test_weights_that_cannot_be_loaded_fail_discover_before_any_photo_is_process
 
 
 def test_imagenet_weights_out_of_reach_are_found_out_without_loading_tensorflow(tmp_path, monkeypatch):
-    from emotion_pipeline.faces import MissingWeightsError
+    from emotion_pipeline.labelling.faces import MissingWeightsError
     from emotion_pipeline.modeling import embedding
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached copy
@@ -85,7 +85,7 @@ def check_a_failed_run_is_readable(done, summary: dict, task: str, reason: str) 
 def test_the_batch_folder_of_runs_with_and_without_a_date():
     """Scheduled and backfill runs have a date to render {{ ds }} with; an asset-triggered run (or a
     REST trigger with logical_date null) has none: it reads the folder its event names, else all."""
-    from emotion_pipeline.airflow_adapter import batch_folder
+    from emotion_pipeline.orchestration.airflow_adapter import batch_folder
 
     def render(text):
         return text.replace("{{ ds }}", "2026-11-02")

@@ -19,15 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_pipeline import catalog
-from emotion_pipeline.config import PipelineConfig
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.storage import GCSStorage, LocalStorage, StorageError, _gcs_client, open_storage
 from emotion_pipeline.stages.discover import discover_images
 from emotion_pipeline.stages.merge import merge_dataset
 from emotion_pipeline.stages.resize import resize_shard
-from emotion_pipeline.storage import GCSStorage, LocalStorage, StorageError, _gcs_client, open_storage
-
-from .conftest import FLICKR, copy_photos, flickr_names
-from .faulty_proxy import FaultyProxy
+from tests.conftest import FLICKR, copy_photos, flickr_names
+from tests.faulty_proxy import FaultyProxy
 
 EMOTION_PIPELINE = str(Path(sys.executable).parent / "emotion-pipeline")
 
@@ -289,7 +288,7 @@ def test_embed_killed_mid_shard_leaves_no_vectors_and_the_retry_equals_an_undist
 
 HOLD = textwrap.dedent("""
     import json, sys, time
-    from emotion_pipeline.storage import open_storage
+    from emotion_pipeline.core.storage import open_storage
     root, log, hold = sys.argv[1], sys.argv[2], float(sys.argv[3])
     with open_storage(root).lease("run", poll=0.1):
         with open(log, "a") as f:
@@ -329,7 +328,7 @@ def test_runs_on_one_root_take_turns_and_a_killed_holder_frees_the_root(tmp_path
 
 TRAIN = textwrap.dedent("""
     import json, sys
-    from emotion_pipeline.config import PipelineConfig
+    from emotion_pipeline.core.config import PipelineConfig
     from emotion_pipeline.stages.train import train_classifier
     config = PipelineConfig(source=sys.argv[1], root=sys.argv[1], tuner_max_epochs=4, min_rows_per_class=3)
     print(json.dumps(train_classifier(config).to_dict(), default=str))
@@ -342,10 +341,10 @@ def write_training_inputs(root: Path, rows: int = 150, signal: str = "dimension"
     the logistic baseline reads that, the head's LayerNormalization erases it, so the head loses."""
     import numpy as np
 
-    from emotion_pipeline.config import CLASSES
-    from emotion_pipeline import catalog
+    from emotion_pipeline.core import catalog
+    from emotion_pipeline.core.config import CLASSES
+    from emotion_pipeline.core.tables import write_table
     from emotion_pipeline.stages.embed import npy_bytes
-    from emotion_pipeline.tables import write_table
 
     rng = np.random.default_rng(0)
     labels = [CLASSES[i % len(CLASSES)] for i in range(rows)]

@@ -9,15 +9,14 @@ import subprocess
 import pandas as pd
 import pytest
 
-from emotion_pipeline import catalog
-from emotion_pipeline.config import PipelineConfig
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.storage import open_storage
 from emotion_pipeline.stages.discover import discover_images
 from emotion_pipeline.stages.resize import resize_shard
-from emotion_pipeline.storage import open_storage
-
-from .bad_inputs import write_hostile_entries, write_unreadable_entries, without_file_privileges
-from .conftest import FLICKR, copy_photos, flickr_names
-from .pipeline_run import CLI
+from tests.bad_inputs import without_file_privileges, write_hostile_entries, write_unreadable_entries
+from tests.conftest import FLICKR, copy_photos, flickr_names
+from tests.pipeline_run import CLI
 
 pytestmark = pytest.mark.timeout(180)  # a blocked read fails the test instead of hanging CI
 

@@ -3,13 +3,19 @@ import shutil
 
 import pytest
 
-from emotion_pipeline.storage import LocalStorage, open_storage
-
-from .bad_inputs import write_bad_inputs, write_hostile_entries, write_odd_modes
-from .conftest import FACES, FLICKR, copy_photos, flickr_names
-from .pipeline_run import (
-    SECOND_HALF_ARGS, check_mlflow, check_outputs, check_second_half, photo_entries, run_pipeline, screenshot,
-    shard_results, smtp_connection,
+from emotion_pipeline.core.storage import LocalStorage, open_storage
+from tests.bad_inputs import write_bad_inputs, write_hostile_entries, write_odd_modes
+from tests.conftest import FACES, FLICKR, copy_photos, flickr_names
+from tests.pipeline_run import (
+    SECOND_HALF_ARGS,
+    check_mlflow,
+    check_outputs,
+    check_second_half,
+    photo_entries,
+    run_pipeline,
+    screenshot,
+    shard_results,
+    smtp_connection,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]

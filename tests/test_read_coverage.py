@@ -6,14 +6,13 @@ or, recursively, what the markers it covers vouch for. A stage that reads someth
 evaluate read the gold check's table and kept its marker when a gold set was added) fails here."""
 import pandas as pd
 
-from emotion_pipeline import catalog
-from emotion_pipeline.config import PipelineConfig
-from emotion_pipeline.manifest import load_manifest, shard_rows
-from emotion_pipeline.registry import STAGES, Stage, covered_by, upstream_of
-from emotion_pipeline.runner import StageRun, fingerprint
-from emotion_pipeline.storage import Storage, open_storage
-
-from .read_log import RecordingStorage
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.manifest import load_manifest, shard_rows
+from emotion_pipeline.core.registry import STAGES, Stage, covered_by, upstream_of
+from emotion_pipeline.core.runner import StageRun, fingerprint
+from emotion_pipeline.core.storage import Storage, open_storage
+from tests.read_log import RecordingStorage
 
 
 def stage_photos(manifest: pd.DataFrame, shard: int | None) -> pd.DataFrame:

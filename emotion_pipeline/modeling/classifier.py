@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import CLASSES, PipelineConfig
-from .data import TrainingData
+from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.modeling.data import TrainingData
 
 
 def build_head(hp):

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .. import catalog
-from ..config import CLASSES
-from ..storage import Storage
-from ..tables import read_table, write_table
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import CLASSES
+from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.tables import read_table, write_table
 
 SPLITS = {"test": (0.0, 0.15), "val": (0.15, 0.30), "train": (0.30, 1.0)}
 

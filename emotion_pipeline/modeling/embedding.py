@@ -6,21 +6,21 @@
 
 Training, evaluation (SHAP heat maps, the gold check) and serving go through these three functions
 only, so a vector the head was trained on and one the API computes for the same photo are the same
-bits (tests/test_model_input.py checks it through the three callers).
+bits (tests/serve/test_model_input.py checks it through the three callers).
 """
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..faces import MissingWeightsError
-from ..images import decode_rgb, letterbox, open_checked
+from emotion_pipeline.labelling.faces import MissingWeightsError
+from emotion_pipeline.labelling.images import decode_rgb, letterbox, open_checked
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,9 @@ def check_weights(weights: str) -> None:
     """
     if weights.lower() == "none" or weights.startswith("gs://"):
         return
-    ask = (f"Set 'ResNet50 weights' (trigger form, Embedding section; --embed-weights on the command line, "
-           f"$EMOTION_PIPELINE_EMBED_WEIGHTS for a deployment) to a local copy's path, or to none (random "
-           f"weights: tests only).")
+    ask = ("Set 'ResNet50 weights' (trigger form, Embedding section; --embed-weights on the command line, "
+           "$EMOTION_PIPELINE_EMBED_WEIGHTS for a deployment) to a local copy's path, or to none (random "
+           "weights: tests only).")
     if weights != "imagenet":
         if not Path(weights).is_file():
             raise MissingWeightsError(f"ResNet50 weights {weights!r}: no such file on this worker. {ask}")

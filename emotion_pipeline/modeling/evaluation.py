@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import CLASSES, PipelineConfig
-from ..progress import timed
-from . import explain
-from .data import TrainingData
-from .embedding import feature_maps
-from .metrics import classification_metrics
+from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.progress import timed
+from emotion_pipeline.modeling import explain
+from emotion_pipeline.modeling.data import TrainingData
+from emotion_pipeline.modeling.embedding import feature_maps
+from emotion_pipeline.modeling.metrics import classification_metrics
 
 
 def compare_on_test(y_train: np.ndarray, y_test: np.ndarray, model_probabilities: np.ndarray,

@@ -16,11 +16,11 @@ shap's gradient explainers are known to break on Keras 3 / TF 2.16+, hence predi
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from ..config import CLASSES
+from emotion_pipeline.core.config import CLASSES
 
 
 def _plt():

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import CLASSES
+from emotion_pipeline.core.config import CLASSES
 
 # Below this many photos (or faces), a metric or figure is an anecdote rather than a measurement: the
 # report says so next to it, and a model whose test split is this small is flagged (few_test_rows).

@@ -6,9 +6,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .. import catalog
-from ..config import PipelineConfig, state_home
-from ..storage import GCS_SCHEME
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import PipelineConfig, state_home
+from emotion_pipeline.core.storage import GCS_SCHEME
 
 EXPERIMENT = "emotion-pipeline"
 CHAMPION = "champion"

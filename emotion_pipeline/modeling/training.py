@@ -5,10 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import PipelineConfig
-from . import classifier
-from .data import TrainingData
-from .metrics import FEW_ROWS, classification_metrics
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.modeling import classifier
+from emotion_pipeline.modeling.data import TrainingData
+from emotion_pipeline.modeling.metrics import FEW_ROWS, classification_metrics
 
 FLAGS = ("random_embedding_weights", "below_baseline", "few_test_rows")  # model_flags' names, in order
 

@@ -8,11 +8,12 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from .predictor import ClientGone
+from emotion_pipeline.serve.predictor import ClientGone
 
 log = logging.getLogger(__name__)
 

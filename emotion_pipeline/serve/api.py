@@ -40,10 +40,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..images import ImageError
-from .admission import Busy, PredictionQueue
-from .model_holder import ModelHolder
-from .predictor import ClientGone, ServeSettings
+from emotion_pipeline.labelling.images import ImageError
+from emotion_pipeline.serve.admission import Busy, PredictionQueue
+from emotion_pipeline.serve.model_holder import ModelHolder
+from emotion_pipeline.serve.predictor import ClientGone, ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
             chunk = await asyncio.wait_for(anext(stream), max(0.0, deadline - time.monotonic()))
         except StopAsyncIteration:
             return b"".join(chunks)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BadRequest(408, f"the request body did not arrive within {timeout:g} s") from None
         size += len(chunk)
         if size > limit:

@@ -17,11 +17,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw, ImageFont
 
-from emotion_pipeline import catalog
-from emotion_pipeline.charts import drift_timeline_chart, label_pie_chart
-from emotion_pipeline.config import CLASSES, PipelineConfig
-from emotion_pipeline.storage import open_storage
-from emotion_pipeline.images import letterbox_box
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.storage import open_storage
+from emotion_pipeline.labelling.images import letterbox_box
+from emotion_pipeline.reporting.charts import drift_timeline_chart, label_pie_chart
 
 PAGES = ("Dataset", "Monitoring", "Model", "Try it")
 BOX_COLOR = (255, 40, 40)
@@ -321,7 +321,7 @@ def page_try_it(uri: str) -> None:
         st.caption(f"Upload a photo: every face gets the probabilities of the five emotions from the champion, "
                    f"model version {version}.")
         return
-    from emotion_pipeline.images import ImageError, decode_rgb, open_checked
+    from emotion_pipeline.labelling.images import ImageError, decode_rgb, open_checked
 
     data = upload.getvalue()
     try:

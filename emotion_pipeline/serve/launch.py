@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..storage import GCS_SCHEME
+from emotion_pipeline.core.storage import GCS_SCHEME
 
 HEADER_BYTES = 32 * 1024  # every request header together; h11 answers 400 past it
 

@@ -11,8 +11,15 @@ import logging
 import threading
 import time
 
-from ..config import PipelineConfig
-from .predictor import Predictor, ServeSettings, StoreMissing, model_uri, registered_version, store_client
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.serve.predictor import (
+    Predictor,
+    ServeSettings,
+    StoreMissing,
+    model_uri,
+    registered_version,
+    store_client,
+)
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .. import catalog
-from ..config import CLASSES, PipelineConfig
-from ..faces import build_models, detect_faces
-from ..labels import label_of
-from ..modeling import tracking
-from ..modeling.embedding import decode_photo, image_vectors, model_input, resnet50
-from ..storage import GCS_SCHEME
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.storage import GCS_SCHEME
+from emotion_pipeline.labelling.faces import build_models, detect_faces
+from emotion_pipeline.labelling.labels import label_of
+from emotion_pipeline.modeling import tracking
+from emotion_pipeline.modeling.embedding import decode_photo, image_vectors, model_input, resnet50
 
 _PIPELINE = PipelineConfig(source="", root="")  # the pipeline's defaults, shared with the API
 
@@ -61,7 +61,7 @@ def read_only_client(root: str):
     SQLite store creates it, and a server (or dashboard) only reads. A tracking server is read as it is."""
     from mlflow import MlflowClient
 
-    from ..modeling import tracking
+    from emotion_pipeline.modeling import tracking
 
     config = PipelineConfig(source=root, root=root)
     explicit = config.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

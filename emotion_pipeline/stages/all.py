@@ -5,13 +5,13 @@ read from the registry, one after the other.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from ..config import PipelineConfig
-from ..registry import STAGES
-from ..results import StageResult
-from ..runner import run_stage
-from ..storage import Storage
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.registry import STAGES
+from emotion_pipeline.core.results import StageResult
+from emotion_pipeline.core.runner import run_stage
+from emotion_pipeline.core.storage import Storage
 
 # A stage's name and shard -> the (source, root) storages it runs with. Default: opened from the config;
 # a test passes wrapped storages to see what each stage reads.

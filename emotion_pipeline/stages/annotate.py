@@ -22,17 +22,25 @@ from typing import Any
 
 import pandas as pd
 
-from .. import catalog
-from ..config import EMOTIONS, PipelineConfig
-from ..faces import RACES, analyze_crops, build_models, detect_faces, detector_is_thread_safe, face_detector, face_record
-from ..images import load_rgb_array, read_photo
-from ..labels import eligible, face_labels, label_of, pick_label_face
-from ..photo_boundary import PASSED_THROUGH, PhotoBoundary
-from ..progress import Progress, in_order_ahead
-from ..results import AnnotateResult
-from ..runner import StageRun, run_stage
-from ..storage import Storage
-from ..tables import write_table
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import EMOTIONS, PipelineConfig
+from emotion_pipeline.core.progress import Progress, in_order_ahead
+from emotion_pipeline.core.results import AnnotateResult
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.tables import write_table
+from emotion_pipeline.labelling.faces import (
+    RACES,
+    analyze_crops,
+    build_models,
+    detect_faces,
+    detector_is_thread_safe,
+    face_detector,
+    face_record,
+)
+from emotion_pipeline.labelling.images import load_rgb_array, read_photo
+from emotion_pipeline.labelling.labels import eligible, face_labels, label_of, pick_label_face
+from emotion_pipeline.labelling.photo_boundary import PASSED_THROUGH, PhotoBoundary
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +158,7 @@ def _score(photos: list[dict[str, Any]], models: dict[str, Any], boundary: Photo
     for index, photo in enumerate(photos):
         outcome = boundary.run(photo, lambda: _score_faces(photo["faces"], models))
         if outcome is not None:  # marked failed: its faces have no scores, so no face rows
-            photos[index].update(outcome, faces=[])
+            photo.update(outcome, faces=[])
 
 
 def _score_faces(faces: list[dict[str, Any]], models: dict[str, Any]) -> None:

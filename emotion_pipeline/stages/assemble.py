@@ -9,14 +9,14 @@ import io
 import numpy as np
 import pandas as pd
 
-from .. import catalog
-from ..config import PipelineConfig
-from ..modeling.embedding import DIM
-from ..results import FeaturesResult
-from ..runner import StageRun, run_stage
-from ..storage import Storage
-from ..tables import read_table, write_table
-from .embed import FACE_INDEX_COLUMNS, npy_bytes
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.results import FeaturesResult
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.tables import read_table, write_table
+from emotion_pipeline.modeling.embedding import DIM
+from emotion_pipeline.stages.embed import FACE_INDEX_COLUMNS, npy_bytes
 
 
 def assemble_features(config: PipelineConfig, *, root: Storage | None = None) -> FeaturesResult:

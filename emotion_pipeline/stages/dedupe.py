@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from .. import catalog
-from ..config import PipelineConfig
-from ..progress import Progress
-from ..results import DedupeResult
-from ..runner import StageRun, run_stage
-from ..storage import Storage
-from ..tables import read_table, write_table
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.progress import Progress
+from emotion_pipeline.core.results import DedupeResult
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 

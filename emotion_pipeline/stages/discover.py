@@ -1,12 +1,12 @@
 """Stage: find the photos, give them stable ids, and say which shards still have work to do."""
 from __future__ import annotations
 
-from ..config import PipelineConfig
-from .. import manifest
-from ..registry import shard_stages
-from ..results import DiscoverResult
-from ..runner import StageRun, is_complete, run_stage
-from ..storage import Storage
+from emotion_pipeline.core import manifest
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.registry import shard_stages
+from emotion_pipeline.core.results import DiscoverResult
+from emotion_pipeline.core.runner import StageRun, is_complete, run_stage
+from emotion_pipeline.core.storage import Storage
 
 
 def discover_images(

@@ -19,19 +19,19 @@ fingerprint), so re-running a run or the DAG on unchanged data appends nothing.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .. import catalog
-from ..charts import drift_timeline_chart, label_pie_chart
-from ..config import CLASSES, PipelineConfig
-from ..results import DriftReport
-from ..runner import StageRun, run_stage
-from ..storage import Storage
-from ..tables import read_json, read_table, write_json
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.results import DriftReport
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.tables import read_json, read_table, write_json
+from emotion_pipeline.reporting.charts import drift_timeline_chart, label_pie_chart
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def check_drift(run: StageRun) -> DriftReport:
         reference = _reference(config, root, shard, shard_tables, labels)
         row = _compare(config, shard, labels, reference)
         row.update(
-            checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_id=run.run_id,
+            checked_at=datetime.now(UTC).isoformat(timespec="seconds"), run_id=run.run_id,
             annotations_fingerprint=fingerprint, reference=config.drift_reference,
             chart=root.uri_for(catalog.shard_chart(shard)),
         )

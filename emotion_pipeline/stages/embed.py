@@ -24,17 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from .. import catalog
-from ..config import CLASSES, PipelineConfig
-from ..images import read_photo
-from ..labels import face_labels
-from ..modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
-from ..photo_boundary import PhotoBoundary
-from ..progress import Progress, in_order_ahead
-from ..results import EmbedResult
-from ..runner import StageRun, run_stage
-from ..storage import Storage
-from ..tables import read_table, write_table
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.progress import Progress, in_order_ahead
+from emotion_pipeline.core.results import EmbedResult
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.tables import read_table, write_table
+from emotion_pipeline.labelling.images import read_photo
+from emotion_pipeline.labelling.labels import face_labels
+from emotion_pipeline.labelling.photo_boundary import PhotoBoundary
+from emotion_pipeline.modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
 
 log = logging.getLogger(__name__)
 

@@ -16,25 +16,32 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .. import captions, catalog, label_policy
-from ..charts import boxed_photos_chart, confusion_matrix_chart, label_policy_chart
-from ..config import CLASSES, PipelineConfig
-from ..modeling import tracking
-from ..modeling.classifier import predict_proba_5
-from ..modeling.data import TrainingData, load_training_data
-from ..modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
-from ..images import read_photo
-from ..labels import NO_LABEL
-from ..modeling.evaluation import class_ids, compare_on_test, explain_model, gold_agreement, photos_with_face
-from ..modeling.metrics import classification_metrics
-from ..report import dataset_summary, write_report
-from ..results import EvaluateResult, TrainResult
-from ..progress import timed
-from ..runner import StageRun, run_stage
-from ..storage import Storage, read_uri
-from ..tables import write_json
-from .embed import input_of, npy_bytes
-from .gold import gold_ids
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.progress import timed
+from emotion_pipeline.core.results import EvaluateResult, TrainResult
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage, read_uri
+from emotion_pipeline.core.tables import write_json
+from emotion_pipeline.labelling import captions, label_policy
+from emotion_pipeline.labelling.images import read_photo
+from emotion_pipeline.labelling.labels import NO_LABEL
+from emotion_pipeline.modeling import tracking
+from emotion_pipeline.modeling.classifier import predict_proba_5
+from emotion_pipeline.modeling.data import TrainingData, load_training_data
+from emotion_pipeline.modeling.embedding import DIM, INPUT_SIZE, decode_photo, image_vectors, model_input, resnet50
+from emotion_pipeline.modeling.evaluation import (
+    class_ids,
+    compare_on_test,
+    explain_model,
+    gold_agreement,
+    photos_with_face,
+)
+from emotion_pipeline.modeling.metrics import classification_metrics
+from emotion_pipeline.reporting.charts import boxed_photos_chart, confusion_matrix_chart, label_policy_chart
+from emotion_pipeline.reporting.report import dataset_summary, write_report
+from emotion_pipeline.stages.embed import input_of, npy_bytes
+from emotion_pipeline.stages.gold import gold_ids
 
 log = logging.getLogger(__name__)
 

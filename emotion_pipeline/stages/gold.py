@@ -25,18 +25,18 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .. import catalog
-from ..config import CLASSES, EMOTIONS, PipelineConfig
-from ..faces import analyze_crops, build_models, detect_faces
-from ..images import load_rgb_array, read_photo
-from ..labels import eligible, label_of, pick_label_face
-from ..manifest import content_id, is_image_name, load_manifest
-from ..modeling.evaluation import deepface_agreement
-from ..photo_boundary import PASSED_THROUGH, PhotoBoundary
-from ..results import GoldResult
-from ..runner import StageRun, run_stage
-from ..storage import Storage, open_storage
-from ..tables import write_table
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import CLASSES, EMOTIONS, PipelineConfig
+from emotion_pipeline.core.manifest import content_id, is_image_name, load_manifest
+from emotion_pipeline.core.results import GoldResult
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage, open_storage
+from emotion_pipeline.core.tables import write_table
+from emotion_pipeline.labelling.faces import analyze_crops, build_models, detect_faces
+from emotion_pipeline.labelling.images import load_rgb_array, read_photo
+from emotion_pipeline.labelling.labels import eligible, label_of, pick_label_face
+from emotion_pipeline.labelling.photo_boundary import PASSED_THROUGH, PhotoBoundary
+from emotion_pipeline.modeling.evaluation import deepface_agreement
 
 log = logging.getLogger(__name__)
 

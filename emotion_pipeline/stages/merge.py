@@ -13,13 +13,13 @@ import logging
 
 import pandas as pd
 
-from .. import catalog
-from ..config import PipelineConfig
-from ..registry import Stage, photo_tables
-from ..results import MergeResult
-from ..runner import StageRun, run_stage
-from ..storage import Storage
-from ..tables import read_table, write_table
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.registry import Stage, photo_tables
+from emotion_pipeline.core.results import MergeResult
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,15 @@ from typing import Any
 
 import pandas as pd
 
-from .. import catalog
-from ..config import PipelineConfig
-from ..images import decode_rgb, letterbox, open_checked, read_photo, to_jpeg
-from ..photo_boundary import PhotoBoundary
-from ..progress import Progress
-from ..results import ResizeResult
-from ..runner import StageRun, run_stage
-from ..storage import Storage
-from ..tables import write_table
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.progress import Progress
+from emotion_pipeline.core.results import ResizeResult
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.tables import write_table
+from emotion_pipeline.labelling.images import decode_rgb, letterbox, open_checked, read_photo, to_jpeg
+from emotion_pipeline.labelling.photo_boundary import PhotoBoundary
 
 log = logging.getLogger(__name__)
 

@@ -21,18 +21,25 @@ import time
 
 import numpy as np
 
-from .. import catalog
-from ..config import CLASSES, PipelineConfig, state_home
-from ..modeling import classifier, tracking
-from ..modeling.data import TrainingData, load_training_data, record_split_assignments
-from ..modeling.metrics import classification_metrics
-from ..modeling.training import (FLAGS, FittedModels, fit_models, model_flags, not_trainable_reason, refit_models,
-                                 training_mode)
-from ..results import TrainResult
-from ..runner import StageRun, run_stage
-from ..storage import Storage
-from ..tables import read_table, write_table
-from .gold import gold_ids
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import CLASSES, PipelineConfig, state_home
+from emotion_pipeline.core.results import TrainResult
+from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.tables import read_table, write_table
+from emotion_pipeline.modeling import classifier, tracking
+from emotion_pipeline.modeling.data import TrainingData, load_training_data, record_split_assignments
+from emotion_pipeline.modeling.metrics import classification_metrics
+from emotion_pipeline.modeling.training import (
+    FLAGS,
+    FittedModels,
+    fit_models,
+    model_flags,
+    not_trainable_reason,
+    refit_models,
+    training_mode,
+)
+from emotion_pipeline.stages.gold import gold_ids
 
 log = logging.getLogger(__name__)
 
