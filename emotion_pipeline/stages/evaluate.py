@@ -41,7 +41,7 @@ from emotion_pipeline.modeling.metrics import classification_metrics
 from emotion_pipeline.reporting.charts import boxed_photos_chart, confusion_matrix_chart, label_policy_chart
 from emotion_pipeline.reporting.report import dataset_summary, write_report
 from emotion_pipeline.stages.embed import input_of, npy_bytes
-from emotion_pipeline.stages.gold import gold_ids
+from emotion_pipeline.stages.check_gold import gold_ids
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from emotion_pipeline.modeling.training import (
     refit_models,
     training_mode,
 )
-from emotion_pipeline.stages.gold import gold_ids
+from emotion_pipeline.stages.check_gold import gold_ids
 
 log = logging.getLogger(__name__)
 

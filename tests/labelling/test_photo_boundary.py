@@ -14,10 +14,10 @@ from emotion_pipeline.core.storage import open_storage
 from emotion_pipeline.core.tables import read_table
 from emotion_pipeline.stages import resize as resize_module
 from emotion_pipeline.stages.annotate import annotate_shard
-from emotion_pipeline.stages.assemble import assemble_features
+from emotion_pipeline.stages.assemble_features import assemble_features
 from emotion_pipeline.stages.discover import discover_images
 from emotion_pipeline.stages.embed import embed_shard
-from emotion_pipeline.stages.gold import annotate_gold
+from emotion_pipeline.stages.check_gold import annotate_gold
 from emotion_pipeline.stages.resize import resize_shard
 from tests.bad_inputs import write_degenerate_photos
 from tests.conftest import FACES, copy_photos

@@ -9,7 +9,7 @@ from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.storage import LocalStorage
 from emotion_pipeline.core.tables import write_json, write_table
 from emotion_pipeline.orchestration.airflow_adapter import drift_alert_message
-from emotion_pipeline.stages.drift import check_label_drift, js_distance
+from emotion_pipeline.stages.check_drift import check_label_drift, js_distance
 
 LOG_KEY = catalog.MONITOR_LOG
 read_log = catalog.read_monitor_log

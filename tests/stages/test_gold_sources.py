@@ -6,7 +6,7 @@ import pytest
 from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.manifest import discover
 from emotion_pipeline.core.storage import LocalStorage
-from emotion_pipeline.stages.gold import list_gold
+from emotion_pipeline.stages.check_gold import list_gold
 from tests.conftest import FACES, SHARED, copy_photos
 
 LABELLED = SHARED / "data" / "labeled_faces"
