@@ -25,6 +25,8 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
+from emotion_pipeline.core.errors import MissingUpstream
+
 if TYPE_CHECKING:  # keeps this module free of heavy imports: the DAG file reads the registry
     import numpy as np
     import pandas as pd
@@ -178,7 +180,7 @@ def read_face_features(root: Storage) -> tuple[np.ndarray, pd.DataFrame]:
     from emotion_pipeline.core.tables import read_table
 
     if not table_exists(root, FACE_INDEX):
-        raise RuntimeError("no face vectors: run embed and assemble_features with label_unit=face")
+        raise MissingUpstream("no face vectors: run embed and assemble_features with label_unit=face")
     return np.load(io.BytesIO(root.read_bytes(FACE_VECTORS))), read_table(root, FACE_INDEX)
 
 

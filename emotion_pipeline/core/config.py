@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from emotion_pipeline.core.errors import ConfigError  # re-exported: its home is core.errors
+
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # DeepFace's 7 scores
 CLASSES = ("happy", "sad", "angry", "surprise", "neutral")  # the project's training labels
 ACTIONS = ("emotion", "age", "gender", "race")
@@ -44,7 +46,7 @@ def state_home() -> Path:
     return Path(os.environ.get("EMOTION_PIPELINE_HOME") or Path.home() / ".emotion-pipeline")
 
 
-def knob(default: Any = dataclasses.MISSING, *, title: str, help: str, section: str | None,
+def knob(default: Any = dataclasses.MISSING, *, title: str, help: str, section: str | None,  # noqa: PLR0913 (a declaration's fields)
          minimum: float | None = None, maximum: float | None = None, exclusive_minimum: float | None = None,
          choices: tuple[str, ...] | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """Declare one knob. ``section=None`` keeps it off the trigger form and the CLI (a per-worker or
@@ -405,10 +407,6 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     return tuple(str(v).strip() for v in value if str(v).strip())
-
-
-class ConfigError(ValueError):
-    """A setting out of its bounds or choices: the run cannot start until it is fixed."""
 
 
 def _check(condition: bool, message: str) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.errors import MissingUpstream
 from emotion_pipeline.core.manifest import load_manifest, shard_fingerprint, shard_rows
 from emotion_pipeline.core.registry import LEGACY_DEFAULTS, STAGES, Stage, covered_by, stage
 from emotion_pipeline.core.results import StageResult
@@ -41,12 +42,12 @@ class StageRun:
     manifest: pd.DataFrame | None = field(default=None, repr=False)  # every row, present or not
 
     def table(self, stage_name: str, table: str | None = None) -> pd.DataFrame:
-        """A per-photo table an upstream stage wrote for this shard; a clear error when it has not run."""
+        """A per-photo table an upstream stage wrote for this shard; ``MissingUpstream`` when it has not run."""
         upstream = STAGES[stage_name]
         name = table or upstream.photo_table
         found = read_table(self.root, catalog.shard_table(upstream.folder, self.shard, name))
         if found is None:
-            raise RuntimeError(f"shard {self.shard} has no {upstream.folder}/{name} yet: "
+            raise MissingUpstream(f"shard {self.shard} has no {upstream.folder}/{name} yet: "
                                f"run the {stage_name} stage first")
         return found
 

@@ -28,12 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from emotion_pipeline.core.errors import (  # re-exported: their home is core.errors
+    AccessDenied,
+    BucketNotFound,
+    LeaseLost,
+    LeaseTimeout,
+    NotARegularFile,
+    StorageError,
+)
+
 GCS_SCHEME = "gs://"
 log = logging.getLogger(__name__)
-
-
-class StorageError(RuntimeError):
-    """A storage operation failed in a way the user has to fix (permissions, missing bucket, ...)."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,6 @@ ENTRY_PROBLEMS = {
 }
 
 
-class NotARegularFile(OSError):
-    """Raised instead of opening a FIFO, socket or device as a photo."""
-
-
 def entry_problem(err: OSError) -> str:
     """The ``ENTRY_PROBLEMS`` key for an OS error met reading or stat-ing one entry."""
     if isinstance(err, NotARegularFile):
@@ -75,22 +76,6 @@ def check_key(key: str) -> str:
     if not key or path.is_absolute() or ".." in path.parts or "\x00" in key:
         raise ValueError(f"invalid storage key {key!r}: keys are relative and stay inside the root")
     return path.as_posix()
-
-
-class BucketNotFound(StorageError):
-    """The bucket does not exist: no retry can help."""
-
-
-class AccessDenied(StorageError):
-    """The credentials may not do this (403): no retry can help."""
-
-
-class LeaseTimeout(StorageError):
-    """Another run held the root's lease for longer than we were willing to wait."""
-
-
-class LeaseLost(StorageError):
-    """Our lease was taken over, or could not be renewed in time: the work it protected was stopped."""
 
 
 class Storage(Protocol):

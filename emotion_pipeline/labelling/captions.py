@@ -30,17 +30,15 @@ import numpy as np
 import pandas as pd
 
 from emotion_pipeline.core.config import CLASSES
+from emotion_pipeline.core.errors import CaptionError  # re-exported: its home is core.errors
 from emotion_pipeline.core.storage import read_uri
 from emotion_pipeline.labelling.labels import labels_of
 from emotion_pipeline.modeling.evaluation import class_ids
 from emotion_pipeline.modeling.metrics import classification_metrics
 
 DEFAULT_LEXICON = Path(__file__).parents[1] / "data" / "caption_lexicon.csv"
+FLICKR_COLUMNS = ("image_name", "comment_number", "comment")  # Flickr30k's results.csv
 NEGATIONS = {"not", "no", "never", "without", "nor", "n't", "isn't", "aren't", "doesn't", "don't", "isnt", "arent"}
-
-
-class CaptionError(ValueError):
-    """A captions file or lexicon that cannot be read as one (says which and why)."""
 
 
 def _read(uri: str) -> bytes:
@@ -67,8 +65,9 @@ def read_captions(uri: str) -> pd.DataFrame:
             if not line.strip():
                 continue
             parts = line.split(separator, 2)  # the comment may hold the separator itself
-            if len(parts) < 3:
-                raise CaptionError(f"{uri}:{number}: expected image_name{separator} comment_number{separator} comment")
+            if len(parts) < len(FLICKR_COLUMNS):
+                raise CaptionError(f"{uri}:{number}: expected image_name{separator} comment_number{separator} "
+                                   "comment")
             rows.append({"photo": parts[0].strip(), "caption": parts[2].strip()})
         return pd.DataFrame(rows, columns=["photo", "caption"]).assign(by="name")
     table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
@@ -90,7 +89,8 @@ def read_lexicon(uri: str | None = None) -> dict[str, list[re.Pattern]]:
         CaptionError: an emotion that is not one of the five classes, or a pattern that does not compile.
     """
     data = _read(uri) if uri else DEFAULT_LEXICON.read_bytes()
-    lines = [line for line in data.decode("utf-8-sig").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = [line for line in data.decode("utf-8-sig").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
     lexicon: dict[str, list[re.Pattern]] = {c: [] for c in CLASSES}
     for number, row in enumerate(csv.DictReader(lines), start=1):
         emotion, pattern = (row.get("emotion") or "").strip(), (row.get("pattern") or "").strip()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from emotion_pipeline.core.config import EMOTIONS
+from emotion_pipeline.core.errors import MissingWeightsError  # re-exported: its home is core.errors
 
 GENDERS = ("Woman", "Man")
 RACES = ("asian", "indian", "black", "white", "middle eastern", "latino hispanic")
@@ -28,10 +29,6 @@ WEIGHT_FILE_FOR_ACTION = {
     "gender": "gender_model_weights.h5",
     "race": "race_model_single_batch.h5",
 }
-
-
-class MissingWeightsError(RuntimeError):
-    """A model's weight file (DeepFace's, ResNet50's) is not on this machine and could not be downloaded."""
 
 
 @dataclass

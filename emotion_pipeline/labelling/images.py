@@ -21,17 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from emotion_pipeline.core.errors import ImageError  # re-exported: its home is core.errors
 from emotion_pipeline.core.storage import Storage, entry_problem
 
+MAX_8_BIT = 255
 SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}  # MPO: multi-picture JPEGs written by cameras
 # Photo formats Pillow cannot even identify without a plugin: named so, they are 'unsupported', not 'corrupt'.
 UNIDENTIFIABLE_FORMATS = {".heic": "HEIC", ".heif": "HEIF"}
-
-
-class ImageError(Exception):
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -135,7 +131,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit / 32-bit grayscale: scale to 8 bits instead of clipping everything to white.
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > MAX_8_BIT else float(MAX_8_BIT)
         image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")

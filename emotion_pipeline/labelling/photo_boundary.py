@@ -23,10 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from emotion_pipeline.core.config import ConfigError
-from emotion_pipeline.core.storage import StorageError
-from emotion_pipeline.labelling.faces import MissingWeightsError
-from emotion_pipeline.labelling.images import ImageError
+from emotion_pipeline.core.errors import ConfigError, ImageError, MissingWeightsError, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from emotion_pipeline.core.errors import StopRequested  # re-exported: its home is core.errors
 from emotion_pipeline.local import airflow_home as local_airflow
 from emotion_pipeline.local.postgres import LocalPostgres
 
@@ -34,12 +35,6 @@ REPORT_EVERY_S = 5
 PAUSED_BY_UI = "dag-paused-by-ui"  # in the Airflow home while `ui` holds the DAG paused
 AIRFLOW_ROLES = ("standalone", "scheduler", "dag-processor", "api-server", "triggerer", "worker", "serve-logs",
                  "task")
-
-
-class StopRequested(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def start_ui(source: str, root: str, port: int, airflow_home: Path | None = None) -> int:

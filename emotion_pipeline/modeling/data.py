@@ -17,6 +17,7 @@ import pandas as pd
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import CLASSES
+from emotion_pipeline.core.errors import MissingUpstream
 from emotion_pipeline.core.storage import Storage
 from emotion_pipeline.core.tables import read_table, write_table
 
@@ -108,7 +109,7 @@ def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = fro
     (``face_index`` column), every face of a photo in that photo's split."""
     dataset = catalog.read_dataset(root)
     if dataset is None or not catalog.table_exists(root, catalog.IMAGE_INDEX):
-        raise RuntimeError("no dataset or no assembled vectors yet: run merge and assemble_features first")
+        raise MissingUpstream("no dataset or no assembled vectors yet: run merge and assemble_features first")
     ok = dataset[(dataset["status"] == "ok") & ~dataset["image_id"].isin(exclude_ids)].drop_duplicates("image_id")
     if unit == "face":
         vectors, index = catalog.read_face_features(root)

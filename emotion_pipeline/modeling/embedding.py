@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emotion_pipeline.labelling.faces import MissingWeightsError
+from emotion_pipeline.core.errors import MissingWeightsError
 from emotion_pipeline.labelling.images import decode_rgb, letterbox, open_checked
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
@@ -17,14 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from emotion_pipeline.core.config import CLASSES, ConfigError, PipelineConfig
+from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.errors import AccessDenied, BucketNotFound, ConfigError, MissingUpstream, MissingWeightsError
 from emotion_pipeline.core.results import TrainResult
-from emotion_pipeline.core.storage import AccessDenied, BucketNotFound
-from emotion_pipeline.labelling.faces import MissingWeightsError
 
 # Errors that the same task would meet again on every retry: invalid settings, a weight file that is
-# not there and cannot be downloaded, a bucket that does not exist, a denied permission.
-PERMANENT_ERRORS = (ConfigError, MissingWeightsError, BucketNotFound, AccessDenied)
+# not there and cannot be downloaded, a bucket that does not exist, a denied permission, and an input
+# whose upstream stage has not run (MissingUpstream). A task starts only once its upstream tasks in
+# the run succeeded, so what it misses no wait creates: an output deleted, a task run out of order
+# (cleared alone, or a stage run by hand), or shards an overlapping run (a backfill) discovered and has
+# not processed yet; that run runs the same whole-dataset stage after its own shards, covering them.
+PERMANENT_ERRORS = (ConfigError, MissingWeightsError, BucketNotFound, AccessDenied, MissingUpstream)
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +146,7 @@ def fail_fast():
 
 def _judged(value: float, spec: str) -> str:
     """A drift statistic, or why it has no value (too few photos on a side to judge it)."""
-    return "not judged" if value != value else format(value, spec)  # NaN != NaN
+    return "not judged" if math.isnan(value) else format(value, spec)
 
 
 def drift_alert_message(report: dict[str, Any]) -> tuple[str, str]:

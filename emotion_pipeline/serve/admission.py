@@ -13,17 +13,9 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from emotion_pipeline.serve.predictor import ClientGone
+from emotion_pipeline.core.errors import Busy, ClientGone  # Busy re-exported: its home is core.errors
 
 log = logging.getLogger(__name__)
-
-
-class Busy(Exception):
-    """The queue is full: retry after ``retry_after`` seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"busy: retry after {retry_after} s")
-        self.retry_after = retry_after
 
 
 async def until_client_leaves(receive: Callable[[], Awaitable[dict]], left: threading.Event) -> None:

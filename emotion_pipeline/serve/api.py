@@ -40,22 +40,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from emotion_pipeline.labelling.images import ImageError
-from emotion_pipeline.serve.admission import Busy, PredictionQueue
+from emotion_pipeline.core.errors import BadRequest, Busy, ClientGone, ImageError
+from emotion_pipeline.serve.admission import PredictionQueue
 from emotion_pipeline.serve.model_holder import ModelHolder
-from emotion_pipeline.serve.predictor import ClientGone, ServeSettings
+from emotion_pipeline.serve.predictor import ServeSettings
 
 log = logging.getLogger(__name__)
 
 STATUS_FOR_IMAGE_ERROR = {"empty": 400, "corrupt": 400, "unsupported": 415, "too_large": 422}
 MAX_MULTIPART_PARTS = 8  # a photo and a few form fields; a 126k-part body is refused at part 9
 MAX_PART_HEADER_BYTES = 8192
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def settings_from_env() -> ServeSettings:

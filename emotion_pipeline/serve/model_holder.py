@@ -12,10 +12,10 @@ import threading
 import time
 
 from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.errors import StoreMissing
 from emotion_pipeline.serve.predictor import (
     Predictor,
     ServeSettings,
-    StoreMissing,
     model_uri,
     registered_version,
     store_client,

@@ -18,6 +18,7 @@ from PIL import Image
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.errors import ClientGone, StoreMissing  # re-exported: their home is core.errors
 from emotion_pipeline.core.storage import GCS_SCHEME
 from emotion_pipeline.labelling.faces import build_models, detect_faces
 from emotion_pipeline.labelling.labels import label_of
@@ -46,14 +47,6 @@ class ServeSettings:
     pixel_cap: int = 16_000_000
     max_faces: int = 20
     reload_interval: float = 60.0  # seconds between checks of where the champion alias points; 0: never
-
-
-class ClientGone(Exception):
-    """The client of a prediction left: the work still to do is dropped."""
-
-
-class StoreMissing(Exception):
-    """The storage root, or the MLflow store under it, does not exist (nothing is created)."""
 
 
 def read_only_client(root: str):

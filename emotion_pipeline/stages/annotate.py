@@ -82,7 +82,7 @@ def annotate(run: StageRun) -> AnnotateResult:
         Counts per status and label, and the number of faces found.
 
     Raises:
-        RuntimeError: the shard is not resized yet.
+        MissingUpstream: the shard is not resized yet.
         faces.MissingWeightsError: a DeepFace weight file is missing (names the file and the folder).
     """
     config, source, root, shard = run.config, run.source, run.root, run.shard

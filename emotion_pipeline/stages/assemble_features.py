@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from emotion_pipeline.core import catalog
+from emotion_pipeline.core.errors import MissingUpstream
 from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.results import FeaturesResult
 from emotion_pipeline.core.runner import StageRun, run_stage
@@ -34,13 +35,13 @@ def assemble(run: StageRun) -> FeaturesResult:
         The number of vectors, their dimension and the matrix's URI.
 
     Raises:
-        RuntimeError: a present shard is not embedded yet.
+        MissingUpstream: a present shard is not embedded yet.
     """
     root = run.root
     shards = run.present_shards()
     missing = [s for s in shards if catalog.read_done(root, catalog.EMBED_FOLDER, s) is None]
     if missing:
-        raise RuntimeError(f"shards {missing} are not embedded yet: run the embed stage first")
+        raise MissingUpstream(f"shards {missing} are not embedded yet: run the embed stage first")
     index, vectors = _stack(root, shards, catalog.vector_index, catalog.shard_vectors,
                             {"image_id": object, "source_key": object, "shard": "int64", "input": object})
     # No shard yet (a scheduled run before any photo landed): empty outputs, and training skips.

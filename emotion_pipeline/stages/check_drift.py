@@ -27,6 +27,7 @@ import pandas as pd
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.errors import MissingUpstream
 from emotion_pipeline.core.results import DriftReport
 from emotion_pipeline.core.runner import StageRun, run_stage
 from emotion_pipeline.core.storage import Storage
@@ -56,7 +57,7 @@ def check_drift(run: StageRun) -> DriftReport:
         The shards checked by this call and, ready for the alert, the ones that drifted.
 
     Raises:
-        RuntimeError: a shard's annotations table is missing although its marker exists.
+        MissingUpstream: a present shard is not annotated yet.
     """
     config, root = run.config, run.root
     shards = [s for s in run.present_shards() if root.exists(catalog.done_marker(catalog.ANNOTATE_FOLDER, s))]
@@ -121,7 +122,7 @@ def _labels(root: Storage, shard: int) -> tuple[pd.DataFrame, str]:
     table = read_table(root, catalog.annotations(shard))
     marker = catalog.read_done(root, catalog.ANNOTATE_FOLDER, shard)
     if table is None or marker is None:
-        raise RuntimeError(f"shard {shard} is not annotated yet: run the annotate stage first")
+        raise MissingUpstream(f"shard {shard} is not annotated yet: run the annotate stage first")
     return table[["status", "label"]], marker["fingerprint"]
 
 

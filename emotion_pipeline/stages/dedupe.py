@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from emotion_pipeline.core import catalog
+from emotion_pipeline.core.errors import MissingUpstream
 from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.progress import Progress
 from emotion_pipeline.core.results import DedupeResult
@@ -54,7 +55,7 @@ def dedupe(run: StageRun) -> DedupeResult:
         How many photos have a hash, how many were hashed by this call, how many are near duplicates.
 
     Raises:
-        RuntimeError: a present shard is not resized yet.
+        MissingUpstream: a present shard is not resized yet.
     """
     root, config = run.root, run.config
     photos = _resized_photos(run)
@@ -142,7 +143,7 @@ def _resized_photos(run: StageRun) -> pd.DataFrame:
     for shard in run.present_shards():
         table = read_table(run.root, catalog.metadata(shard))
         if table is None:
-            raise RuntimeError(f"shard {shard} is not resized yet: run the resize stage first")
+            raise MissingUpstream(f"shard {shard} is not resized yet: run the resize stage first")
         tables.append(table.loc[table["status"] == "ok", ["image_id", "source_key", "shard"]])
     photos = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image_id", "source_key", "shard"])
     present = set(run.photos["source_key"])

@@ -56,7 +56,7 @@ def embed(run: StageRun) -> EmbedResult:
         How many vectors, and how many came from a face crop or from the whole photo.
 
     Raises:
-        RuntimeError: the shard is not annotated yet.
+        MissingUpstream: the shard is not annotated yet.
         ValueError, OSError: ResNet50's weights cannot be loaded (a wrong path, no download).
     """
     config, source, root, shard = run.config, run.source, run.root, run.shard

@@ -18,6 +18,7 @@ import pandas as pd
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.errors import MissingUpstream
 from emotion_pipeline.core.progress import timed
 from emotion_pipeline.core.results import EvaluateResult, TrainResult
 from emotion_pipeline.core.runner import StageRun, run_stage
@@ -207,7 +208,8 @@ def _caption_check(config: PipelineConfig, source: Storage, root: Storage, head,
     vectors, index = catalog.read_features(root)
     rows = judged[["image_id"]].merge(index[["image_id", "row"]].drop_duplicates("image_id"), how="left")["row"]
     if rows.isna().any():
-        raise RuntimeError(f"{int(rows.isna().sum())} captioned photos have no vector: run assemble_features first")
+        raise MissingUpstream(f"{int(rows.isna().sum())} captioned photos have no vector: "
+                              "run assemble_features first")
     judged_vectors = vectors[rows.to_numpy(dtype=int)]
     predictions = _classes(head, judged_vectors)
     trained_on = set(data.frame.loc[data.frame["split"] == "train", "image_id"])
