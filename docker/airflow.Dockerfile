@@ -19,11 +19,14 @@ ENV DEEPFACE_HOME=/opt/deepface TF_CPP_MIN_LOG_LEVEL=2 \
 # The same exact versions as `make install` (the set includes apache-airflow==3.3.2 itself, so pip
 # keeps the image's Airflow and only adds what the pipeline needs).
 COPY --chown=airflow:0 requirements/constraints.txt /opt/emotion-pipeline/requirements/constraints.txt
-RUN pip install --no-cache-dir -r /opt/emotion-pipeline/requirements/constraints.txt
+COPY --chown=airflow:0 requirements/no-deps.txt /opt/emotion-pipeline/requirements/no-deps.txt
+RUN pip install --no-cache-dir -r /opt/emotion-pipeline/requirements/constraints.txt \
+    && pip install --no-cache-dir --no-deps -r /opt/emotion-pipeline/requirements/no-deps.txt
 
 COPY --chown=airflow:0 pyproject.toml README.md /opt/emotion-pipeline/
 COPY --chown=airflow:0 emotion_pipeline /opt/emotion-pipeline/emotion_pipeline
-RUN pip install --no-cache-dir --no-deps /opt/emotion-pipeline
+RUN pip install --no-cache-dir --no-deps /opt/emotion-pipeline \
+    && python -c "from emotion_pipeline.labelling import teachers; teachers.check_weights()"
 COPY --chown=airflow:0 dags /opt/airflow/dags
 
 # Bake the weights in: a new worker downloads nothing (DeepFace's emotion model and the MTCNN

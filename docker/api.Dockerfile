@@ -9,13 +9,15 @@ WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PORT=8080 DEEPFACE_HOME=/opt/deepface \
     TF_CPP_MIN_LOG_LEVEL=2
 
-COPY requirements/constraints.txt requirements/constraints.txt
+COPY requirements/constraints.txt requirements/no-deps.txt requirements/
 RUN pip install --no-cache-dir uv==0.13.9 \
-    && uv pip install --system --no-cache -r requirements/constraints.txt
+    && uv pip install --system --no-cache -r requirements/constraints.txt \
+    && uv pip install --system --no-cache --no-deps -r requirements/no-deps.txt
 
 COPY pyproject.toml README.md ./
 COPY emotion_pipeline emotion_pipeline
-RUN uv pip install --system --no-cache --no-deps .
+RUN uv pip install --system --no-cache --no-deps . \
+    && python -c "from emotion_pipeline.labelling import teachers; teachers.check_weights()"
 
 # Bake DeepFace's emotion weights and the detector into the image: a cold start downloads nothing.
 RUN python -c "from emotion_pipeline.labelling.faces import build_models, detect_faces; import numpy as np; \

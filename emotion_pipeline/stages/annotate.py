@@ -29,6 +29,7 @@ from emotion_pipeline.core.results import AnnotateResult
 from emotion_pipeline.core.runner import StageRun, run_stage
 from emotion_pipeline.core.storage import Storage
 from emotion_pipeline.core.tables import write_table
+from emotion_pipeline.labelling import teachers
 from emotion_pipeline.labelling.faces import (
     RACES,
     analyze_crops,
@@ -55,7 +56,7 @@ def attribute_columns(actions: tuple[str, ...]) -> list[str]:
     """The per-face attribute columns the enabled actions produce (a fixed schema per config)."""
     columns = []
     if "emotion" in actions:
-        columns += [f"emotion_{e}" for e in EMOTIONS] + ["dominant_emotion"]
+        columns += [f"emotion_{e}" for e in EMOTIONS] + ["dominant_emotion", *teachers.XCEPTION_COLUMNS]
     if "age" in actions:
         columns += ["age"]
     if "gender" in actions:
@@ -88,12 +89,17 @@ def annotate(run: StageRun) -> AnnotateResult:
     config, source, root, shard = run.config, run.source, run.root, run.shard
     metadata = run.table("resize")
 
-    models = build_models(config.actions)
+    models = {**build_models(config.actions), **teachers.models(config.teacher)}
     photos, faces = _detect_and_analyze(config, source, metadata, models)
     attributes = attribute_columns(config.actions)
     faces_table = pd.DataFrame(faces, columns=FACE_COLUMNS + attributes)
     faces_table["label"] = face_labels(faces_table, min_margin=config.min_emotion_margin)  # label_unit=face
     annotations = pd.DataFrame([_photo_row(p, config) for p in photos], columns=PHOTO_COLUMNS + attributes)
+    # Each teacher's label (and the mean's) beside DeepFace's `label`: merge picks the `teacher` knob's.
+    faces_table = faces_table.join(teachers.label_columns(
+        faces_table, min_margin=config.min_emotion_margin, usable=faces_table["eligible"]))
+    annotations = annotations.join(teachers.label_columns(
+        annotations, min_margin=config.min_emotion_margin, usable=annotations["status"] == "ok"))
 
     write_table(root, catalog.faces(shard), faces_table)
     write_table(root, catalog.annotations(shard), annotations)
@@ -162,8 +168,12 @@ def _score(photos: list[dict[str, Any]], models: dict[str, Any], boundary: Photo
 
 
 def _score_faces(faces: list[dict[str, Any]], models: dict[str, Any]) -> None:
-    scores = analyze_crops([face["crop"] for face in faces], models)
+    crops = [face["crop"] for face in faces]
+    deepface = {action: model for action, model in models.items() if action != teachers.MODEL_KEY}
+    scores = analyze_crops(crops, deepface)
     records = [face_record(scores, i) for i in range(len(faces))]
+    xception = teachers.score_crops(crops, models.get(teachers.MODEL_KEY))  # NaN without the second teacher
+    records = [{**record, **teachers.scores_record(xception, i)} for i, record in enumerate(records)]
     for face, record in zip(faces, records):
         face["scores"] = record
         del face["crop"]  # crops are only needed until their batch runs

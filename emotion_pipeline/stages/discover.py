@@ -6,6 +6,7 @@ from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.registry import shard_stages
 from emotion_pipeline.core.results import DiscoverResult
 from emotion_pipeline.core.runner import StageRun, is_complete, run_stage
+from emotion_pipeline.labelling import teachers
 from emotion_pipeline.core.storage import Storage
 
 
@@ -29,7 +30,11 @@ def discover(run: StageRun) -> DiscoverResult:
 
     Raises:
         storage.StorageError: the source cannot be listed (a missing bucket, a denied permission).
+        faces.MissingWeightsError: the second teacher's file (``teachers.check_weights``) is missing or
+            not the pinned one, and ``teacher`` needs it.
     """
+    if teachers.required(run.config.teacher):  # before the manifest: a missing file leaves nothing behind
+        teachers.check_weights()
     found = manifest.discover(run.config, run.source, run.root)
     pending = [s for s in found.shards
                if not all(is_complete(stage, run.config, run.root, found.manifest, s) for stage in shard_stages())]

@@ -20,6 +20,7 @@ from emotion_pipeline.core.results import MergeResult
 from emotion_pipeline.core.runner import StageRun, run_stage
 from emotion_pipeline.core.storage import Storage
 from emotion_pipeline.core.tables import read_table, write_table
+from emotion_pipeline.labelling import teachers
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def merge(run: StageRun) -> MergeResult:
     root = run.root
     tables = [(stage, _photo_table(root, stage, run.present_shards())) for stage in photo_tables()]
     dataset = build_dataset(run.photos, tables)
+    dataset["label"] = teachers.chosen_labels(dataset, run.config.teacher)  # the `teacher` knob's label
     write_table(root, catalog.DATASET, dataset)
     result = MergeResult(images=len(dataset), statuses=dataset["status"].value_counts().to_dict(),
                          labels=dataset["label"].value_counts().to_dict(),

@@ -1,0 +1,106 @@
+"""Two teachers in the stages: annotate stores both networks' scores and each choice's label, merge
+labels by the ``teacher`` knob (switching it re-runs merge, never resize or detection), and a missing
+or altered weights file stops the run at discover, before anything is written."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emotion_pipeline.core import catalog
+from emotion_pipeline.core.config import EMOTIONS, PipelineConfig
+from emotion_pipeline.core.registry import STAGES
+from emotion_pipeline.core.runner import run_stage
+from emotion_pipeline.core.storage import open_storage
+from emotion_pipeline.labelling import teachers
+from emotion_pipeline.labelling.faces import MissingWeightsError
+from emotion_pipeline.labelling.labels import label_of
+from tests.conftest import FACES, copy_photos
+
+UPSTREAM = ("resize", "annotate", "dedupe")
+
+
+def files_under(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_weights_file_fails_discover_naming_it_and_leaves_nothing(tmp_path, monkeypatch, damage):
+    copy = tmp_path / "emotion_model.hdf5"
+    data = bytearray(teachers.check_weights().read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF  # one byte: the same size, another hash
+    copy.write_bytes(bytes(data))
+    monkeypatch.setenv(teachers.WEIGHTS_ENV, str(copy))
+    copy_photos(FACES, tmp_path / "src", ["img1.jpg"])
+    config = PipelineConfig(source=str(tmp_path / "src"), root=str(tmp_path / "out"))
+
+    with pytest.raises(MissingWeightsError) as raised:
+        run_stage("discover", config)
+    message = str(raised.value)
+    assert str(copy) in message and "fer" in message and "teacher=deepface" in message
+    # No manifest, no shard, no table: nothing but the lease discover held while it failed.
+    assert [f for f in files_under(tmp_path / "out") if not f.startswith("locks/")] == []
+
+    deepface_only = PipelineConfig(source=str(tmp_path / "src"), root=str(tmp_path / "out"), teacher="deepface")
+    assert run_stage("discover", deepface_only).images == 1  # the way round it the message names
+
+
+def test_switching_the_teacher_reruns_merge_onward_only(tmp_path):
+    copy_photos(FACES, tmp_path / "src", ["couple.jpg", "img1.jpg", "img10.jpg"])
+    config = PipelineConfig(source=str(tmp_path / "src"), root=str(tmp_path / "out"))
+    assert config.teacher == "mean"
+    run_stage("discover", config)
+    for name in UPSTREAM:
+        run_stage(name, config, 0 if STAGES[name].per_shard else None)
+    assert run_stage("merge", config).skipped is False
+    root = open_storage(config.root)
+    markers = upstream_markers(root)
+    check_both_teachers_scored(root)
+
+    labels = {}
+    for teacher in ("deepface", "mini_xception", "mean"):
+        switched = PipelineConfig(source=config.source, root=config.root, teacher=teacher)
+        for name in UPSTREAM:  # no resize, no detection, no scoring again
+            assert run_stage(name, switched, 0 if STAGES[name].per_shard else None).skipped is True, name
+        assert run_stage("merge", switched).skipped is False, teacher  # the knob is merge's
+        assert run_stage("merge", switched).skipped is True, teacher
+        labels[teacher] = catalog.read_dataset(root).set_index("source_key")["label"]
+    assert upstream_markers(root) == markers  # their done markers were not rewritten
+
+    # Each label recomputed here from the label face's stored scores with the one rule.
+    photos = pd.read_parquet(root.uri_for("annotations/shard=00000/annotations.parquet")).set_index("source_key")
+    for key, row in photos.iterrows():
+        deepface = np.array([row[f"emotion_{e}"] for e in EMOTIONS], dtype=float)
+        xception = np.array([row[f"xception_{e}"] for e in EMOTIONS], dtype=float)
+        expected = {"deepface": deepface, "mini_xception": xception, "mean": (deepface + xception) / 2}
+        for teacher, scores in expected.items():
+            want = label_of(scores, min_margin=config.min_emotion_margin) if row["status"] == "ok" else None
+            got = labels[teacher][key]
+            assert (None if pd.isna(got) else got) == want, (key, teacher)
+    assert labels["deepface"].notna().any()
+
+
+def upstream_markers(root) -> dict[str, bytes]:
+    return {name: root.read_bytes(catalog.done_marker(STAGES[name].folder, 0 if STAGES[name].per_shard else None))
+            for name in UPSTREAM}
+
+
+def check_both_teachers_scored(root) -> None:
+    """Every face row carries both teachers' seven scores (each a distribution), each choice's label
+    and whether the two networks agree."""
+    faces = pd.read_parquet(root.uri_for("annotations/shard=00000/faces.parquet"))
+    assert len(faces) >= 2
+    for prefix in ("emotion_", "xception_"):
+        scores = faces[[f"{prefix}{e}" for e in EMOTIONS]].to_numpy(dtype=float)
+        assert np.isfinite(scores).all() and np.allclose(scores.sum(axis=1), 100)
+    assert not np.allclose(faces[[f"emotion_{e}" for e in EMOTIONS]].to_numpy(dtype=float),
+                           faces[[f"xception_{e}" for e in EMOTIONS]].to_numpy(dtype=float))  # two networks
+    for _, face in faces.iterrows():
+        deepface_label = face["label_deepface"] if isinstance(face["label_deepface"], str) else None
+        xception_label = face["label_mini_xception"] if isinstance(face["label_mini_xception"], str) else None
+        if face["eligible"]:
+            assert bool(face["teachers_agree"]) == (deepface_label == xception_label)
+        else:
+            assert deepface_label is None and xception_label is None
