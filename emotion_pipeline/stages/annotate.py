@@ -212,6 +212,6 @@ def _photo_row(photo: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
     label_face = pick_label_face(candidates, config.label_face)
     row.update({f"face_{k}": label_face[k] for k in ("x", "y", "w", "h", "confidence")})
     row["label_face_index"] = label_face["face_index"]
-    row.update({k: label_face[k] for k in attribute_columns(config.actions)})
+    row.update({k: label_face.get(k) for k in attribute_columns(config.actions)})  # xception_*: may be absent
     row["label"] = label_of({e: label_face[f"emotion_{e}"] for e in EMOTIONS}, min_margin=config.min_emotion_margin)
     return row
