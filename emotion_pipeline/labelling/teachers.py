@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emotion_pipeline.core.config import EMOTIONS, TEACHERS
+from emotion_pipeline.core.config import CLASSES, EMOTIONS, TEACHERS
 from emotion_pipeline.labelling import faces
 from emotion_pipeline.labelling.faces import MissingWeightsError
 from emotion_pipeline.labelling.labels import labels_of
@@ -214,3 +214,47 @@ def chosen_labels(table: pd.DataFrame, teacher: str) -> pd.Series:
 def scores_record(scores: np.ndarray, i: int) -> dict[str, Any]:
     """One face's ``xception_<emotion>`` columns from the batch's scores (row ``i``)."""
     return {column: float(v) for column, v in zip(XCEPTION_COLUMNS, scores[i])}
+
+
+NO_LABEL = "no label"
+
+
+def teachers_table(dataset: pd.DataFrame, caption_by_id: pd.Series | None = None) -> dict[str, Any] | None:
+    """The report's teachers table, from the dataset's ``ok`` photos: for each teacher (and the mean)
+    its label mix and, with captions, how often its label is the captions' (no label counts as not);
+    the two networks' agreement with each other (Cohen's kappa over the five classes and no label).
+    Every figure with its n. None for a dataset annotated before the second teacher.
+
+    Args:
+        dataset: merge's dataset (``status``, ``image_id``, ``label_<teacher>``, ``xception_*``).
+        caption_by_id: the caption label of each covered photo, by image_id (the caption check's).
+    """
+    if not set(LABEL_COLUMNS.values()) <= set(dataset.columns):
+        return None
+    ok = dataset[dataset["status"] == "ok"].drop_duplicates("image_id")
+    judged = ok[ok["image_id"].isin(caption_by_id.index)] if caption_by_id is not None else None
+    table: dict[str, Any] = {}
+    for teacher, column in LABEL_COLUMNS.items():
+        labels = ok[column].where(ok[column].notna(), NO_LABEL)
+        entry: dict[str, Any] = {"n": len(ok), "label_mix": {c: int((labels == c).sum()) for c in (*CLASSES, NO_LABEL)}}
+        if judged is not None:
+            agree = int((judged[column] == judged["image_id"].map(caption_by_id)).sum())
+            entry["captions"] = {"n": len(judged), "agree": agree,
+                                 "agreement": agree / len(judged) if len(judged) else None}
+        table[teacher] = entry
+    scored = ok[ok.reindex(columns=XCEPTION_COLUMNS).notna().all(axis=1)]
+    first, second = (scored[LABEL_COLUMNS[t]].fillna(NO_LABEL).to_numpy(dtype=object)
+                     for t in ("deepface", "mini_xception"))
+    return {"teachers": table, "between": {"n": len(scored), "kappa": cohen_kappa(first, second),
+                                           "same_label": float((first == second).mean()) if len(scored) else None}}
+
+
+def cohen_kappa(first: np.ndarray, second: np.ndarray) -> float | None:
+    """Cohen's kappa of two raters' labels: (observed - chance agreement) / (1 - chance); None for
+    no rows, 1.0 where both always give one and the same label."""
+    if not len(first):
+        return None
+    observed = float(np.mean(first == second))
+    categories = sorted(set(first) | set(second))
+    chance = sum(float(np.mean(first == c)) * float(np.mean(second == c)) for c in categories)
+    return 1.0 if chance == 1 else (observed - chance) / (1 - chance)

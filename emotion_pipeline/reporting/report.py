@@ -74,6 +74,8 @@ def render(version, dataset, evaluation, training, figures, note) -> str:
             parts.append(gold_section(evaluation["gold"]))
         if evaluation.get("captions"):
             parts.append(caption_section(evaluation["captions"]))
+        if evaluation.get("teachers"):
+            parts.append(teachers_section(evaluation["teachers"], evaluation.get("teacher")))
     rows = (evaluation or {}).get("figure_rows", {})
     for name, png in figures.items():
         data = base64.b64encode(png).decode()
@@ -190,6 +192,29 @@ def caption_section(check: dict[str, Any]) -> str:
             f"name smiles and tears far more often than anger or surprise, almost never a neutral face, and they "
             f"describe the photo, not the one face it is labelled by. Read the agreement as a floor, per emotion."
             f"</p>{table}")
+
+
+TEACHER_NAMES = {"deepface": "DeepFace", "mini_xception": "mini-Xception", "mean": "mean of the two"}
+
+
+def teachers_section(table: dict[str, Any], chosen: str | None) -> str:
+    """Each teacher's label mix and agreement with the captions, and the two networks' agreement (kappa)."""
+    teachers = table["teachers"]
+    with_captions = all("captions" in entry for entry in teachers.values())
+    header = ["teacher", "photos", *CLASSES, "no label"] + (["captions agree", "captioned photos"] * with_captions)
+    rows = [[TEACHER_NAMES.get(name, name) + (" (the labels)" if name == chosen else ""), _count(entry["n"]),
+             *entry["label_mix"].values(),
+             *([_overall({"accuracy": entry["captions"]["agreement"], "n": entry["captions"]["n"]}),
+                _count(entry["captions"]["n"])] if with_captions else [])]
+            for name, entry in teachers.items()]
+    between = table["between"]
+    kappa = "no data" if between["kappa"] is None else f"{between['kappa']:.3f}"
+    same = "no data" if between["same_label"] is None else f"{between['same_label']:.1%}"
+    return (f"<h2>Teachers: DeepFace and the mini-Xception</h2><p>Every face is scored by both networks; the "
+            f"labels are the {TEACHER_NAMES.get(chosen or '', chosen)}'s (the teacher setting). On "
+            f"{_count(between['n'], 'photos')} both scored, they give the same label (no label counting as one) "
+            f"on {same}; Cohen's kappa {kappa}. Neither network is the truth: where they disagree the label "
+            f"is unsure.</p>{_table(header, rows)}")
 
 
 def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from emotion_pipeline.core.results import EvaluateResult, TrainResult
 from emotion_pipeline.core.runner import StageRun, run_stage
 from emotion_pipeline.core.storage import Storage, read_uri
 from emotion_pipeline.core.tables import write_json
-from emotion_pipeline.labelling import captions, label_policy
+from emotion_pipeline.labelling import captions, label_policy, teachers
 from emotion_pipeline.labelling.images import read_photo
 from emotion_pipeline.labelling.labels import NO_LABEL
 from emotion_pipeline.modeling import tracking
@@ -104,7 +104,8 @@ def evaluate(run: StageRun) -> EvaluateResult:
                 "majority_class": CLASSES[majority],
                 "counts": data.counts(), "metrics": metrics, "gold": gold_check, "captions": caption_check,
                 "label_policy": curves, "embed_weights": config.embed_weights, "flags": trained.flags,
-                "champion": trained.champion, "promotion": trained.promotion,
+                "champion": trained.champion, "promotion": trained.promotion, "teacher": config.teacher,
+                "teachers": teachers.teachers_table(catalog.read_dataset(root), caption_by_id),
                 "figure_rows": _figure_rows(config, metrics, data, gold_check, caption_check)}
     write_json(root, catalog.report_file(version, catalog.REPORT_METRICS), document)
     with timed("evaluate: report and MLflow"):

@@ -7,13 +7,14 @@ import pandas as pd
 import pytest
 
 from emotion_pipeline.core import catalog
-from emotion_pipeline.core.config import EMOTIONS, PipelineConfig
+from emotion_pipeline.core.config import CLASSES, EMOTIONS, PipelineConfig
 from emotion_pipeline.core.registry import STAGES
 from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import open_storage
 from emotion_pipeline.labelling import teachers
 from emotion_pipeline.labelling.faces import MissingWeightsError
 from emotion_pipeline.labelling.labels import label_of
+from emotion_pipeline.reporting import report
 from tests.conftest import FACES, copy_photos
 
 UPSTREAM = ("resize", "annotate", "dedupe")
@@ -80,6 +81,31 @@ def test_switching_the_teacher_reruns_merge_onward_only(tmp_path):
             got = labels[teacher][key]
             assert (None if pd.isna(got) else got) == want, (key, teacher)
     assert labels["deepface"].notna().any()
+    check_the_teachers_table(catalog.read_dataset(root))
+
+
+def check_the_teachers_table(dataset: pd.DataFrame) -> None:
+    """The report's teachers table, each figure recomputed here from the dataset's label columns."""
+    from sklearn.metrics import cohen_kappa_score
+
+    ok = dataset[dataset["status"] == "ok"]
+    captions = pd.Series(["happy"] * len(ok), index=ok["image_id"]).iloc[: max(1, len(ok) - 1)]
+    table = teachers.teachers_table(dataset, captions)
+    for teacher in ("deepface", "mini_xception", "mean"):
+        labels = ok[f"label_{teacher}"].fillna("no label")
+        entry = table["teachers"][teacher]
+        assert entry["n"] == len(ok) and sum(entry["label_mix"].values()) == len(ok)
+        assert entry["label_mix"] == {c: int((labels == c).sum()) for c in (*CLASSES, "no label")}
+        judged = ok[ok["image_id"].isin(captions.index)]
+        agree = int((judged[f"label_{teacher}"] == "happy").sum())
+        assert entry["captions"] == {"n": len(judged), "agree": agree, "agreement": agree / len(judged)}
+    first, second = (ok[f"label_{t}"].fillna("no label") for t in ("deepface", "mini_xception"))
+    assert table["between"]["n"] == len(ok)
+    assert table["between"]["same_label"] == pytest.approx((first == second).mean())
+    expected = 1.0 if len(set(first) | set(second)) == 1 else cohen_kappa_score(first, second)
+    assert table["between"]["kappa"] == pytest.approx(expected)
+    page = report.teachers_section(table, "mean")
+    assert "mean of the two (the labels)" in page and f"{len(ok)}" in page and "Cohen's kappa" in page
 
 
 def upstream_markers(root) -> dict[str, bytes]:
@@ -104,3 +130,41 @@ def check_both_teachers_scored(root) -> None:
             assert bool(face["teachers_agree"]) == (deepface_label == xception_label)
         else:
             assert deepface_label is None and xception_label is None
+
+
+@pytest.mark.integration
+def test_the_teachers_table_is_in_the_report_and_metrics_of_a_run(trained_root):
+    """trained_root ran the whole pipeline with the shared captions: the table, recomputed here."""
+    import json
+
+    from tests.labelling.test_captions import independent_caption_labels
+
+    config, results = trained_root
+    root = open_storage(config.root)
+    version = results["train"].model_version
+    metrics = json.loads(root.read_bytes(catalog.report_file(version, catalog.REPORT_METRICS)))
+    assert metrics["teacher"] == config.teacher == "mean"
+    table = metrics["teachers"]
+    dataset = catalog.read_dataset(root)
+    ok = dataset[dataset["status"] == "ok"]
+    expected = independent_caption_labels(config.caption_min_agree)
+    captioned = ok.assign(caption=ok["source_key"].str.rsplit("/", n=1).str[-1].map(expected))
+    captioned = captioned[captioned["caption"].notna()]
+    assert len(ok) >= 10 and len(captioned) >= 1
+    for teacher in ("deepface", "mini_xception", "mean"):
+        entry = table["teachers"][teacher]
+        labels = ok[f"label_{teacher}"].fillna("no label")
+        assert entry["n"] == len(ok)
+        assert entry["label_mix"] == {c: int((labels == c).sum()) for c in (*CLASSES, "no label")}
+        agree = int((captioned[f"label_{teacher}"] == captioned["caption"]).sum())
+        assert (entry["captions"]["n"], entry["captions"]["agree"]) == (len(captioned), agree)
+    assert (ok["label"].fillna("-") == ok["label_mean"].fillna("-")).all()  # the dataset's labels: the mean's
+    from sklearn.metrics import cohen_kappa_score
+
+    first, second = (ok[f"label_{t}"].fillna("no label") for t in ("deepface", "mini_xception"))
+    assert table["between"]["n"] == len(ok)
+    assert table["between"]["kappa"] == pytest.approx(cohen_kappa_score(first, second))
+    assert table["between"]["same_label"] == pytest.approx((first == second).mean())
+    page = root.read_bytes(catalog.report_file(version, catalog.REPORT_PAGE)).decode()
+    assert "Teachers: DeepFace and the mini-Xception" in page and "mean of the two (the labels)" in page
+    assert f"{table['between']['kappa']:.3f}" in page
