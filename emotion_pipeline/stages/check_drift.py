@@ -32,6 +32,7 @@ from emotion_pipeline.core.results import DriftReport
 from emotion_pipeline.core.runner import StageRun, run_stage
 from emotion_pipeline.core.storage import Storage
 from emotion_pipeline.core.tables import read_json, read_table, write_json
+from emotion_pipeline.labelling import teachers
 from emotion_pipeline.reporting.charts import drift_timeline_chart, label_pie_chart
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def check_drift(run: StageRun) -> DriftReport:
     shards = [s for s in run.present_shards() if root.exists(catalog.done_marker(catalog.ANNOTATE_FOLDER, s))]
     monitor_log = catalog.read_monitor_log(root)
     logged = set(zip(monitor_log["shard"].astype(int), monitor_log["annotations_fingerprint"]))
-    shard_tables = {s: _labels(root, s) for s in shards}
+    shard_tables = {s: _labels(root, s, config.teacher) for s in shards}
 
     new_rows = []
     for shard, (labels, fingerprint) in shard_tables.items():
@@ -118,12 +119,15 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
     return float(jensenshannon(p, q, base=2))
 
 
-def _labels(root: Storage, shard: int) -> tuple[pd.DataFrame, str]:
+def _labels(root: Storage, shard: int, teacher: str) -> tuple[pd.DataFrame, str]:
+    """A shard's statuses and labels under ``teacher`` (the dataset's), and the key it is logged under:
+    its annotations' version and the teacher (another teacher's labels are checked and logged anew)."""
     table = read_table(root, catalog.annotations(shard))
     marker = catalog.read_done(root, catalog.ANNOTATE_FOLDER, shard)
     if table is None or marker is None:
         raise MissingUpstream(f"shard {shard} is not annotated yet: run the annotate stage first")
-    return table[["status", "label"]], marker["fingerprint"]
+    table = table.assign(label=teachers.chosen_labels(table, teacher))
+    return table[["status", "label"]], f"{marker['fingerprint']}:{teacher}"
 
 
 def _reference(

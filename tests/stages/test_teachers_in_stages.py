@@ -83,6 +83,14 @@ def test_switching_the_teacher_reruns_merge_onward_only(tmp_path):
     assert labels["deepface"].notna().any()
     check_the_teachers_table(catalog.read_dataset(root))
 
+    # Drift reads the chosen teacher's labels too: each teacher's are checked and logged once.
+    for teacher in ("deepface", "mini_xception", "mini_xception"):
+        run_stage("check_drift", PipelineConfig(source=config.source, root=config.root, teacher=teacher))
+    logged = catalog.read_monitor_log(root)
+    for teacher in ("deepface", "mini_xception"):
+        row = logged[logged["annotations_fingerprint"].str.endswith(f":{teacher}")]
+        assert len(row) == 1 and int(row["labelled"].iloc[0]) == int(labels[teacher].isin(CLASSES).sum())
+
 
 def check_the_teachers_table(dataset: pd.DataFrame) -> None:
     """The report's teachers table, each figure recomputed here from the dataset's label columns."""
