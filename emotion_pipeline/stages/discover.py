@@ -6,8 +6,8 @@ from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.registry import shard_stages
 from emotion_pipeline.core.results import DiscoverResult
 from emotion_pipeline.core.runner import StageRun, is_complete, run_stage
-from emotion_pipeline.labelling import teachers
 from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.labelling import teachers
 
 
 def discover_images(
