@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from emotion_pipeline.core.config import EMOTIONS
+from emotion_pipeline.labelling import teachers
 from emotion_pipeline.labelling.faces import (
     MissingWeightsError,
     analyze_crops,
@@ -125,7 +126,10 @@ def test_face_record_fills_exactly_the_attribute_columns():
         "race": np.array([[0, 0, 0, 60, 40, 0.0]]),
     }
     record = face_record(scores, 0)
-    assert sorted(record) == sorted(attribute_columns(("emotion", "age", "gender", "race")))
+    # DeepFace's columns; the second teacher's (xception_*) come from teachers.scores_record.
+    second = teachers.scores_record(np.full((1, len(EMOTIONS)), np.nan), 0)
+    assert sorted({**record, **second}) == sorted(attribute_columns(("emotion", "age", "gender", "race")))
+    assert not set(record) & set(second)
     assert record["dominant_emotion"] == "happy" and record["age"] == 33
     assert record["dominant_gender"] == "Woman" and record["dominant_race"] == "white"
 
