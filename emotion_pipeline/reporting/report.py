@@ -194,7 +194,7 @@ def caption_section(check: dict[str, Any]) -> str:
             f"</p>{table}")
 
 
-TEACHER_NAMES = {"deepface": "DeepFace", "mini_xception": "mini-Xception", "mean": "mean of the two"}
+TEACHER_NAMES = {"deepface": "DeepFace", "mini_xception": "the mini-Xception", "mean": "the mean of the two"}
 
 
 def teachers_section(table: dict[str, Any], chosen: str | None) -> str:
@@ -211,7 +211,7 @@ def teachers_section(table: dict[str, Any], chosen: str | None) -> str:
     kappa = "no data" if between["kappa"] is None else f"{between['kappa']:.3f}"
     same = "no data" if between["same_label"] is None else f"{between['same_label']:.1%}"
     return (f"<h2>Teachers: DeepFace and the mini-Xception</h2><p>Every face is scored by both networks; the "
-            f"labels are the {TEACHER_NAMES.get(chosen or '', chosen)}'s (the teacher setting). On "
+            f"labels come from {TEACHER_NAMES.get(chosen or '', chosen)} (the teacher setting). On "
             f"{_count(between['n'], 'photos')} both scored, they give the same label (no label counting as one) "
             f"on {same}; Cohen's kappa {kappa}. Neither network is the truth: where they disagree the label "
             f"is unsure.</p>{_table(header, rows)}")
@@ -238,7 +238,10 @@ def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> st
     faces = (" Trained on every labelled face (label_unit=face; a photo's faces share its split); a "
              "photo-trained head beside it, when there is one, is scored on the same test faces."
              if unit == "faces" else "")
-    return (f"<h2>Model</h2><p>Labels are DeepFace's, so these numbers measure agreement with DeepFace.{faces} "
+    # Photo labels are the chosen teacher's (face labels, label_unit=face, still DeepFace's: README).
+    teacher = "DeepFace" if unit == "faces" else TEACHER_NAMES.get(evaluation.get("teacher") or "deepface")
+    return (f"<h2>Model</h2><p>Labels come from {teacher} (the teacher setting), so these numbers measure "
+            f"agreement with it.{faces} "
             f"Champion: {html.escape(_champion_text(training))}. MLflow run {html.escape(str(evaluation['run_id']))}, "
             f"{training.get('trials', '?')} tuner trials.</p>{overview}"
             f"<h3>Per class</h3>{per_class}<div class='grid'><div><h3>{unit.capitalize()} per split</h3>{splits}</div>"
