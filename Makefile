@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 ROOT ?= out
 SHARED ?= $(abspath ../shared)
 
-.PHONY: install system-deps run ui serve dashboard test test-fast lock audit bench bench-detectors
+.PHONY: install system-deps run ui serve dashboard lint services test test-fast lock audit bench bench-detectors \
+	bench-scale bench-scale-rows
 
 install: $(VENV)/.installed
 
@@ -46,9 +47,23 @@ system-deps:
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing >/dev/null; fi
 
+# The machine's PostgreSQL and Redis (127.0.0.1:5432 and :6379), which the multi-process Airflow tests
+# use; started here with Debian's own commands when they are installed but not running.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { echo "starting PostgreSQL"; \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; }
+	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || { echo "starting Redis"; \
+		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; }
+	@pg_isready -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 ping
+
+# ruff (pyproject's [tool.ruff]) on everything, mypy (its [tool.mypy]) on the package and the DAG file.
+lint: install
+	$(BIN)/ruff check . && $(BIN)/mypy
+
 # Tests read the real photos and DeepFace weights in ../shared (override with SHARED=...).
 # On every core: while one test waits on Airflow's scheduler or a service, another computes.
-test: install system-deps
+# A lint error fails `make test` before any test runs.
+test: install system-deps services lint
 	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install
@@ -69,5 +84,20 @@ bench: install
 	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m bench.run --photos $(SHARED)/data/flickr30k_sample/images \
 		--json bench/latest.json $(ARGS)
 
+# Each detector as it works best on the sample (~7 min on 2 cores): table, threshold curves, faces
+# matched across detectors, contact sheets to look at, the smiling check; into build/bench-detectors.
 bench-detectors: install
-	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python bench/detectors.py --images $(SHARED)/data/flickr30k_sample/images
+	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python bench/detectors.py --images $(SHARED)/data/flickr30k_sample/images \
+		--out build/bench-detectors $(ARGS)
+
+# The whole DAG cold at 1k, 4k, 16k and 32k generated photos, then +10% and a no-op at the largest
+# (hours on 2 cores; ARGS="--sizes 1000 2000" for fewer): build/bench-scale, docs/bench-scale.png.
+bench-scale: install
+	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m bench.scale --photos $(SHARED)/data/flickr30k_sample/images \
+		--json build/bench-scale/scale.json $(ARGS)
+
+# The whole-dataset stages at 10k-300k rows from generated upstream tables (random vectors), each in a
+# process of its own: seconds, peak RSS, log-log slopes (README, Performance); into build/bench-scale.
+bench-scale-rows: install
+	DEEPFACE_HOME=$(SHARED)/models/deepface $(BIN)/python -m bench.scale_rows --rows 10000 30000 100000 300000 \
+		--out build/bench-scale/rows.json $(ARGS)

@@ -19,21 +19,60 @@ CLI = str(Path(sys.executable).parent / "emotion-pipeline")
 
 
 def run_dag(source: Path, work: Path, name: str, settings: list[str]) -> tuple[float, dict]:
-    summary = work / f"summary-{name}.json"
+    seconds, summary, _ = run_dag_measured(source, work, name, settings)
+    return seconds, summary
+
+
+# The run's process is started from this small launcher, not forked from the benchmark: a forked child
+# keeps its parent's pre-exec high-water mark in ru_maxrss. wait4 reports the largest resident set of
+# the run's process and of the children it waited for (dag.test runs every task in that one process).
+_LAUNCH = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+print(f"\\npeak-rss-kib {usage.ru_maxrss} exit {os.waitstatus_to_exitcode(status)}")
+"""
+
+
+def run_dag_measured(source: Path, work: Path, name: str, settings: list[str]) -> tuple[float, dict, float]:
+    """One `emotion-pipeline run`: (seconds, its summary JSON, the peak RSS of its process in MiB).
+
+    Its output goes to ``work/run-<name>.log``; every minute the log's last line is shown on stderr.
+    """
+    summary, log_path = work / f"summary-{name}.json", work / f"run-{name}.log"
+    work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    done = subprocess.run(
-        [CLI, "run", "--source", str(source), "--root", str(work / "root"), "--airflow-home", str(work / "airflow"),
-         "--summary-json", str(summary), *settings],
-        capture_output=True, text=True,
-        # Its own state home: tuner checkpoints of an earlier benchmark on the same photos would
-        # otherwise let the "cold" run resume a finished search.
-        env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-             "EMOTION_PIPELINE_HOME": str(work / "state-home")},
-    )
+    with log_path.open("w") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCH, CLI, "run", "--source", str(source), "--root", str(work / "root"),
+             "--airflow-home", str(work / "airflow"), "--summary-json", str(summary), *settings],
+            stdout=log, stderr=subprocess.STDOUT, text=True,
+            # Its own state home: tuner checkpoints of an earlier benchmark on the same photos would
+            # otherwise let the "cold" run resume a finished search.
+            env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+                 "EMOTION_PIPELINE_HOME": str(work / "state-home")},
+        )
+        while _still_running(child, timeout=60):
+            print(f"  {name}: {time.perf_counter() - start:.0f} s, {_last_line(log_path)}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"the {name} run failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
-    return seconds, json.loads(summary.read_text())
+    output = log_path.read_text()
+    words = output.split()
+    if child.returncode != 0 or len(words) < 4 or words[-4] != "peak-rss-kib" or words[-1] != "0":
+        raise RuntimeError(f"the {name} run failed (log: {log_path}):\n{output[-4000:]}")
+    return seconds, json.loads(summary.read_text()), int(words[-3]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def _still_running(child: subprocess.Popen, timeout: float) -> bool:
+    try:
+        child.wait(timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-1].strip()[:150] if lines else "(no output yet)"
 
 
 def bench_dag(photos: Path, work: Path, settings: list[str]) -> tuple[list[Row], dict]:
@@ -77,7 +116,8 @@ def projection(cold: dict, stage_rates: dict[str, float], n: int = 31_783) -> li
         measured = stage_rates.get(task)
         hours = (n / measured if measured else seconds * n / cold["photos"]) / 3600
         total += hours
-        how = f"{measured:.2f} photos/s measured" if measured else f"{seconds:.0f} s for {cold['photos']} x {n / cold['photos']:.0f}"
+        how = (f"{measured:.2f} photos/s measured" if measured
+               else f"{seconds:.0f} s for {cold['photos']} x {n / cold['photos']:.0f}")
         rows.append(Row("projection", f"{task}: {n} photos", how, f"{hours:.2f} h", None, "", None))
     rows.append(Row("projection", f"whole DAG: {n} photos, 2 cores", "", f"{total:.1f} h", None, "", None))
     return rows

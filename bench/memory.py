@@ -15,8 +15,8 @@ from emotion_pipeline.core.storage import open_storage
 from .common import Row, distinct_photos, peak_rss_mib
 
 CLI = str(Path(sys.executable).parent / "emotion-pipeline")
-STAGES = (["discover"], ["resize", "--shard", "0"], ["annotate", "--shard", "0"], ["drift"], ["merge"],
-          ["embed", "--shard", "0"], ["assemble"], ["train"])
+STAGES = (["discover"], ["resize", "--shard", "0"], ["annotate", "--shard", "0"], ["check_drift"], ["merge"],
+          ["embed", "--shard", "0"], ["assemble_features"], ["train"])
 
 
 def stage_peaks(photos: Path, work: Path, n: int, settings: list[str]) -> dict[str, float]:

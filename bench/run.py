@@ -32,21 +32,23 @@ def machine() -> str:
             f"{f'{len(gpus)} GPU' if gpus else 'no GPU'}, TensorFlow {tf.__version__}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=Path("../shared/data/flickr30k_sample/images"))
     parser.add_argument("--sections", default="stages,dag,memory")
-    parser.add_argument("--detector", default="mtcnn", help="the pipeline's default detector")
-    parser.add_argument("--memory-detector", default="mtcnn",
-                        help="detector for the memory runs (yunet is faster but finds too few faces in 100 "
-                             "sample photos for the train stage to train)")
+    parser.add_argument("--detector", default=default_detector(), help="the pipeline's default detector")
+    parser.add_argument("--memory-detector", default=default_detector(), help="detector for the memory runs")
     parser.add_argument("--embed-weights", default="none",
                         help="none: random weights, same graph and cost (machines without internet)")
     parser.add_argument("--chunk", type=int, default=100, help="photos per shard in the side-by-side runs")
     parser.add_argument("--repeats", type=int, default=3, help="fresh roots for the (fast) resize runs")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write every figure here")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     sections = set(args.sections.split(","))
     work = args.work or Path(tempfile.mkdtemp(prefix="emotion-bench-"))
@@ -55,21 +57,8 @@ def main() -> None:
 
     rows, rates, cold = [], {}, None
     if "stages" in sections:
-        from .stages import bench_annotate, bench_embed, bench_resize
-
-        rows.append(bench_resize(args.photos, work / "stages", args.chunk, args.repeats))
-        print_table(rows[-1:])
-        annotate_row, annotated = bench_annotate(args.photos, work / "stages", args.chunk, args.detector)
-        rows.append(annotate_row)
-        print_table([annotate_row])
-        annotated = annotated.replace(embed_weights=args.embed_weights)
-        embed_row = bench_embed(annotated, 32, mixed_precision=False, label="embed")
-        rows.append(embed_row)
-        print_table([embed_row])
-        if gpu_present():
-            rows.append(bench_embed(annotated, 256, mixed_precision=True, label="embed (GPU, mixed precision)"))
-        rates = {"resize": rows[0].notes["pipeline"]["per_s"], "annotate": annotate_row.notes["per_s"],
-                 "embed": embed_row.notes["pipeline"]["per_s"]}
+        stage_rows, rates = bench_stages(args, work / "stages")
+        rows += stage_rows
     if "dag" in sections:
         from .dag import bench_dag
 
@@ -94,6 +83,39 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows], "table": table},
                                         indent=2, default=str))
+
+
+def bench_stages(args: argparse.Namespace, work: Path) -> tuple[list, dict[str, float]]:
+    """The stages section's rows (resize, annotate and its variants, embed) and each stage's photos/s."""
+    from .stages import bench_annotate, bench_annotate_teachers, bench_embed, bench_resize
+
+    rows = [bench_resize(args.photos, work, args.chunk, args.repeats)]
+    print_table(rows[-1:])
+    annotate_row, annotated = bench_annotate(args.photos, work, args.chunk, args.detector)
+    rows.append(annotate_row)
+    print_table([annotate_row])
+    if args.detector != "mtcnn":  # the default against today's MTCNN, side by side (issue 33)
+        from .stages import bench_annotate_detectors
+
+        detector_rows = bench_annotate_detectors(args.photos, work, args.chunk, args.detector)
+        rows += detector_rows
+        print_table(detector_rows)
+    rows.append(bench_annotate_teachers(args.photos, work, args.chunk, args.detector))  # issue 31
+    print_table(rows[-1:])
+    annotated = annotated.replace(embed_weights=args.embed_weights)
+    embed_row = bench_embed(annotated, 32, mixed_precision=False, label="embed")
+    rows.append(embed_row)
+    print_table([embed_row])
+    if gpu_present():
+        rows.append(bench_embed(annotated, 256, mixed_precision=True, label="embed (GPU, mixed precision)"))
+    return rows, {"resize": rows[0].notes["pipeline"]["per_s"], "annotate": annotate_row.notes["per_s"],
+                  "embed": embed_row.notes["pipeline"]["per_s"]}
+
+
+def default_detector() -> str:
+    from emotion_pipeline.core.config import PipelineConfig
+
+    return PipelineConfig(source=".", root=".").detector
 
 
 def gpu_present() -> bool:

@@ -12,6 +12,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN mkdir -p /opt/deepface && chown airflow:0 /opt/deepface
 USER airflow
+# MLflow's user store (docker-compose's mlflow-auth volume, which takes this folder's owner when new).
+RUN mkdir -p /opt/airflow/mlflow-auth
 
 ENV DEEPFACE_HOME=/opt/deepface TF_CPP_MIN_LOG_LEVEL=2 \
     EMOTION_PIPELINE_DAGS=/opt/airflow/dags EMOTION_PIPELINE_HOME=/opt/airflow/emotion-pipeline

@@ -5,6 +5,10 @@ cluster gets a database of its own and a Redis database number of its own. The c
 same commands the compose services run: api-server, scheduler, dag-processor and two
 `airflow celery worker` processes, one for the default queue and one for `gpu`. Each worker names
 itself through ``[core] hostname_callable`` so the tests can tell which one ran a task.
+
+Credentials as in the compose file: logins by the FAB auth manager (the admin set by compose_init),
+and the workers never get the metadata DB's URL: they run tasks through the API server and write
+Celery results as a role of their own, in a database of their own, that cannot open the metadata DB.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ POSTGRES = "postgres@127.0.0.1:5432"
 REDIS = "redis://127.0.0.1:6379"
 AIRFLOW = [sys.executable, "-m", "airflow"]
 WORKERS = {"cpu-worker": "default", "gpu-worker": "gpu"}
+FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+METADATA_DB = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"  # what the workers do not get
 
 
 class AirflowCluster:
@@ -41,6 +47,10 @@ class AirflowCluster:
         self.logs: dict[str, object] = {}
         self.token: str | None = None
         db = f"postgresql+psycopg2://{POSTGRES}/{self.database}"
+        self.results_role, self.results_database = f"celery_{self.database}", f"{self.database}_results"
+        self.results_password = secrets.token_urlsafe(16)
+        results = (f"db+postgresql+psycopg2://{self.results_role}:{self.results_password}@127.0.0.1:5432/"
+                   f"{self.results_database}")
         self.env = {
             **os.environ,
             "AIRFLOW_HOME": str(home),
@@ -51,11 +61,10 @@ class AirflowCluster:
             "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": "emotion_pipeline.orchestration.airflow_adapter.worker_name",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
+            "AIRFLOW__CORE__AUTH_MANAGER": FAB,
+            METADATA_DB: db,
             "AIRFLOW__CELERY__BROKER_URL": f"{REDIS}/{self.redis_db}",
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{db}",
+            "AIRFLOW__CELERY__RESULT_BACKEND": results,
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__BASE_URL": self.url,
@@ -73,13 +82,19 @@ class AirflowCluster:
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        from emotion_pipeline.orchestration.compose_init import ensure_result_backend
+
         self.password = secrets.token_urlsafe(12)
-        (self.home / "passwords.json").write_text(json.dumps({"admin": self.password}))
         with _admin() as cursor:
             cursor.execute(f'CREATE DATABASE "{self.database}"')
         _redis_flush(self.redis_db)
-        # What the compose file's init service does: schema, gpu pool, DAG parsed once.
+        # What the compose file's init service does: schema, admin login, the Celery results role and
+        # database (one per cluster here: clusters run side by side), gpu pool, DAG parsed once.
         self.airflow("db", "migrate")
+        ensure_result_backend(self.env[METADATA_DB], self.results_password, role=self.results_role,
+                              database=self.results_database)
+        self.python("from emotion_pipeline.orchestration.compose_init import ensure_admin; import os; "
+                    "ensure_admin(os.environ['AIRFLOW_ADMIN_PASSWORD'])", AIRFLOW_ADMIN_PASSWORD=self.password)
         self.airflow("pools", "set", "gpu", str(self.gpu_slots), "one slot per GPU")
         self.airflow("dags", "reserialize")
         self.spawn("api-server", "api-server", "--port", str(self.port))
@@ -87,7 +102,8 @@ class AirflowCluster:
         self.spawn("dag-processor", "dag-processor")
         for name, queue in WORKERS.items():
             self.spawn(name, "celery", "worker", "--queues", queue, "--concurrency", "2",
-                       "--celery-hostname", f"{name}@%h", env={"EMOTION_PIPELINE_WORKER_NAME": name})
+                       "--celery-hostname", f"{name}@%h", env={"EMOTION_PIPELINE_WORKER_NAME": name},
+                       without=(METADATA_DB,))
         self.wait_until_healthy()
         self.token = self.call("/auth/token", {"username": "admin", "password": self.password},
                                auth=False)["access_token"]
@@ -114,6 +130,8 @@ class AirflowCluster:
         _release_redis_db(self.redis_db)
         with _admin() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            cursor.execute(f'DROP DATABASE IF EXISTS "{self.results_database}" WITH (FORCE)')
+            cursor.execute(f'DROP ROLE IF EXISTS "{self.results_role}"')
 
     def __enter__(self) -> AirflowCluster:
         try:
@@ -132,11 +150,18 @@ class AirflowCluster:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         return result.stdout
 
-    def spawn(self, name: str, *args: str, env: dict | None = None) -> None:
+    def python(self, code: str, **env: str) -> None:
+        result = subprocess.run([sys.executable, "-c", code], env={**self.env, **env}, capture_output=True,
+                                text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"{code} failed:\n{result.stderr[-4000:]}")
+
+    def spawn(self, name: str, *args: str, env: dict | None = None, without: tuple[str, ...] = ()) -> None:
         log = open(self.home / f"{name}.log", "w")
         self.logs[name] = log
+        environment = {k: v for k, v in {**self.env, **(env or {})}.items() if k not in without}
         self.processes[name] = subprocess.Popen(
-            [*AIRFLOW, *args], env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            [*AIRFLOW, *args], env=environment, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() reaches every child
         )
 
@@ -160,7 +185,8 @@ class AirflowCluster:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(
-            f"--- {name}.log\n" + "\n".join((self.home / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+            f"--- {name}.log\n"
+            + "\n".join((self.home / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
             for name in self.processes
         )
 
@@ -217,7 +243,16 @@ class _admin:
     """An autocommit cursor on the machine's PostgreSQL (CREATE/DROP DATABASE cannot run in a transaction)."""
 
     def __enter__(self):
-        self.connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+        # A server restarting after a crash of one of its processes refuses connections for a moment.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+                break
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
         self.connection.autocommit = True
         return self.connection.cursor()
 

@@ -22,6 +22,7 @@ class LocalAirflow:
     """`emotion-pipeline ui ARGS` as a subprocess: its URL, its login, and its REST API."""
 
     def __init__(self, home: Path, args: list[str], env: dict[str, str]) -> None:
+        self.home = home
         self.port = free_port()
         self.base = f"http://localhost:{self.port}"
         self.process = subprocess.Popen(
@@ -74,7 +75,12 @@ class LocalAirflow:
         url = (f"/api/v2/dags/{DAG}/dagRuns/{urllib.request.quote(run_id)}/taskInstances/{task}/xcomEntries/"
                f"{key}?map_index={map_index}&deserialize=true")
         value = self.call(url)["value"]
-        return json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        try:  # a JSON document (a task's return value) ...
+            return json.loads(value)
+        except json.JSONDecodeError:  # ... or a plain string XCom (the responder's name)
+            return value
 
     def stop(self) -> None:
         stop_tree(self.process)

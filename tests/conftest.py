@@ -201,3 +201,19 @@ def pytest_collection_modifyitems(config, items):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the order within a module is kept
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say whether the machine's PostgreSQL still answers at the end: a test that failed with
+    'Connection refused' on 127.0.0.1:5432 is then told apart from a server that went away (its log's
+    tail is shown, where this user can read it)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=5):
+            return
+    except OSError as err:
+        terminalreporter.write_line(f"PostgreSQL on 127.0.0.1:5432 does not answer at the end of the run: {err}")
+    for log in sorted(Path("/var/log/postgresql").glob("*.log")):
+        try:
+            terminalreporter.write_line(f"{log}:\n" + "".join(log.read_text().splitlines(True)[-30:]))
+        except OSError:
+            pass

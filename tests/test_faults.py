@@ -21,10 +21,8 @@ import pytest
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import GCSStorage, LocalStorage, StorageError, _gcs_client, open_storage
-from emotion_pipeline.stages.discover import discover_images
-from emotion_pipeline.stages.merge import merge_dataset
-from emotion_pipeline.stages.resize import resize_shard
 from tests.conftest import FLICKR, copy_photos, flickr_names
 from tests.faulty_proxy import FaultyProxy
 
@@ -33,10 +31,10 @@ EMOTION_PIPELINE = str(Path(sys.executable).parent / "emotion-pipeline")
 
 def first_half(config, source=None, root=None) -> pd.DataFrame:
     """discover -> resize every pending shard -> merge; returns the dataset table."""
-    found = discover_images(config, source=source, root=root)
+    found = run_stage("discover", config, source=source, root=root)
     for shard in found.pending:
-        resize_shard(config, shard, source=source, root=root)
-    merge_dataset(config, root=root)
+        run_stage("resize", config, shard, source=source, root=root)
+    run_stage("merge", config, root=root)
     root = root or open_storage(config.root)
     return comparable(pd.read_parquet(io.BytesIO(root.read_bytes("datasets/final_emotion_dataset.parquet"))))
 
@@ -78,7 +76,8 @@ def test_transient_gcs_errors_are_retried_and_outputs_equal_a_clean_run(gcs_emul
     assert proxy.faulted_methods["POST"] and proxy.faulted_methods["GET"]  # on uploads and downloads
     pd.testing.assert_frame_equal(faulty, clean)
     direct = GCSStorage(f"gs://{gcs_bucket}/faulty")
-    assert list(digests(direct, "processed").values()) == list(digests(GCSStorage(f"gs://{gcs_bucket}/clean"), "processed").values())
+    clean_root = GCSStorage(f"gs://{gcs_bucket}/clean")
+    assert list(digests(direct, "processed").values()) == list(digests(clean_root, "processed").values())
 
 
 def test_gcs_failing_after_its_retries_fails_the_task_not_the_photos(gcs_emulator, gcs_bucket):
@@ -87,14 +86,14 @@ def test_gcs_failing_after_its_retries_fails_the_task_not_the_photos(gcs_emulato
     upload(gcs_bucket, "photos", {n: (FLICKR / n).read_bytes() for n in flickr_names(3)})
     source_uri, root = f"gs://{gcs_bucket}/photos", GCSStorage(f"gs://{gcs_bucket}/out")
     config = PipelineConfig(source=source_uri, root=root.uri, shard_size=4)
-    discover_images(config, source=GCSStorage(source_uri), root=root)
+    run_stage("discover", config, source=GCSStorage(source_uri), root=root)
 
     def photo_downloads_fail(n, method, path):
         return 400 if method == "GET" and "alt=media" in path and "/photos%2F" in path else None
 
     with FaultyProxy(gcs_emulator, photo_downloads_fail) as proxy:
         with pytest.raises(StorageError, match="GCS did not serve .*photos.*BadRequest"):
-            resize_shard(config, 0, source=GCSStorage(source_uri, client=proxy.client()), root=root)
+            run_stage("resize", config, 0, source=GCSStorage(source_uri, client=proxy.client()), root=root)
     assert proxy.counts[400]
     assert not root.exists(catalog.done_marker(catalog.RESIZE_FOLDER, 0))  # nothing recorded: a retry redoes it
 
@@ -104,13 +103,13 @@ def test_permanent_gcs_errors_fail_at_once_with_what_to_fix(gcs_emulator, gcs_bu
         source = GCSStorage(f"gs://{gcs_bucket}/photos", client=proxy.client())
         config = PipelineConfig(source=source.uri, root=f"gs://{gcs_bucket}/out")
         with pytest.raises(StorageError, match="Storage Object Admin"):
-            discover_images(config, source=source, root=GCSStorage(config.root, client=proxy.client()))
+            run_stage("discover", config, source=source, root=GCSStorage(config.root, client=proxy.client()))
     paths = [path for _, path, _ in proxy.requests]
     assert len(paths) == len(set(paths)), proxy.requests  # each request denied once: never retried
 
     config = PipelineConfig(source="gs://no-such-bucket-here/photos", root=f"gs://{gcs_bucket}/out")
     with pytest.raises(StorageError, match="does not exist: create it first"):
-        discover_images(config)
+        run_stage("discover", config)
 
 
 # -- 4. a full disk, an unwritable folder -------------------------------------------------------
@@ -120,7 +119,8 @@ def small_disk(tmp_path):
     """A real 2 MiB tmpfs (needs root, as on the CI machines); unmounted afterwards."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                            text=True)
     assert result.returncode == 0, f"this test mounts a tmpfs and needs root: {result.stderr}"
     try:
         yield mount
@@ -272,7 +272,7 @@ def test_embed_killed_mid_shard_leaves_no_vectors_and_the_retry_equals_an_undist
     assert not (shard / "_done.json").exists() and not (shard / "vectors.npy").exists()
 
     for root in (killed, tmp_path / "clean"):  # the retry, and an undisturbed run to compare with
-        for stage in (["embed", "--shard", "0"], ["assemble"]):
+        for stage in (["embed", "--shard", "0"], ["assemble_features"]):
             subprocess.run([EMOTION_PIPELINE, "stage", *stage, *args, "--root", str(root)],
                            check=True, capture_output=True)
     retried, clean = LocalStorage(killed), LocalStorage(tmp_path / "clean")
@@ -329,9 +329,9 @@ def test_runs_on_one_root_take_turns_and_a_killed_holder_frees_the_root(tmp_path
 TRAIN = textwrap.dedent("""
     import json, sys
     from emotion_pipeline.core.config import PipelineConfig
-    from emotion_pipeline.stages.train import train_classifier
+    from emotion_pipeline.core.runner import run_stage
     config = PipelineConfig(source=sys.argv[1], root=sys.argv[1], tuner_max_epochs=4, min_rows_per_class=3)
-    print(json.dumps(train_classifier(config).to_dict(), default=str))
+    print(json.dumps(run_stage("train", config).to_dict(), default=str))
 """)
 
 
@@ -342,9 +342,9 @@ def write_training_inputs(root: Path, rows: int = 150, signal: str = "dimension"
     import numpy as np
 
     from emotion_pipeline.core import catalog
+    from emotion_pipeline.core.arrays import write_array
     from emotion_pipeline.core.config import CLASSES
     from emotion_pipeline.core.tables import write_table
-    from emotion_pipeline.stages.embed import npy_bytes
 
     rng = np.random.default_rng(0)
     labels = [CLASSES[i % len(CLASSES)] for i in range(rows)]
@@ -358,7 +358,7 @@ def write_training_inputs(root: Path, rows: int = 150, signal: str = "dimension"
     storage = LocalStorage(root)
     write_table(storage, catalog.DATASET, pd.DataFrame(
         {"image_id": ids, "source_key": [f"{i}.jpg" for i in ids], "label": labels, "status": "ok"}))
-    storage.write_bytes(catalog.IMAGE_VECTORS, npy_bytes(vectors))
+    write_array(storage, catalog.IMAGE_VECTORS, vectors)
     write_table(storage, catalog.IMAGE_INDEX, pd.DataFrame({"image_id": ids, "row": range(rows)}))
 
 

@@ -11,9 +11,8 @@ import pytest
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import open_storage
-from emotion_pipeline.stages.discover import discover_images
-from emotion_pipeline.stages.resize import resize_shard
 from tests.bad_inputs import without_file_privileges, write_hostile_entries, write_unreadable_entries
 from tests.conftest import FLICKR, copy_photos, flickr_names
 from tests.pipeline_run import CLI
@@ -32,9 +31,9 @@ def test_every_hostile_entry_gets_a_row_or_a_skip_reason_and_nothing_blocks(tmp_
     rows, skipped = write_hostile_entries(src, FLICKR / flickr_names(1, offset=200)[0])
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"), shard_size=100)
 
-    found = discover_images(config)
+    found = run_stage("discover", config)
     assert found.images == len(good) + len(rows) and found.skipped == skipped
-    resized = resize_shard(config, 0)
+    resized = run_stage("resize", config, 0)
     metadata = metadata_of(config.root)
     assert sorted(metadata.index) == sorted([p.name for p in good] + list(rows))
     for name, status in rows.items():
@@ -47,7 +46,7 @@ def test_every_hostile_entry_gets_a_row_or_a_skip_reason_and_nothing_blocks(tmp_
     listed = pd.read_parquet(open_storage(config.root).uri_for(f"{catalog.SKIPPED_ENTRIES}.parquet"))
     assert sorted(listed["source_key"]) == ["README", "clip.mp4", "notes.txt"]
 
-    again = discover_images(config)  # nothing changed: nothing new, nothing read
+    again = run_stage("discover", config)  # nothing changed: nothing new, nothing read
     assert again.new_images == 0 and again.hashed == 0 and again.skipped == skipped
 
 
@@ -56,7 +55,7 @@ def test_photo_extensions_decide_what_is_a_photo(tmp_path):
     copy_photos(FLICKR, src, flickr_names(2))
     write_hostile_entries(src, FLICKR / flickr_names(1, offset=200)[0])
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"), photo_extensions=("jpg", ".PNG"))
-    found = discover_images(config)
+    found = run_stage("discover", config)
     assert found.images == 2 + 6  # the photos, three links, back\slash.jpg, the pipe and the socket
     assert found.skipped["extension .gif"] == 1 and found.skipped["extension .heic"] == 1
 

@@ -21,6 +21,30 @@ from tests.pipeline_run import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
+def assert_nothing_reran(second: dict) -> None:
+    """A run over an unchanged source: nothing is hashed, no shard task runs, nothing retrains."""
+    assert second["state"] == "success"
+    assert second["discovery"]["hashed"] == 0 and second["discovery"]["pending"] == []
+    assert shard_results(second, "resize") == [] and shard_results(second, "annotate") == []
+    drift = shard_results(second, "check_drift")[0]
+    merge = shard_results(second, "merge")[0]
+    assert drift["checked"] == [] and merge["skipped"] is True
+    assert shard_results(second, "embed") == []
+    assert shard_results(second, "train")[0]["skipped"] is True  # same data: no retraining
+    assert shard_results(second, "evaluate")[0]["skipped"] is True
+
+
+def assert_one_drift_mail(mails: list, report: dict) -> None:
+    """Of ``mails`` (the new ones), exactly one is the drift alert, and it shows each drifted shard."""
+    drift_mails = [m for m in mails if "label drift" in m["Subject"]]
+    assert len(drift_mails) == 1 and drift_mails[0]["To"] == "ops@example.com"
+    body = "".join(part.get_payload(decode=True).decode() for part in drift_mails[0].walk()
+                   if part.get_content_type() == "text/html")
+    for drifted in report["drifted"]:
+        assert f"shard {drifted['shard']}" in body and drifted["chart"] in body
+        assert f"{drifted['js_distance']:.3f}" in body
+
+
 def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     smtp_port, received = smtp_sink
     env = {"AIRFLOW_CONN_SMTP_DEFAULT": smtp_connection(smtp_port)}
@@ -52,16 +76,7 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
 
     # 2. Same source again: nothing is hashed, no shard task runs, nothing is rewritten.
     log_before = (root_dir / "monitoring/label_monitor_log.csv").read_bytes()
-    second = run_pipeline(str(src), str(root_dir), tmp_path, *args, env=env)
-    assert second["state"] == "success"
-    assert second["discovery"]["hashed"] == 0 and second["discovery"]["pending"] == []
-    assert shard_results(second, "resize") == [] and shard_results(second, "annotate") == []
-    drift = shard_results(second, "check_drift")[0]
-    merge = shard_results(second, "merge")[0]
-    assert drift["checked"] == [] and merge["skipped"] is True
-    assert shard_results(second, "embed") == []
-    assert shard_results(second, "train")[0]["skipped"] is True  # same data: no retraining
-    assert shard_results(second, "evaluate")[0]["skipped"] is True
+    assert_nothing_reran(run_pipeline(str(src), str(root_dir), tmp_path, *args, env=env))
     assert (root_dir / "monitoring/label_monitor_log.csv").read_bytes() == log_before
 
     # 3. A new batch of close-up portraits: only the new shards run, and their no-face rate
@@ -80,14 +95,7 @@ def test_local_run_rerun_and_backfill(tmp_path, smtp_sink):
     assert retrained["model_version"] == "2" and retrained["data_fingerprint"] != train["data_fingerprint"]
     check_mlflow(f"sqlite:///{root_dir / 'mlflow' / 'mlflow.db'}", retrained)
 
-    mails = [m for key, m in received().items() if key not in seen_mails]
-    drift_mails = [m for m in mails if "label drift" in m["Subject"]]
-    assert len(drift_mails) == 1 and drift_mails[0]["To"] == "ops@example.com"
-    body = "".join(part.get_payload(decode=True).decode() for part in drift_mails[0].walk()
-                   if part.get_content_type() == "text/html")
-    for drifted in report["drifted"]:
-        assert f"shard {drifted['shard']}" in body and drifted["chart"] in body
-        assert f"{drifted['js_distance']:.3f}" in body
+    assert_one_drift_mail([m for key, m in received().items() if key not in seen_mails], report)
 
 
 def test_run_on_gcs(tmp_path, gcs_bucket):

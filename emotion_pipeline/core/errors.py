@@ -26,6 +26,11 @@ class CaptionError(ValueError):
     """A captions file or lexicon that cannot be read as one (says which and why)."""
 
 
+class InvalidDecision(ValueError):
+    """A reviewer's decision that cannot be recorded (an unknown label, no reviewer name, a face
+    index or time that is not one): the message says which field and what it accepts."""
+
+
 class ImageError(Exception):
     """One photo cannot be read or decoded; ``status`` is what the tables record for it
     (``empty``, ``corrupt``, ``unsupported``, ``too_large``, ``missing``, ...: see ``labelling.images``)."""
@@ -91,6 +96,10 @@ class ClientGone(Exception):
 
 class StoreMissing(Exception):
     """The storage root, or the MLflow store under it, does not exist (nothing is created)."""
+
+
+class StoreMoved(RuntimeError):
+    """A local root was moved or restored elsewhere and its MLflow store could not be pointed at it."""
 
 
 # -- the local UI -----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 import pandas as pd
 
@@ -128,7 +129,8 @@ def discover(config: PipelineConfig, source: Storage, root: Storage) -> Discover
 
     current: list[tuple[ObjectInfo, str]] = []
     rehashed = 0
-    for i, obj in enumerate(listed):
+    for i, entry in enumerate(listed):
+        obj = entry  # replaced by a problem record below when the file cannot be read
         image_id = known.get((obj.key, obj.size, obj.version))
         if image_id is None and not obj.problem:
             try:
@@ -141,6 +143,7 @@ def discover(config: PipelineConfig, source: Storage, root: Storage) -> Discover
             rehashed += 1
         if obj.problem:
             image_id = content_id(b"", f"{obj.problem}:{obj.key}")  # an id of its own, like an empty file
+        assert image_id is not None  # known, hashed, or its problem's own
         current.append((obj, image_id))
         if (i + 1) % 5000 == 0:
             log.info("discover: %d/%d files listed, %d hashed", i + 1, len(listed), rehashed)
@@ -175,7 +178,7 @@ def _assign_shards(
     seen = {(k, i) for k, i in zip(previous["source_key"], previous["image_id"])}
 
     next_shard = int(previous["shard"].max()) + 1 if len(previous) else 0
-    new_rows = []
+    new_rows: list[dict[str, Any]] = []
     for obj, image_id in current:
         if (obj.key, image_id) in seen:
             continue

@@ -22,11 +22,17 @@ def watch(watcher: Watcher) -> Callable[[], None]:
     return lambda: _watchers.remove(watcher)
 
 
+SECONDS_PER_MINUTE = MINUTES_PER_HOUR = 60
+
+
 def eta(done: int, total: int, rate: float) -> str:
     """Time left at this rate, as m:ss (h:mm:ss past an hour)."""
     seconds = round((total - done) / rate) if rate > 0 else 0
-    minutes, seconds = divmod(seconds, 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+    minutes, seconds = divmod(seconds, SECONDS_PER_MINUTE)
+    if minutes < MINUTES_PER_HOUR:
+        return f"{minutes}:{seconds:02d}"
+    hours, minutes = divmod(minutes, MINUTES_PER_HOUR)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
 class Progress:

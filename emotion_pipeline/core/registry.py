@@ -1,8 +1,9 @@
 """The stage registry: one declaration per stage, read by everything that runs or reasons about stages.
 
-Discovery (which shards still have work), the DAG (which tasks map over shards, which run on the
-GPU pool), ``emotion-pipeline stage NAME``, the in-process runner (``stages.all``) and merge (which
-per-photo tables make the dataset, in which order) all read ``STAGES``. ``runner.run_stage`` gives
+Discovery (which shards still have work), the DAG (its tasks and edges, which map over shards, which
+run on the GPU pool: ``orchestration.dag_builder`` builds it from ``graph()``), ``emotion-pipeline
+stage NAME``, the in-process runner (``stages.all``) and merge (which per-photo tables make the
+dataset, in which order) all read ``STAGES``. ``runner.run_stage`` gives
 every stage the same done-marker contract:
 
     fingerprint = its photos (the shard's members, or every present photo for a whole-dataset stage)
@@ -12,8 +13,9 @@ every stage the same done-marker contract:
 A stage whose fingerprint matches its marker returns the recorded result and does no work; a crash
 before the marker means the stage simply runs again.
 
-Adding a stage = its module under ``stages/`` (a function ``(StageRun) -> a StageResult``), one line
-here, one line in ``dags/emotion_pipeline_dag.py``.
+Adding a stage = its module under ``stages/`` (a function ``(StageRun) -> a StageResult``, named as
+the stage), its result type, its catalog names and one line here: the DAG file is not edited, its
+tasks and edges come from these declarations.
 
 This module is imported when the DAG file is parsed: it imports nothing heavy (stage functions are
 named, and imported only when they run).
@@ -35,9 +37,18 @@ from emotion_pipeline.core.results import (
     GoldResult,
     MergeResult,
     ResizeResult,
+    ReviewQueueResult,
     StageResult,
     TrainResult,
 )
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A task beside a stage that reads the stage's result and tells people (check_drift's e-mail)."""
+    task: str  # its task id
+    function: str  # "module:function", (config, the stage's result as a dict, the task's context) -> bool (sent)
+    minutes: int = 10  # its execution_timeout
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class Stage:
     folder: str  # catalog folder of its outputs and done markers
     per_shard: bool = False  # one task per shard (mapped), or one for the whole dataset
     upstream: tuple[str, ...] = ()  # stages that run first: it reads their outputs
+    after: tuple[str, ...] = ()  # stages that run first (where registered) though it reads nothing of theirs
     # What its done-fingerprint covers, beyond the knobs:
     knobs: tuple[str, ...] = ()  # config fields its output depends on
     covers: tuple[str, ...] = ()  # upstream stages whose done markers are part of its input
@@ -71,6 +83,9 @@ class Stage:
     minutes: int = 30
     seconds_per_photo: float = 0.0
     asset: str | None = None  # the Airflow asset its output is: an event (with the result as extra) per run
+    lists_shards: bool = False  # its result's ``pending`` is what the per-shard stages map over (discover)
+    parallel_shards: int | None = None  # at most this many of its shard tasks at once in a run
+    alert: Alert | None = None  # a task on its result that e-mails when the result calls for it
 
 
 S = "emotion_pipeline.stages."
@@ -81,9 +96,10 @@ LEGACY_DEFAULTS: dict[str, object] = {"label_unit": "photo"}
 LABEL_POLICY = ("min_face_size", "min_emotion_margin", "label_face")
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("discover", S + "discover:discover", DiscoverResult, catalog.MANIFEST_FOLDER, marker=False, minutes=120,
-          lease="dataset"),
+          lease="dataset", lists_shards=True),
     Stage("resize", S + "resize:resize", ResizeResult, catalog.RESIZE_FOLDER, per_shard=True,
-          knobs=("image_size", "max_image_pixels"), photo_table=catalog.METADATA_TABLE, seconds_per_photo=0.5),
+          knobs=("image_size", "max_image_pixels"), photo_table=catalog.METADATA_TABLE, seconds_per_photo=0.5,
+          parallel_shards=4),
     Stage("annotate", S + "annotate:annotate", AnnotateResult, catalog.ANNOTATE_FOLDER, per_shard=True,
           upstream=("resize",), knobs=("detector", "actions", "min_face_confidence", "detect_max_side",
                                         "max_image_pixels", *LABEL_POLICY), photo_table=catalog.ANNOTATIONS_TABLE,
@@ -97,11 +113,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           knobs=("dedupe_max_distance", "image_size", "max_image_pixels"), photo_table=catalog.NEAR_DUPLICATES,
           minutes=120),
     Stage("check_drift", S + "check_drift:check_drift", DriftReport, catalog.DRIFT_FOLDER, upstream=("annotate",),
-          marker=False, lease="dataset"),
+          marker=False, lease="dataset",
+          alert=Alert("alert_on_drift", "emotion_pipeline.orchestration.airflow_adapter:send_drift_alert")),
+    # The dataset is made once the new shards' drift is logged (the pipeline's order: monitor, then merge).
     Stage("merge", S + "merge:merge", MergeResult, catalog.MERGE_FOLDER, reads_photo_tables=True,
+          after=("check_drift",),
           knobs=("teacher",),  # the label is the teacher's (annotate stores every teacher's label)
+          inputs=S + "merge:decisions_input",  # ... or a person's (labelling/reviews.py): people's labels win
           asset="emotion_dataset", lease="dataset"),
-    Stage("assemble_features", S + "assemble_features:assemble", FeaturesResult, catalog.ASSEMBLE_FOLDER,
+    Stage("assemble_features", S + "assemble_features:assemble_features", FeaturesResult, catalog.ASSEMBLE_FOLDER,
           upstream=("embed",), covers=("embed",), asset="emotion_features", lease="dataset"),
     Stage("check_gold", S + "check_gold:check_gold", GoldResult, catalog.GOLD_FOLDER, photos=False,
           inputs=S + "check_gold:gold_files", knobs=("gold", "gold_detector", "detector", "min_face_confidence",
@@ -119,15 +139,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs=S + "evaluate:evaluation_inputs",
           knobs=("shap_samples", "shap_images", "shap_image_evals", "seed", "captions", "caption_lexicon",
                  "caption_min_agree"), gpu=True, minutes=120),
+    # Photos for people to check (labelling/reviews.py records their answers, merge applies them):
+    # nothing waits for it, so training never waits for people.
+    Stage("review_queue", S + "review_queue:review_queue", ReviewQueueResult, catalog.REVIEWS_FOLDER, photos=False,
+          upstream=("merge", "assemble_features"), covers=("merge", "assemble_features"),
+          inputs=S + "review_queue:review_queue_inputs",
+          knobs=("teacher", "seed", "captions", "caption_lexicon", "caption_min_agree"), minutes=60),
 )}
-ALIASES = {"drift": "check_drift", "assemble": "assemble_features", "gold": "check_gold"}  # CLI shorthands
 
 
 def stage(name: str) -> Stage:
     """The declaration of a stage.
 
     Args:
-        name: its name, or one of the CLI shorthands (``drift``, ``assemble``, ``gold``).
+        name: its name (the DAG's task id, and ``emotion-pipeline stage NAME``).
 
     Returns:
         The stage's declaration.
@@ -135,7 +160,7 @@ def stage(name: str) -> Stage:
     Raises:
         KeyError: no such stage (the message lists them).
     """
-    found = STAGES.get(ALIASES.get(name, name))
+    found = STAGES.get(name)
     if found is None:
         raise KeyError(f"no stage {name!r}: choose from {', '.join(STAGES)}")
     return found
@@ -147,7 +172,7 @@ def execution_timeout(spec: Stage, shard_size: int) -> timedelta:
 
 
 def upstream_of(spec: Stage) -> tuple[str, ...]:
-    """The stages that must run before ``spec`` (the DAG wires the same, tests/orchestration/test_dag.py checks it)."""
+    """The stages whose outputs ``spec`` reads: they run before it (``graph()``)."""
     return spec.upstream + (tuple(s.name for s in photo_tables()) if spec.reads_photo_tables else ())
 
 
@@ -165,3 +190,49 @@ def photo_tables() -> list[Stage]:
     """Stages whose per-photo tables (with a status) make up the dataset, in pipeline order: a later
     stage's status overrides an earlier one's where it has one."""
     return [s for s in STAGES.values() if s.photo_table]
+
+
+def shards_from(spec: Stage) -> str:
+    """The stage whose result a per-shard stage maps over: its last per-shard upstream stage (its
+    tasks return the shards they did), else the stage that lists the shards with work left (discover).
+
+    Raises:
+        KeyError: no registered stage lists the shards.
+    """
+    mapped = [s.name for s in STAGES.values() if s.per_shard and s.name in spec.upstream]
+    listing = [s.name for s in STAGES.values() if s.lists_shards]
+    if not mapped and not listing:
+        raise KeyError(f"stage {spec.name} runs per shard but no registered stage lists the shards")
+    return (mapped or listing)[-1]
+
+
+def graph() -> dict[str, tuple[str, ...]]:
+    """The pipeline's tasks in order (each stage, then its alert task) and those each one waits for
+    directly: what it reads (``upstream_of``), what it runs ``after``, the one a per-shard stage maps
+    over (``shards_from``), less any that another of these already waits for (merge waits for dedupe
+    and check_drift, which wait for resize and annotate).
+
+    Raises:
+        KeyError: a stage waits for one that is not registered, or registered after it (the registry
+            is in pipeline order), or an alert task takes a name already in use.
+    """
+    waits: dict[str, tuple[str, ...]] = {}
+    before: dict[str, set[str]] = {}  # every task a task waits for, directly or not
+    for spec in STAGES.values():
+        direct = [*upstream_of(spec), *(name for name in spec.after if name in STAGES)]
+        if spec.per_shard:
+            direct.append(shards_from(spec))
+        missing = sorted(set(direct) - before.keys())
+        if missing:
+            raise KeyError(f"stage {spec.name} waits for {', '.join(missing)}: not registered before it")
+        kept = [name for name in STAGES if name in direct and (  # registry order
+            name == (shards_from(spec) if spec.per_shard else None)
+            or not any(name in before[other] for other in direct))]
+        waits[spec.name] = tuple(kept)
+        before[spec.name] = set(direct).union(*(before[name] for name in direct))
+        if spec.alert:
+            if spec.alert.task in STAGES or spec.alert.task in waits:
+                raise KeyError(f"alert task {spec.alert.task} of stage {spec.name}: the name is taken")
+            waits[spec.alert.task] = (spec.name,)
+            before[spec.alert.task] = {spec.name, *before[spec.name]}
+    return waits

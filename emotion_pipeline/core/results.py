@@ -35,7 +35,10 @@ class DiscoverResult(StageResult):
     hashed: int  # files whose bytes were read (new or changed)
     shards: list[int]
     pending: list[int]  # shards a per-shard stage still has to run on: what the DAG maps over
-    skipped: dict[str, int] = field(default_factory=dict)  # entries that are not photos, by reason
+    # Entries that are not photos, by reason: the XCom's and the run summary's "skipped" key, read by
+    # `emotion-pipeline run`. It replaces the base's bool, which discover never sets: it has no done
+    # marker to skip on (registry: marker=False). Renaming it would change that key.
+    skipped: dict[str, int] = field(default_factory=dict)  # type: ignore[assignment]
     batch: str = ""  # the batch folder this run listed ("": the whole source)
 
 
@@ -89,6 +92,7 @@ class MergeResult(StageResult):
     statuses: dict[str, int]
     labels: dict[str, int]
     dataset_uri: str
+    reviewed: int = 0  # photos whose label (or "no usable face") a person gave
 
 
 @dataclass(kw_only=True)
@@ -97,6 +101,16 @@ class FeaturesResult(StageResult):
     dim: int
     vectors_uri: str
     face_vectors: int = 0  # label_unit=face: rows of features/face_vectors.npy
+
+
+@dataclass(kw_only=True)
+class ReviewQueueResult(StageResult):
+    queued: int  # photos in reviews/queue, most doubtful first
+    scored: int = 0  # labelled photos the out-of-fold classifier scored (decided ones included)
+    issues: int = 0  # of the queued, those cleanlab's find_label_issues flags
+    decided: int = 0  # labelled photos left out because a person decided on this content already
+    reason: str = ""  # why the queue is empty when it is (too few labelled photos per class)
+    queue_uri: str = ""
 
 
 @dataclass(kw_only=True)
@@ -119,6 +133,7 @@ class TrainResult(StageResult):
     model_uri: str | None = None
     champion: bool = False
     promotion: str | None = None  # why it became champion, or why not (the baseline, the champion)
+    awaiting_approval: bool = False  # it beat the champion; approve_promotion: it moves only on approval
     val_macro_f1: float | None = None
     test_macro_f1: float | None = None
     baseline_test_macro_f1: float | None = None  # the logistic baseline's, on the same test split

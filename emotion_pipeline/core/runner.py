@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -25,7 +25,9 @@ from emotion_pipeline.core.manifest import load_manifest, shard_fingerprint, sha
 from emotion_pipeline.core.registry import LEGACY_DEFAULTS, STAGES, Stage, covered_by, stage
 from emotion_pipeline.core.results import StageResult
 from emotion_pipeline.core.storage import Storage, open_storage
-from emotion_pipeline.core.tables import read_table, write_json
+from emotion_pipeline.core.tables import read_table, stack_tables, write_json
+
+ResultT = TypeVar("ResultT", bound=StageResult)
 
 
 @dataclass
@@ -35,41 +37,69 @@ class StageRun:
     config: PipelineConfig
     source: Storage
     root: Storage
-    photos: pd.DataFrame  # manifest rows: the shard's members, or every present photo
+    # Manifest rows: the shard's members, or every present photo (filled in before the stage runs).
+    photos: pd.DataFrame = field(default_factory=pd.DataFrame)
     shard: int | None = None
     fingerprint: str = ""  # of this input (used e.g. to name the tuner's search)
     run_id: str = ""  # the Airflow run (or other caller) that runs it, for logs that record it
     manifest: pd.DataFrame | None = field(default=None, repr=False)  # every row, present or not
 
+    @property
+    def shard_number(self) -> int:
+        """``shard``, for a per-shard stage: it always has one (``run_stage`` checks)."""
+        if self.shard is None:
+            raise ValueError(f"stage {self.stage.name} runs on the whole dataset, not on a shard")
+        return self.shard
+
     def table(self, stage_name: str, table: str | None = None) -> pd.DataFrame:
-        """A per-photo table an upstream stage wrote for this shard; ``MissingUpstream`` when it has not run."""
+        """The table a per-shard upstream stage wrote for this shard (its per-photo table, or
+        ``table``); ``MissingUpstream`` when it has not run."""
+        return self._shard_table(stage_name, self.shard_number, table)
+
+    def tables(self, stage_name: str, table: str | None = None, *, shards: Iterable[int] | None = None,
+               missing_ok: bool = False, empty: Mapping[str, Any] | Sequence[str] | None = None) -> pd.DataFrame:
+        """``table`` for every present shard (or each of ``shards``), stacked in shard order.
+
+        Args:
+            stage_name, table: as for ``table``.
+            shards: the shards to read, in order (default: every present shard).
+            missing_ok: leave out a shard the stage has not written (default: ``MissingUpstream``).
+            empty: the columns (names, or names to dtypes) of the table returned when there is none.
+        """
+        shards = self.present_shards() if shards is None else shards
+        return stack_tables((self._shard_table(stage_name, s, table, missing_ok) for s in shards), empty)
+
+    def _shard_table(self, stage_name: str, shard: int, table: str | None = None,
+                     missing_ok: bool = False) -> pd.DataFrame | None:
         upstream = STAGES[stage_name]
         name = table or upstream.photo_table
-        found = read_table(self.root, catalog.shard_table(upstream.folder, self.shard, name))
-        if found is None:
-            raise MissingUpstream(f"shard {self.shard} has no {upstream.folder}/{name} yet: "
-                               f"run the {stage_name} stage first")
+        if name is None:
+            raise ValueError(f"stage {stage_name} has no per-photo table: name the table to read")
+        found = read_table(self.root, catalog.shard_table(upstream.folder, shard, name))
+        if found is None and not missing_ok:
+            raise MissingUpstream(f"shard {shard} has no {upstream.folder}/{name} yet: "
+                                  f"run the {stage_name} stage first")
         return found
 
-    def upstream_result(self, stage_name: str) -> StageResult | None:
-        """The recorded result of a whole-dataset upstream stage (None when it has not completed)."""
-        upstream = STAGES[stage_name]
-        marker = catalog.read_done(self.root, upstream.folder)
-        return None if marker is None else upstream.result.from_dict(marker["summary"])
+    def upstream_result(self, stage_name: str, kind: type[ResultT]) -> ResultT | None:
+        """The recorded result of a whole-dataset upstream stage, a ``kind`` (the registry's result
+        class for it); None when it has not completed."""
+        marker = catalog.read_done(self.root, STAGES[stage_name].folder)
+        return None if marker is None else kind.from_dict(marker["summary"])
 
     def present_shards(self) -> list[int]:
         manifest = self.manifest if self.manifest is not None else load_manifest(self.root)
         return sorted(int(s) for s in manifest.loc[manifest["present"], "shard"].unique())
 
 
-def run_stage(
+def run_stage(  # noqa: PLR0913 (the one entry point: DAG, CLI, tests and notebooks pass these)
     name: str, config: PipelineConfig, shard: int | None = None, *,
     source: Storage | None = None, root: Storage | None = None, run_id: str = "",
 ) -> StageResult:
     """Run stage ``name`` (for ``shard`` if it is a per-shard stage) unless its output is up to date.
 
     Args:
-        name: a stage of the registry (or a CLI shorthand such as ``drift``).
+        name: a stage of the registry, by its name.
         config: the pipeline's settings.
         shard: the shard, for a per-shard stage; None for a whole-dataset stage.
         source, root: open storages to reuse (default: opened from ``config``).
@@ -85,23 +115,21 @@ def run_stage(
     spec = stage(name)
     if spec.per_shard != (shard is not None):
         raise ValueError(f"stage {spec.name} {'needs' if spec.per_shard else 'takes no'} shard")
-    source = source or open_storage(config.source)
-    root = root or open_storage(config.root)
+    run = StageRun(spec, config, source or open_storage(config.source), root or open_storage(config.root),
+                   shard=shard, run_id=run_id)
     if spec.lease:  # a second caller waits, then finds the marker the first one wrote
-        with root.lease(spec.lease):
-            return _run(spec, config, source, root, shard, run_id)
-    return _run(spec, config, source, root, shard, run_id)
+        with run.root.lease(spec.lease):
+            return _run(_prepare(run))
+    return _run(_prepare(run))
 
 
-def _run(spec: Stage, config: PipelineConfig, source: Storage, root: Storage, shard: int | None,
-         run_id: str) -> StageResult:
-    run = _prepare(spec, config, source, root, shard)
-    run.run_id = run_id
+def _run(run: StageRun) -> StageResult:
+    spec, root, shard = run.stage, run.root, run.shard
     if spec.marker:
         if shard is not None:
             root.sweep_temp_files(catalog.shard_folder(spec.folder, shard))  # a killed attempt's files
         marker = catalog.read_done(root, spec.folder, shard)
-        forced = bool(spec.force and getattr(config, spec.force))
+        forced = bool(spec.force and getattr(run.config, spec.force))
         if marker and marker.get("fingerprint") == run.fingerprint and not forced:
             result = spec.result.from_dict(marker["summary"])
             result.stage, result.skipped = spec.name, True
@@ -117,17 +145,17 @@ def _run(spec: Stage, config: PipelineConfig, source: Storage, root: Storage, sh
 def is_complete(spec: Stage, config: PipelineConfig, root: Storage, manifest: pd.DataFrame,
                 shard: int | None = None) -> bool:
     """Whether ``spec`` is done (for ``shard``) with exactly the current input: no work left."""
-    run = _prepare(spec, config, root, root, shard, manifest)
+    run = _prepare(StageRun(spec, config, root, root, shard=shard, manifest=manifest))
     marker = catalog.read_done(root, spec.folder, shard)
-    return bool(marker) and marker.get("fingerprint") == run.fingerprint
+    return marker is not None and marker.get("fingerprint") == run.fingerprint
 
 
-def _prepare(spec: Stage, config: PipelineConfig, source: Storage, root: Storage, shard: int | None,
-             manifest: pd.DataFrame | None = None) -> StageRun:
-    manifest = load_manifest(root) if manifest is None else manifest
-    photos = shard_rows(manifest, shard) if shard is not None else manifest[manifest["present"]]
-    run = StageRun(spec, config, source, root, photos.reset_index(drop=True), shard, manifest=manifest)
-    run.fingerprint = fingerprint(run) if spec.marker else ""
+def _prepare(run: StageRun) -> StageRun:
+    """``run`` with its photos (read from its manifest, loaded when it has none) and its fingerprint."""
+    manifest = load_manifest(run.root) if run.manifest is None else run.manifest
+    photos = shard_rows(manifest, run.shard) if run.shard is not None else manifest[manifest["present"]]
+    run.manifest, run.photos = manifest, photos.reset_index(drop=True)
+    run.fingerprint = fingerprint(run) if run.stage.marker else ""
     return run
 
 
@@ -138,6 +166,7 @@ def fingerprint(run: StageRun) -> str:
                               if knob not in LEGACY_DEFAULTS or getattr(run.config, knob) != LEGACY_DEFAULTS[knob]}
     for name in covered_by(spec):
         upstream = STAGES[name]
+        shards: Sequence[int | None]
         if not upstream.per_shard:
             shards = [None]
         else:  # the same shard, or every present shard for a whole-dataset stage

@@ -354,30 +354,41 @@ class GCSStorage:
         GCS's timestamps). The holder counts its lease lost when a renewal finds another generation
         (taken over) or has not succeeded for ``stale_after / 2`` s (so it stops well before a waiter
         may take over): the protected block is interrupted and ``LeaseLost`` raised."""
-        from google.api_core import exceptions
-
         blob = self._bucket.blob(self._name(f"locks/{check_key(name)}"))
         where = self.uri_for(f"locks/{name}")
+        renewer = _LeaseRenewer(blob, where, self._acquire(blob, where, wait, poll, stale_after), stale_after)
+        renewer.start()
+        try:
+            yield
+        except KeyboardInterrupt:
+            if renewer.lost:
+                raise LeaseLost(renewer.lost[0]) from None
+            raise
+        finally:
+            renewer.stop()
+        if renewer.lost:  # lost while the block was finishing: its results must not count
+            raise LeaseLost(renewer.lost[0])
+
+    def _acquire(self, blob, where: str, wait: float, poll: float, stale_after: float) -> int:
+        """Create the lease object, only if absent (generation 0), or take it over once its holder
+        stopped renewing it (``LeaseWatch``); wait ``poll`` s between tries, ``wait`` s at most.
+        Returns its generation."""
+        from google.api_core import exceptions
+
         deadline = time.monotonic() + wait
-        generation = None
         watch = LeaseWatch(stale_after)
         tries = 0
-        while generation is None:
+        while True:
             tries += 1
             try:
                 blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=0, retry=_retry())
-                generation = blob.generation
+                return blob.generation
             except exceptions.PreconditionFailed:
                 held = self._held_generation(blob)
                 if watch.stale(held):  # its holder stopped renewing it
-                    try:
-                        blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=held or 0,
-                                                retry=_retry())
-                        generation = blob.generation
-                        log.warning("took over %s: not renewed for %.0f s", where, stale_after)
-                        continue
-                    except exceptions.PreconditionFailed:
-                        pass
+                    taken = _take_over(blob, held, where, stale_after)
+                    if taken is not None:
+                        return taken
                 _say_waiting(where, first=tries == 1)
                 if time.monotonic() > deadline:
                     raise LeaseTimeout(f"{where} is still held by another run") from None
@@ -386,49 +397,6 @@ class GCSStorage:
                 raise BucketNotFound(f"bucket {self._bucket.name!r} does not exist: create it first") from err
             except exceptions.Forbidden as err:
                 raise AccessDenied(_forbidden_hint(self.uri, err)) from err
-
-        stop, lost = threading.Event(), []
-        holder = threading.current_thread()
-        beat = stale_after / 4
-
-        def renew():
-            nonlocal generation
-            renewed = time.monotonic()
-            while not stop.wait(beat):
-                try:
-                    blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=generation,
-                                            retry=_retry().with_timeout(beat), timeout=beat)
-                    generation, renewed = blob.generation, time.monotonic()
-                    continue
-                except exceptions.PreconditionFailed:
-                    lost.append(f"{where} was taken over by another run")
-                except Exception as err:  # noqa: BLE001 - a missed renewal is tried again at the next beat
-                    if time.monotonic() - renewed <= stale_after / 2:
-                        continue
-                    lost.append(f"{where} could not be renewed for {stale_after / 2:.0f} s ({err})")
-                log.error("lease lost: %s; stopping the work it protects", lost[0])
-                if holder is threading.main_thread():  # a real signal: it also ends a blocking call
-                    signal.pthread_kill(holder.ident, signal.SIGINT)  # KeyboardInterrupt -> LeaseLost
-                return
-
-        renewer = threading.Thread(target=renew, daemon=True, name=f"lease-{name}")
-        renewer.start()
-        try:
-            yield
-        except KeyboardInterrupt:
-            if lost:
-                raise LeaseLost(lost[0]) from None
-            raise
-        finally:
-            stop.set()
-            renewer.join()
-            if not lost:
-                try:
-                    blob.delete(if_generation_match=generation, retry=_retry())
-                except (exceptions.NotFound, exceptions.PreconditionFailed):
-                    pass
-        if lost:  # lost while the block was finishing: its results must not count
-            raise LeaseLost(lost[0])
 
     @staticmethod
     def _held_generation(blob) -> int | None:
@@ -456,6 +424,72 @@ class GCSStorage:
             raise BucketNotFound(f"bucket {self._bucket.name!r} does not exist: create it first") from err
         except exceptions.Forbidden as err:
             raise AccessDenied(_forbidden_hint(self.uri, err)) from err
+
+
+def _take_over(blob, held: int | None, where: str, stale_after: float) -> int | None:
+    """The lease object rewritten over generation ``held`` (a holder that stopped renewing it);
+    returns its new generation, or None when another waiter took it first."""
+    from google.api_core import exceptions
+
+    try:
+        blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=held or 0, retry=_retry())
+    except exceptions.PreconditionFailed:
+        return None
+    log.warning("took over %s: not renewed for %.0f s", where, stale_after)
+    return blob.generation
+
+
+class _LeaseRenewer:
+    """Renews a held GCS lease (object ``blob`` at ``generation``) every ``stale_after / 4`` s in a
+    thread, with a generation precondition. The lease is lost when a renewal finds another generation
+    (taken over) or has not succeeded for ``stale_after / 2`` s (so the holder stops well before a
+    waiter may take over): ``lost`` says why, and a holder that is the main thread gets a SIGINT,
+    which also ends a blocking call (KeyboardInterrupt, turned into ``LeaseLost`` by ``lease``)."""
+
+    def __init__(self, blob, where: str, generation: int, stale_after: float) -> None:
+        self.blob, self.where, self.generation, self.stale_after = blob, where, generation, stale_after
+        self.lost: list[str] = []
+        self._stop = threading.Event()
+        self._holder = threading.current_thread()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{where.rpartition('/')[2]}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing, and release the lease unless it was lost."""
+        from google.api_core import exceptions
+
+        self._stop.set()
+        self._thread.join()
+        if not self.lost:
+            try:
+                self.blob.delete(if_generation_match=self.generation, retry=_retry())
+            except (exceptions.NotFound, exceptions.PreconditionFailed):
+                pass
+
+    def _renew(self) -> None:
+        from google.api_core import exceptions
+
+        beat = self.stale_after / 4
+        renewed = time.monotonic()
+        while not self._stop.wait(beat):
+            try:
+                self.blob.upload_from_string(json.dumps(_lease_owner()), if_generation_match=self.generation,
+                                             retry=_retry().with_timeout(beat), timeout=beat)
+                self.generation, renewed = self.blob.generation, time.monotonic()
+                continue
+            except exceptions.PreconditionFailed:
+                self.lost.append(f"{self.where} was taken over by another run")
+            except Exception as err:  # noqa: BLE001 - a missed renewal is tried again at the next beat
+                if time.monotonic() - renewed <= self.stale_after / 2:
+                    continue
+                self.lost.append(f"{self.where} could not be renewed for {self.stale_after / 2:.0f} s ({err})")
+            log.error("lease lost: %s; stopping the work it protects", self.lost[0])
+            main = threading.main_thread()
+            if self._holder is main and main.ident is not None:  # a real signal: it also ends a blocking call
+                signal.pthread_kill(main.ident, signal.SIGINT)  # KeyboardInterrupt -> LeaseLost
+            return
 
 
 class LeaseWatch:

@@ -132,7 +132,7 @@ def caption_labels(captions: pd.DataFrame, lexicon: dict[str, list[re.Pattern]],
     # The one label rule on the votes: the most named class, none on a tie (any lead > 0 will do).
     named = np.array(labels_of(counts, min_margin=1e-9) if len(counts) else [], dtype=object)
     table["conflict"] = enough & pd.isna(named)
-    table["caption_label"] = np.where(enough, named, None)
+    table["caption_label"] = [label if agreed else None for agreed, label in zip(enough, named)]
     return table
 
 

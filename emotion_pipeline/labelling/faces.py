@@ -10,6 +10,7 @@ TensorFlow and DeepFace are imported inside functions: the DAG file must parse i
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -47,11 +48,17 @@ def weights_dir() -> Path:
 
 
 def detect_faces(rgb: np.ndarray, detector: str) -> list[DetectedFace]:
-    """Every face DeepFace's detector finds; ``[]`` when there is none (never the whole photo).
+    """Every face the detector finds; ``[]`` when there is none (never the whole photo).
 
-    Exactly ``DeepFace.extract_faces(align=True)``: the detector runs on the photo framed by a black
-    border (as DeepFace frames it, so eye alignment never rotates a face out of the picture), then
-    DeepFace's own alignment and crop. Only the detector may be faster (see ``face_detector``).
+    DeepFace's ``extract_faces(align=True)`` rules: the photo is framed by a black border (as DeepFace
+    frames it, so eye alignment never rotates a face out of the picture), each face is aligned on its
+    eyes and cropped from the framed photo, and the box is clipped to the photo. For every detector
+    but YuNet this is exactly ``DeepFace.extract_faces``: the detector runs on the framed photo.
+
+    YuNet runs on the photo itself at its own resolution (``YuNet``), not on the framed photo that
+    DeepFace's wrapper shrinks to 640 px: its boxes are offset into the framed photo's coordinates,
+    and the frame serves only the alignment crop. Its scores are kept as YuNet gives them (DeepFace
+    rounds to 2 decimals), so ``confidence >= t`` keeps exactly the faces YuNet keeps at threshold t.
     Safe to call from several threads when ``detector_is_thread_safe(detector)``.
 
     With ``detector="skip"`` the whole photo is the face: for inputs that are already face crops.
@@ -63,10 +70,18 @@ def detect_faces(rgb: np.ndarray, detector: str) -> list[DetectedFace]:
     height, width = bgr.shape[:2]
     if detector == "skip":  # DeepFace's box for the whole photo is one pixel short of it
         return [DetectedFace(0, 0, width - 1, height - 1, 1.0, _scaled(rgb))] if height and width else []
+    if not height or not width:
+        return []
     border_y, border_x = int(0.5 * height), int(0.5 * width)  # as in deepface.modules.detection.detect_faces
+    if detector == "yunet":
+        regions = face_detector("yunet").detect_faces(bgr, offset=(border_x, border_y))
+        if not regions:
+            return []
     framed = cv2.copyMakeBorder(bgr, border_y, border_y, border_x, border_x, cv2.BORDER_CONSTANT, value=[0, 0, 0])
+    if detector != "yunet":
+        regions = face_detector(detector).detect_faces(framed)
     faces = []
-    for region in face_detector(detector).detect_faces(framed):
+    for region in regions:
         face = detection.extract_face(facial_area=region, img=framed, align=True, expand_percentage=0,
                                       width_border=border_x, height_border=border_y, detector_backend=detector)
         if face.img.shape[0] == 0 or face.img.shape[1] == 0:
@@ -74,9 +89,11 @@ def detect_faces(rgb: np.ndarray, detector: str) -> list[DetectedFace]:
         # DeepFace.extract_faces' final clipping, rounding and scaling.
         area = face.facial_area
         x, y = max(0, int(area.x)), max(0, int(area.y))
+        confidence = float(area.confidence or 0)
         faces.append(DetectedFace(
             x=x, y=y, w=min(width - x - 1, int(area.w)), h=min(height - y - 1, int(area.h)),
-            confidence=round(float(area.confidence or 0), 2), crop=_scaled(face.img[:, :, ::-1]),
+            confidence=confidence if detector == "yunet" else round(confidence, 2),
+            crop=_scaled(face.img[:, :, ::-1]),
         ))
     return faces
 
@@ -85,7 +102,8 @@ def _scaled(rgb: np.ndarray) -> np.ndarray:
     return rgb / 255 if rgb.max() > 1 else rgb  # DeepFace's crops are RGB in [0, 1]
 
 
-THREAD_SAFE_DETECTORS = {"mtcnn", "skip"}  # OpenCV's detectors keep per-call state in one shared object
+# OpenCV's detectors keep per-call state in one shared object; YuNet here has one per thread.
+THREAD_SAFE_DETECTORS = {"mtcnn", "yunet", "skip"}
 
 
 def detector_is_thread_safe(detector: str) -> bool:
@@ -94,7 +112,8 @@ def detector_is_thread_safe(detector: str) -> bool:
 
 @cache
 def face_detector(name: str):
-    """DeepFace's detector client; for MTCNN, a separate client whose stages run faster.
+    """DeepFace's detector client; for MTCNN, a separate client whose stages run faster; for YuNet,
+    ``YuNet`` (the photo at its own resolution, not DeepFace's 640 px wrapper).
 
     DeepFace's MTCNN calls its Keras networks eagerly a dozen times per photo (one per pyramid scale)
     and converts the photo to a tensor again at every scale; the Python around those calls costs
@@ -105,6 +124,8 @@ def face_detector(name: str):
     """
     from deepface.modules import modeling
 
+    if name == "yunet":
+        return YuNet()
     if name != "mtcnn":
         return modeling.build_model(task="face_detector", model_name=name)
     from deepface.models.face_detection.MtCnn import MtCnnClient
@@ -112,6 +133,74 @@ def face_detector(name: str):
     client = MtCnnClient()
     client.model._stages = [_CompiledStage(stage) for stage in client.model.stages]  # noqa: SLF001
     return client
+
+
+YUNET_WEIGHTS = "face_detection_yunet_2023mar.onnx"  # OpenCV Zoo's, the file DeepFace's YuNet uses
+# The lowest score YuNet reports to the pipeline: under its default threshold (``min_face_confidence``
+# 0.7 for YuNet) so that the faces table and the report's label-policy curves see the faces just
+# below it (about half of those between 0.6 and 0.7 are not faces: README), which never label a
+# photo. Lower would cost emotion-model time on junk: 1.95 faces per sample photo at 0.6, 2.39 at 0.5.
+# A ``min_face_confidence`` under 0.6 finds no more faces than 0.6.
+YUNET_FLOOR = 0.6
+
+
+class YuNet:
+    """YuNet (``cv2.FaceDetectorYN``) on the photo at its own resolution, one OpenCV detector per thread.
+
+    DeepFace's YuNet wrapper sees the photo framed in black (four times the pixels), shrinks anything
+    over 640 px and keeps scores of 0.9 and up, so the small faces of a street or a crowd are gone
+    before YuNet looks. Here YuNet sees the photo as it is (annotate caps its long side at
+    ``detect_max_side``), and each face becomes the ``FacialAreaRegion`` DeepFace's wrapper makes of
+    it (integer box, eyes in DeepFace's order), offset by the frame DeepFace's alignment crop uses.
+    The weight file is the one DeepFace downloads, at the path DeepFace downloads it to
+    (``$DEEPFACE_HOME/.deepface/weights``, by default in the home folder).
+    """
+
+    def __init__(self, floor: float = YUNET_FLOOR) -> None:
+        from deepface.commons import weight_utils
+        from deepface.models.face_detection.YuNet import WEIGHTS_URL
+
+        self.floor = floor
+        try:
+            self.weights = weight_utils.download_weights_if_necessary(file_name=YUNET_WEIGHTS, source_url=WEIGHTS_URL)
+        except Exception as err:
+            raise MissingWeightsError(
+                f"the yunet detector needs {YUNET_WEIGHTS}, which is not in {weights_dir()} and could not be "
+                f"downloaded ({type(err).__name__}: {err}). Copy the file there (set DEEPFACE_HOME to its "
+                f"parent's parent) or choose another detector."
+            ) from err
+        self._local = threading.local()
+        self._model()  # a missing or broken file fails here, not in a worker thread
+
+    def _model(self):
+        import cv2
+
+        model = getattr(self._local, "model", None)
+        if model is None:
+            model = self._local.model = cv2.FaceDetectorYN.create(self.weights, "", (320, 320), self.floor)
+        return model
+
+    def raw(self, bgr: np.ndarray, score_threshold: float | None = None) -> np.ndarray:
+        """YuNet's own output on the photo: rows of x, y, w, h, 5 landmarks (x, y), score (n x 15)."""
+        model = self._model()
+        model.setInputSize((bgr.shape[1], bgr.shape[0]))
+        model.setScoreThreshold(self.floor if score_threshold is None else score_threshold)
+        _, found = model.detect(np.ascontiguousarray(bgr))
+        return np.zeros((0, 15), np.float32) if found is None else found
+
+    def detect_faces(self, bgr: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list:
+        """Faces as DeepFace's regions, in the coordinates of the photo framed by ``offset`` (x, y)."""
+        from deepface.models.Detector import FacialAreaRegion
+
+        dx, dy = offset
+        regions = []
+        for face in self.raw(bgr):
+            # As DeepFace's YuNetClient: YuNet gives the right eye first; truncation to int; x, y >= 0.
+            x, y, x_re, y_re, x_le, y_le = (int(v + d) for v, d in zip(face[[0, 1, 4, 5, 6, 7]], (dx, dy) * 3))
+            w, h = int(face[2]), int(face[3])
+            regions.append(FacialAreaRegion(x=max(x, 0), y=max(y, 0), w=w, h=h, confidence=float(face[-1]),
+                                            left_eye=(x_le, y_le), right_eye=(x_re, y_re)))
+        return regions
 
 
 class _CompiledStage:
@@ -173,11 +262,13 @@ def model_input(crops: list[np.ndarray]) -> np.ndarray:
     )
 
 
-def analyze_crops(crops: list[np.ndarray], models: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Attribute scores for a batch of face crops, on DeepFace's scales (percentages, years)."""
+def analyze_crops(crops: list[np.ndarray], models: dict[str, Any], batch: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Attribute scores for a batch of face crops, on DeepFace's scales (percentages, years);
+    ``batch``: their ``model_input`` when the caller already made it (annotate, for both teachers)."""
     if not crops:
         return {}
-    batch = model_input(crops)
+    batch = model_input(crops) if batch is None else batch
     out: dict[str, np.ndarray] = {}
     for action, model in models.items():
         raw = np.asarray(model.predict(batch), dtype=np.float64)

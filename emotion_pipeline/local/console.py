@@ -1,5 +1,5 @@
 """What ``emotion-pipeline run`` shows a person: one line per task state change, a progress bar while a
-shard stage works, and (local_run.py) a summary naming each failed task's error. Everything else the
+shard stage works, and (run.py) a summary naming each failed task's error. Everything else the
 run writes (Airflow's scheduling loop, task logs, TensorFlow's C++ messages) goes to a log file whose
 path is printed; ``--verbose`` keeps it all on the terminal instead.
 
@@ -25,6 +25,7 @@ from typing import Any
 from emotion_pipeline.core.progress import eta, watch
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+MAX_ERROR_LINE = 160  # a failed task's first error line, cut to stay on a wide terminal's line
 
 
 def block_stop_signals() -> None:
@@ -133,7 +134,7 @@ class RunConsole:
             text = error_text(error)
             self.errors[(ti.task_id, ti.map_index)] = text
             first = text.splitlines()[0] if text else ""
-            first = first if len(first) <= 160 else first[:157] + "..."
+            first = first if len(first) <= MAX_ERROR_LINE else first[:MAX_ERROR_LINE - 3] + "..."
             what = ("failed, will retry" if state == "up_for_retry" else "failed") + f"  {seconds:.1f} s: {first}"
         else:
             what = f"{state}  {seconds:.1f} s"
@@ -148,7 +149,8 @@ class RunConsole:
             return  # the task's end line follows at once
         self._drawn = now
         filled = int(20 * done / max(total, 1))
-        bar = f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{total}  {rate:.1f} photos/s, {eta(done, total, rate)} left"
+        bar = (f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{total}  {rate:.1f} photos/s, "
+               f"{eta(done, total, rate)} left")
         if self.tty and self._running:
             self._write(f"{self._running}  {bar}", final=False)
         else:

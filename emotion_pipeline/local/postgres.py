@@ -72,7 +72,7 @@ class LocalPostgres:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                 **as_user(user),
             )
-        self._wait_until_ready(timeout)
+        self._wait_until_ready(self.process, timeout)
         self._create_database()
 
     def prepare_folders(self, user: pwd.struct_passwd | None) -> None:
@@ -89,17 +89,18 @@ class LocalPostgres:
             let_user_traverse(self.data, self.socket_dir, binaries())
 
     def _run_as_server(self, command: list[str]) -> None:
-        result = subprocess.run(command, capture_output=True, text=True, **as_user(server_user()))
+        result = subprocess.run(command, capture_output=True, text=True, check=False, **as_user(server_user()))
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
 
-    def _wait_until_ready(self, timeout: float) -> None:
+    def _wait_until_ready(self, process: subprocess.Popen, timeout: float) -> None:
+        """Until ``process`` (the server just started) accepts connections."""
         import psycopg2
 
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"PostgreSQL exited ({self.process.returncode}); its log, {self.log}:\n"
+            if process.poll() is not None:
+                raise RuntimeError(f"PostgreSQL exited ({process.returncode}); its log, {self.log}:\n"
                                    + self.log.read_text(errors="replace")[-3000:]
                                    + f"\nTo start on a new, empty database: rm -rf {self.folder}")
             try:
@@ -129,7 +130,7 @@ class LocalPostgres:
         if self.process is not None and self.process.poll() is None:
             say(f"Stopping PostgreSQL (pid {self.process.pid}): waiting up to {grace:.0f} s for its shutdown")
             stop_postmaster(self.process.pid, grace, wait=self.process.wait)
-        if self.temporary_socket_dir:
+        if self.temporary_socket_dir and self.socket_dir is not None:  # prepare_folders made it
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
@@ -205,7 +206,8 @@ def server_user() -> pwd.struct_passwd | None:
     except KeyError:
         pass
     added = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell",
-                            "/usr/sbin/nologin", SERVER_USER], capture_output=True, text=True)
+                            "/usr/sbin/nologin", SERVER_USER], capture_output=True, text=True,
+                           check=False)  # another `ui` may have created it first: getpwnam below decides
     try:
         return pwd.getpwnam(SERVER_USER)  # also when another `ui` created it first (useradd then fails)
     except KeyError:
@@ -246,14 +248,14 @@ def first_untraversable(user: pwd.struct_passwd, directories: list[Path]) -> Pat
     """The first of ``directories`` (ordered top-down) that ``user`` cannot search, asked as that user."""
     script = 'for d; do [ -x "$d" ] || { printf %s "$d"; exit; }; done'
     found = subprocess.run(["/bin/sh", "-c", script, "sh", *map(str, directories)], capture_output=True,
-                           text=True, **as_user(user)).stdout
+                           text=True, check=False, **as_user(user)).stdout
     return Path(found) if found else None
 
 
 def grant_search(user: pwd.struct_passwd, directory: Path) -> None:
     try:
         result = subprocess.run(["setfacl", "-m", f"u:{user.pw_name}:x", str(directory)],
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise RuntimeError(f"the user {SERVER_USER} cannot reach {directory}, and setfacl, which would "
                            "let it alone through, is missing: install the package acl (make "

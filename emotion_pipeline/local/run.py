@@ -1,10 +1,11 @@
 """``emotion-pipeline run``: the real DAG, end to end, in this process (``dag.test``), then a summary
-(what the terminal shows meanwhile: run_console.py)."""
+(what the terminal shows meanwhile: console.py)."""
 from __future__ import annotations
 
 import logging
 import textwrap
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ from emotion_pipeline.local import airflow_home as local_airflow
 from emotion_pipeline.local.console import RunConsole
 
 log = logging.getLogger(__name__)
+ERROR_LINES_SHOWN = 8  # of a failed task's error in the summary; the log has all of it
 
 
 def run_locally(values: dict[str, Any], airflow_home: Path | None = None, verbose: bool = False) -> dict[str, Any]:
     """Run the DAG once; the terminal shows task state changes, progress and the summary, the full
     log goes to a file under the Airflow home (``verbose``: all of it on the terminal)."""
-    config = PipelineConfig.from_mapping(values)  # validate before Airflow spends seconds starting
+    # Nobody can answer the DAG's questions (drift, promotion) without the UI: their default answers.
+    config = PipelineConfig.from_mapping({**values, "ask_people": False})  # validated before Airflow starts
     home = airflow_home or local_airflow.DEFAULT_HOME
     log_file = home.resolve() / "logs" / "runs" / f"{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}.log"
     with RunConsole(log_file, verbose=verbose) as console:
@@ -146,7 +149,10 @@ def _xcoms(dag_run) -> dict[tuple[str, int, str], Any]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id)).all()
+        # Airflow annotates get_many as SQLAlchemy 2.0's Select[tuple[XComModel]]; under 2.1 that reads as
+        # rows of tuples, though scalars() yields the XComModel objects themselves.
+        rows: Sequence[XComModel] = session.scalars(  # type: ignore[assignment]
+            XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id)).all()
         return {(x.task_id, x.map_index, x.key): XComModel.deserialize_value(x) for x in rows}
 
 
@@ -172,10 +178,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         error = [part for line in (t["error"] or "no error recorded: see the log").splitlines()
                  for part in textwrap.wrap(line, 96, break_long_words=False, break_on_hyphens=False) or [""]]
         lines.append(f"failed: {t['task']}{index} after {tries}:")
-        lines += [f"    {line}" for line in error[:8]] + (["    ... (the rest in the log)"] if len(error) > 8 else [])
+        lines += [f"    {line}" for line in error[:ERROR_LINES_SHOWN]]
+        if len(error) > ERROR_LINES_SHOWN:
+            lines.append("    ... (the rest in the log)")
     if summary["state"] == "interrupted":
         lines.append("interrupted: nothing partial was kept; run again to go on from where it stopped")
-    lines.append(f"photos: {summary['images']}" if summary["dataset_exists"] else "photos: no dataset yet (merge has not run)")
+    lines.append(f"photos: {summary['images']}" if summary["dataset_exists"]
+                 else "photos: no dataset yet (merge has not run)")
     lines += [f"  {status:<12} {count}" for status, count in sorted(summary["statuses"].items(), key=lambda kv: -kv[1])]
     skipped = (summary.get("discovery") or {}).get("skipped") or {}
     if skipped:  # entries of the source that are not photos: say so rather than ignore them silently

@@ -84,6 +84,7 @@ def prepare_airflow(home: Path, database: LocalPostgres, source: str, root: str,
     })
     local_airflow.configure(home, executor="LocalExecutor", database_url=database.url(),
                             database_folder=database.folder)
+    local_airflow.private_password_file(home)  # 0600 before `airflow standalone` writes the password
     local_airflow.ensure_gpu_pool()
     subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True,
                    stdout=subprocess.DEVNULL)
@@ -150,7 +151,7 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 300
 
 def login(home: Path) -> tuple[str, str]:
     """The admin password ``airflow standalone`` generated (SimpleAuthManager's password file)."""
-    passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+    passwords = json.loads((home / local_airflow.PASSWORDS_FILE).read_text())
     user = next(iter(passwords))
     return user, passwords[user]
 
@@ -168,7 +169,7 @@ class StopSignals:
     signal that arrived inside Popen would leave a process that nothing records, one inside initdb a
     half-made cluster. There it is raised when the step is done."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pending: int | None = None
         self.deferring = False
         for signum in STOP_SIGNALS:

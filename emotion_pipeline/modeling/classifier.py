@@ -1,4 +1,5 @@
-"""The five-emotion head on 2048-d vectors, its Keras Tuner search space, and a sklearn baseline."""
+"""The five-emotion head on 2048-d vectors, its Keras Tuner search space, and the logistic baseline
+(fitted with sklearn, kept and saved as numpy arrays)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,7 +76,7 @@ def refit(config: PipelineConfig, data: TrainingData, hyperparameters: dict, war
 
 
 def refit_soft(config: PipelineConfig, data: TrainingData, hyperparameters: dict):
-    """A head with ``hyperparameters`` trained on DeepFace's score distributions over the five classes
+    """A head with ``hyperparameters`` trained on the teacher's score distributions over the five classes
     (``TrainingData.soft_part``) instead of the hard labels: distillation. Weighted by the hard labels'
     class weights, as the hard head is. Returns the fitted head."""
     import keras
@@ -111,15 +112,73 @@ def _trial_fit(config: PipelineConfig) -> dict:
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)]}
 
 
-def fit_baseline(config: PipelineConfig, x: np.ndarray, y: np.ndarray):
-    """Standardised logistic regression with balanced class weights: what the head must beat."""
+def fit_baseline(config: PipelineConfig, x: np.ndarray, y: np.ndarray) -> LinearBaseline:
+    """Standardised logistic regression with balanced class weights: what the head must beat. Fitted
+    with sklearn, kept as its numbers (``LinearBaseline``): it is saved and loaded without pickle."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced",
                                                                random_state=config.seed))
-    return model.fit(x, y)
+    return LinearBaseline.from_sklearn(model.fit(x, y))
+
+
+class LinearBaseline:
+    """The logistic baseline as arrays: the scaler's mean and scale, the coefficients, the intercepts and
+    the classes, with sklearn's ``predict_proba`` in numpy. Saved as an ``.npz`` of plain numeric arrays
+    and loaded with ``allow_pickle=False``: loading it runs no code, whoever wrote the file
+    (``mlflow.sklearn`` pickles, and unpickling a replaced artifact runs the replacer's code)."""
+
+    FORMAT = 1
+    BINARY = 2  # sklearn keeps one row of coefficients (a sigmoid) for two classes
+    FIELDS = ("mean", "scale", "coef", "intercept", "classes")
+
+    def __init__(self, mean, scale, coef, intercept, classes) -> None:
+        self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        self.coef, self.intercept = np.asarray(coef, np.float64), np.asarray(intercept, np.float64)
+        self.classes_ = np.asarray(classes, np.int64)
+        features, classes_n = self.mean.shape[0], self.classes_.shape[0]
+        rows = 1 if classes_n == self.BINARY else classes_n
+        if (self.mean.ndim != 1 or self.scale.shape != (features,) or self.coef.shape != (rows, features)
+                or self.intercept.shape != (rows,) or classes_n < self.BINARY
+                or not np.all((self.classes_ >= 0) & (self.classes_ < len(CLASSES)))):
+            raise ValueError(f"not a baseline: shapes mean {self.mean.shape}, scale {self.scale.shape}, coef "
+                             f"{self.coef.shape}, intercept {self.intercept.shape}, classes {self.classes_.tolist()}")
+
+    @classmethod
+    def from_sklearn(cls, pipeline) -> LinearBaseline:
+        scaler, logistic = pipeline[0], pipeline[-1]
+        return cls(scaler.mean_, scaler.scale_, logistic.coef_, logistic.intercept_, logistic.classes_)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """(n, len(classes_)) probabilities, as sklearn's ``predict_proba`` gives them."""
+        scores = ((np.asarray(x, np.float64) - self.mean) / self.scale) @ self.coef.T + self.intercept
+        if len(self.classes_) == self.BINARY:
+            positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+            return np.stack([1.0 - positive, positive], axis=1)
+        scores -= scores.max(axis=1, keepdims=True)
+        exp = np.exp(scores)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def to_npz(self) -> bytes:
+        import io
+
+        out = io.BytesIO()
+        arrays = {"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": self.intercept,
+                  "classes": self.classes_}
+        np.savez(out, allow_pickle=False, format=np.int64(self.FORMAT), **arrays)
+        return out.getvalue()
+
+    @classmethod
+    def from_npz(cls, data: bytes) -> LinearBaseline:
+        """Reads ``to_npz``'s bytes; refuses object arrays (pickle) and any other format."""
+        import io
+
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            if set(arrays.files) != {"format", *cls.FIELDS} or int(arrays["format"]) != cls.FORMAT:
+                raise ValueError(f"not a baseline of format {cls.FORMAT}: {sorted(arrays.files)}")
+            return cls(**{name: arrays[name] for name in cls.FIELDS})
 
 
 def predict_proba_5(model, x: np.ndarray) -> np.ndarray:

@@ -10,18 +10,24 @@ missing from a split, and metrics then cover the classes present.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from emotion_pipeline.core import catalog
-from emotion_pipeline.core.config import CLASSES
+from emotion_pipeline.core.config import CLASSES, EMOTIONS, PERSON
 from emotion_pipeline.core.errors import MissingUpstream
 from emotion_pipeline.core.storage import Storage
 from emotion_pipeline.core.tables import read_table, write_table
+from emotion_pipeline.labelling import teachers
 
 SPLITS = {"test": (0.0, 0.15), "val": (0.15, 0.30), "train": (0.30, 1.0)}
+# The test photos whose label a person gave: their own split, never trained on and never in the test
+# metrics, where people's labels check the teachers and the model (evaluate's "reviewed" figures).
+# Reviewed photos of train and val train with the person's label.
+REVIEWED = "reviewed"
 
 
 @dataclass
@@ -39,13 +45,13 @@ class TrainingData:
         return self.vectors[mask], self.frame["y"].to_numpy()[mask]
 
     def soft_part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Vectors and DeepFace's scores of the label face over the five classes, as shares of 1:
+        """Vectors and the teacher's scores of the label face over the five classes, as shares of 1:
         the targets of a head trained on soft labels."""
         mask = (self.frame["split"] == split).to_numpy()
         scores = self.frame.loc[mask, [f"score_{c}" for c in CLASSES]].to_numpy(dtype=np.float32)
         if not np.isfinite(scores).all():
-            raise ValueError("soft labels need DeepFace's emotion scores for every training row (the 'emotion' "
-                             "action's emotion_<class> columns of the dataset)")
+            raise ValueError("soft labels need the teacher's emotion scores for every training row (the 'emotion' "
+                             "action's emotion_<class> columns, and xception_<class> unless teacher=deepface)")
         return self.vectors[mask], scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-9)
 
     def fingerprint(self) -> str:
@@ -63,8 +69,17 @@ class TrainingData:
         return f"{self.fingerprint()}-{hashlib.sha256(self.vectors.tobytes()).hexdigest()[:20]}"
 
     def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per split and class: train, val, test, and reviewed where people labelled test photos."""
         table = self.frame.groupby(["split", "label"]).size()
-        return {s: {c: int(table.get((s, c), 0)) for c in CLASSES} for s in SPLITS}
+        splits = [*SPLITS, *([REVIEWED] if (self.frame["split"] == REVIEWED).any() else [])]
+        return {s: {c: int(table.get((s, c), 0)) for c in CLASSES} for s in splits}
+
+
+def gold_ids(root: Storage) -> set[str]:
+    """Content ids of the gold photos (never trained on: people's labels are for checking), empty
+    when there is no gold set."""
+    table = catalog.read_gold_annotations(root)
+    return set() if table is None else set(table["image_id"].dropna())
 
 
 def hash_position(image_id: str) -> float:
@@ -97,16 +112,18 @@ def record_split_assignments(root: Storage, frame: pd.DataFrame) -> None:
     """Add ``frame``'s splits (image_id, split) to the recorded ones; recorded ones never change."""
     recorded = read_split_assignments(root)
     new = frame.loc[~frame["image_id"].isin(recorded.index), ["image_id", "split"]].drop_duplicates("image_id")
+    new["split"] = new["split"].replace(REVIEWED, "test")  # the hash's split: reviewed is decided each load
     if len(new):
         table = pd.concat([recorded.rename("split").reset_index(), new], ignore_index=True)
         write_table(root, catalog.SPLIT_ASSIGNMENTS, table.sort_values("image_id").reset_index(drop=True))
 
 
-def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = frozenset(),
-                       unit: str = "photo") -> TrainingData:
+def load_training_data(root: Storage, min_rows: int, exclude_ids: Collection[str] = frozenset(),
+                       unit: str = "photo", teacher: str = "mean") -> TrainingData:
     """The labelled rows of the dataset's ``ok`` photos (gold photos in ``exclude_ids`` left out) with
     their vectors: one per photo (its label face), or with ``unit="face"`` one per labelled face
-    (``face_index`` column), every face of a photo in that photo's split."""
+    (``face_index`` column), every face of a photo in that photo's split. Labels and soft-label scores
+    are ``teacher``'s (merge already chose the photos' labels; a face's is picked here)."""
     dataset = catalog.read_dataset(root)
     if dataset is None or not catalog.table_exists(root, catalog.IMAGE_INDEX):
         raise MissingUpstream("no dataset or no assembled vectors yet: run merge and assemble_features first")
@@ -114,21 +131,25 @@ def load_training_data(root: Storage, min_rows: int, exclude_ids: set[str] = fro
     if unit == "face":
         vectors, index = catalog.read_face_features(root)
         labelled = index[index["image_id"].isin(ok["image_id"])].drop_duplicates(["image_id", "face_index"])
+        labelled = labelled.assign(label=teachers.chosen_labels(labelled, teacher))
         keys = ["image_id", "source_key", "face_index", "label", "face_x", "face_y", "face_w", "face_h"]
     else:
         vectors, index = catalog.read_features(root)
         labelled = ok.merge(index[["image_id", "row"]].drop_duplicates("image_id"), on="image_id", how="inner")
         keys = ["image_id", "source_key", "label"]
     labelled = labelled[labelled["label"].isin(CLASSES)]
-    # DeepFace's scores of the face (soft labels); absent from a dataset nothing was annotated in.
-    scores = labelled.reindex(columns=[f"emotion_{c}" for c in CLASSES]).set_axis(
-        [f"score_{c}" for c in CLASSES], axis=1)
+    # The teacher's scores of the face (soft labels); NaN in a dataset nothing was annotated in.
+    scores = pd.DataFrame(teachers.teacher_scores(labelled, teacher)[:, [EMOTIONS.index(c) for c in CLASSES]],
+                          index=labelled.index, columns=[f"score_{c}" for c in CLASSES])
     frame = pd.concat([labelled[keys], scores, labelled[["row"]]], axis=1)
     counts = frame["label"].value_counts()
     left_out = {c: int(counts[c]) for c in CLASSES if 0 < counts.get(c, 0) < min_rows}
     frame = frame[frame["label"].map(counts) >= min_rows]
     frame = frame.sort_values(["image_id", "face_index"] if unit == "face" else "image_id").reset_index(drop=True)
-    frame["split"] = assign_splits(frame, read_split_assignments(root))
+    split = assign_splits(frame, read_split_assignments(root))
+    person_ids = ok.loc[ok.reindex(columns=["label_source"])["label_source"] == PERSON, "image_id"]
+    by_person = frame["image_id"].isin(person_ids)
+    frame["split"] = split.mask(by_person & (split == "test"), REVIEWED)
     frame["y"] = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).astype(int)
     return TrainingData(frame=frame, vectors=vectors[frame["row"].to_numpy(dtype=int)], left_out=left_out,
                         min_rows=min_rows)

@@ -4,9 +4,10 @@
     x = model_input(photo, box)                   # label face crop (or whole photo) -> 224x224x3
     vectors = image_vectors(resnet50(...), [x, ...], batch_size)
 
-Training, evaluation (SHAP heat maps, the gold check) and serving go through these three functions
-only, so a vector the head was trained on and one the API computes for the same photo are the same
-bits (tests/serve/test_model_input.py checks it through the three callers).
+A table row (a photo with its label face, or a face) goes in through ``row_input``: embed, evaluate's
+heat maps and the gold vectors. Training, evaluation (SHAP heat maps, the gold check) and serving go
+through these functions only, so a vector the head was trained on and one the API computes for the
+same photo are the same bits (tests/serve/test_model_input.py checks it through the callers).
 """
 from __future__ import annotations
 
@@ -15,17 +16,29 @@ import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from emotion_pipeline.core.config import CLASSES
 from emotion_pipeline.core.errors import MissingWeightsError
 from emotion_pipeline.labelling.images import decode_rgb, letterbox, open_checked
+from emotion_pipeline.labelling.teachers import LABEL_COLUMNS
 
 log = logging.getLogger(__name__)
 
 INPUT_SIZE = 224  # ResNet50's input side
 DIM = 2048  # ResNet50's pooled output
+FACE_BOX = ("face_x", "face_y", "face_w", "face_h")  # a row's face box, as the tables name it
+# The index of the face vectors (embed writes one per shard, assemble_features stacks them): row i
+# describes face vector i. status: "ok", or why its crop has no vector.
+# ``label`` is DeepFace's, ``label_<teacher>`` each teacher's: training reads the ``teacher`` knob's
+# (a face labelled under any teacher has a vector, so switching the teacher embeds nothing again).
+FACE_INDEX_COLUMNS = {"image_id": object, "source_key": object, "shard": "int64", "face_index": "int64",
+                      "label": object, **{column: object for column in LABEL_COLUMNS.values()},
+                      **{k: "int64" for k in FACE_BOX}, **{f"emotion_{c}": "float64" for c in CLASSES},
+                      **{f"xception_{c}": "float64" for c in CLASSES}, "status": object, "error": object}
 
 
 def decode_photo(data: bytes, max_pixels: int) -> Image.Image:
@@ -41,6 +54,13 @@ def model_input(photo: Image.Image, box: tuple[int, int, int, int] | None) -> np
         x, y, w, h = (int(v) for v in box)
         photo = photo.crop((x, y, x + w, y + h))
     return np.asarray(letterbox(photo, INPUT_SIZE))
+
+
+def row_input(data: bytes, row: Any, *, face: bool, max_pixels: int) -> np.ndarray:
+    """The model input of a table row's photo, from the photo's bytes: the row's face box (its
+    ``FACE_BOX`` fields: a pandas row or a named tuple) when ``face``, else the whole photo."""
+    box = tuple(getattr(row, k) for k in FACE_BOX) if face else None
+    return model_input(decode_photo(data, max_pixels), box)
 
 
 def image_vectors(model, inputs: Sequence[np.ndarray] | np.ndarray, batch_size: int) -> np.ndarray:

@@ -14,6 +14,8 @@ from emotion_pipeline.modeling.data import TrainingData
 from emotion_pipeline.modeling.embedding import feature_maps
 from emotion_pipeline.modeling.metrics import classification_metrics
 
+MIN_TSNE_ROWS = 10  # fewer vectors make a t-SNE map of a handful of dots that says nothing
+
 
 def compare_on_test(y_train: np.ndarray, y_test: np.ndarray, model_probabilities: np.ndarray,
                     baseline_probabilities: np.ndarray) -> tuple[dict[str, dict[str, Any]], int]:
@@ -28,7 +30,7 @@ def compare_on_test(y_train: np.ndarray, y_test: np.ndarray, model_probabilities
     return metrics, majority
 
 
-def explain_model(config: PipelineConfig, head, resnet, data: TrainingData, images: np.ndarray,
+def explain_model(config: PipelineConfig, head, resnet, data: TrainingData, *, images: np.ndarray,
                   labels: list[str]) -> dict[str, bytes]:
     """The report's SHAP and t-SNE figures (PNG bytes): which embedding dimensions push the head
     towards each class, heat maps over ``images`` (model inputs of test photos with their ``labels``)
@@ -48,9 +50,9 @@ def explain_model(config: PipelineConfig, head, resnet, data: TrainingData, imag
     if len(images):
         with timed("evaluate: SHAP heat maps"):
             maps = feature_maps(resnet, images, config.embed_batch_size)
-            figures["shap_image_heatmaps"] = explain.image_heatmaps(head_predict, maps, images, labels,
-                                                                   config.shap_image_evals, config.seed)
-    if len(data.frame) >= 10:
+            figures["shap_image_heatmaps"] = explain.image_heatmaps(
+                head_predict, maps, images, labels, max_evals=config.shap_image_evals, seed=config.seed)
+    if len(data.frame) >= MIN_TSNE_ROWS:
         with timed("evaluate: t-SNE"):
             figures["tsne"] = explain.tsne_map(data.vectors, data.frame["label"].tolist(), config.seed)
     return figures

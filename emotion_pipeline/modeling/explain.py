@@ -87,7 +87,7 @@ def region_values(predict: Callable[[np.ndarray], np.ndarray], feature_map: np.n
 
 
 def image_heatmaps(predict: Callable[[np.ndarray], np.ndarray], feature_maps: np.ndarray, images: np.ndarray,
-                   labels: list[str], max_evals: int, seed: int = 0) -> bytes:
+                   labels: list[str], *, max_evals: int, seed: int = 0) -> bytes:
     """For each photo, the SHAP map of its predicted emotion over the photo (red: towards it):
     ``feature_maps`` (n, 7, 7, 2048) are ResNet50's for ``images`` (n, 224, 224, 3)."""
     plt = _plt()

@@ -39,3 +39,23 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, no_label: 
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=columns)[: len(CLASSES)].tolist(),
         "n": int(len(y_true)),
     }
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The 95% Wilson score interval of a share ``hits / n`` (z: the normal quantile at 0.975): honest
+    on the few photos people review (it stays inside [0, 1] and is wide when n is small); (0, 1) when
+    there is nothing to measure."""
+    if n == 0:
+        return 0.0, 1.0
+    share = hits / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def agreement_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """``classification_metrics`` (a prediction ``len(CLASSES)`` is "no label", a miss) with the
+    accuracy's 95% Wilson interval as ``accuracy_ci95``."""
+    metrics = classification_metrics(y_true, y_pred, no_label=True)
+    metrics["accuracy_ci95"] = list(wilson_interval(int(np.sum(np.asarray(y_true) == np.asarray(y_pred))), len(y_true)))
+    return metrics

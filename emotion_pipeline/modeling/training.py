@@ -7,16 +7,17 @@ from typing import Any
 
 from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.modeling import classifier
-from emotion_pipeline.modeling.data import TrainingData
+from emotion_pipeline.modeling.data import SPLITS, TrainingData
 from emotion_pipeline.modeling.metrics import FEW_ROWS, classification_metrics
 
+MIN_CLASSES = 2  # a classifier needs rows of at least two classes
 FLAGS = ("random_embedding_weights", "below_baseline", "few_test_rows")  # model_flags' names, in order
 
 
 @dataclass
 class FittedModels:
     head: Any  # the best Keras head
-    baseline: Any  # the sklearn logistic regression
+    baseline: Any  # the logistic regression, as arrays (classifier.LinearBaseline)
     tuner: Any  # the finished Keras Tuner search (its trials are logged by the caller); None for a refit
     best_hyperparameters: dict[str, Any]
     metrics: dict[str, dict[str, Any]]  # "val", "test", "baseline_val", "baseline_test": classification_metrics
@@ -27,8 +28,8 @@ def not_trainable_reason(data: TrainingData) -> str | None:
 
     On a small root it is mostly ``min_rows_per_class`` that empties the splits, so the reason names
     the classes that rule left out, with their labelled rows."""
-    counts = data.counts()
-    if min(sum(c.values()) for c in counts.values()) and sum(1 for n in counts["train"].values() if n) >= 2:
+    counts = {split: n for split, n in data.counts().items() if split in SPLITS}  # the reviewed split never trains
+    if min(sum(c.values()) for c in counts.values()) and sum(1 for n in counts["train"].values() if n) >= MIN_CLASSES:
         return None
     rows = ", ".join(f"{split} {sum(c.values())}" for split, c in counts.items())
     reason = f"not enough labelled rows: every split needs rows of at least 2 classes (rows per split: {rows})"
@@ -83,21 +84,22 @@ def _with_metrics(config: PipelineConfig, data: TrainingData, head, tuner, hyper
     )
 
 
-def training_mode(config: PipelineConfig, rows: int, champion: dict[str, Any] | None) -> tuple[str, str]:
-    """("search" | "refit", why). ``champion``: its run's params (``best.*``, ``training.search_rows``,
-    ``config.*``), or None when there is none."""
-    if champion is None:
-        return "search", "no champion yet"
+def training_mode(config: PipelineConfig, rows: int, basis: dict[str, Any] | None) -> tuple[str, str]:
+    """("search" | "refit", why). ``basis``: the run's params (``best.*``, ``training.search_rows``,
+    ``config.*``) of the model a refit would start from (the champion, else the newest version), or
+    None when no model was trained yet."""
+    if basis is None:
+        return "search", "no model trained yet"
     if config.force_train:
         return "search", "force_train"
-    hyperparameters = {k for k in champion if k.startswith("best.")}
+    hyperparameters = {k for k in basis if k.startswith("best.")}
     if not hyperparameters:
-        return "search", "the champion's hyperparameters are not recorded"
+        return "search", "the last model's hyperparameters are not recorded"
     # What the head's inputs are; label_unit was not logged before it existed (photo then).
     for knob, unlogged in (("embed_weights", None), ("embed_input", None), ("label_unit", "photo")):
-        if str(champion.get(f"config.{knob}", unlogged)) != str(getattr(config, knob)):
-            return "search", f"{knob} changed since the champion was trained"
-    searched = int(float(champion.get("training.search_rows") or champion.get("data.rows") or 0))
+        if str(basis.get(f"config.{knob}", unlogged)) != str(getattr(config, knob)):
+            return "search", f"{knob} changed since the last model was trained"
+    searched = int(float(basis.get("training.search_rows") or basis.get("data.rows") or 0))
     if searched and rows >= config.search_growth * searched:
         return "search", f"training rows grew from {searched} to {rows} (x{rows / searched:.1f})"
-    return "refit", f"{rows} training rows, last searched at {searched}: refit the champion's hyperparameters"
+    return "refit", f"{rows} training rows, last searched at {searched}: refit the last model's hyperparameters"

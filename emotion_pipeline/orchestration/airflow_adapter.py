@@ -1,5 +1,5 @@
-"""The only module of the package that imports Airflow: alerts through the SMTP provider's notifier,
-and failing at once, without retries, on errors no retry can fix.
+"""What the tasks do with Airflow beyond running a stage (``dag_builder`` makes the tasks): alerts
+through the SMTP provider's notifier, and failing at once, without retries, on errors no retry can fix.
 
 Recipients come from the run's params (``alert_emails``), the SMTP server from the Airflow connection
 ``smtp_default`` (or ``smtp_conn_id``), e.g.
@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,7 +61,8 @@ def skip_without_output(result, returned: dict[str, Any], ti: Any) -> None:
     raise AirflowSkipException(f"no model: {result.reason or 'nothing was trained'}")
 
 
-def batch_folder(layout: str, has_date: bool, render: Callable[[str], str], event_batches: list[str]) -> str:
+def batch_folder(layout: str, has_date: bool, render: Callable[[str], str],
+                 event_batches: list[str | None]) -> str:
     """The batch folder a run reads (``batch``), from the layout the deployment set.
 
     Args:
@@ -149,8 +151,9 @@ def _judged(value: float, spec: str) -> str:
     return "not judged" if math.isnan(value) else format(value, spec)
 
 
-def drift_alert_message(report: dict[str, Any]) -> tuple[str, str]:
-    """Subject and HTML body naming every drifted shard with its numbers and its chart."""
+def drift_alert_message(report: dict[str, Any], question_url: str | None = None) -> tuple[str, str]:
+    """Subject and HTML body naming every drifted shard with its numbers and its chart, and the link to
+    the question about them in the Airflow UI (``question_url``) when one is asked."""
     drifted = report["drifted"]
     shards = ", ".join(str(d["shard"]) for d in drifted)
     subject = f"[emotion-pipeline] label drift in shard(s) {shards}"
@@ -168,6 +171,9 @@ def drift_alert_message(report: dict[str, Any]) -> tuple[str, str]:
         f"<p>The label distribution of {len(drifted)} shard(s) moved away from the reference.</p>"
         f"<ul>{''.join(rows)}</ul><p>Monitoring log: {html.escape(report['log_uri'])}</p>"
     )
+    if question_url:
+        body += (f'<p>Keep these shards, exclude them from training or annotate them again: '
+                 f'<a href="{html.escape(question_url)}">answer in the Airflow UI</a> (training waits for it).</p>')
     return subject, body
 
 
@@ -192,7 +198,7 @@ def send_drift_alert(config: PipelineConfig, report: dict[str, Any], context: An
         return False
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    subject, body = drift_alert_message(report)
+    subject, body = drift_alert_message(report, drift_question_url(config, context))
     charts = [d["chart"] for d in report["drifted"] if Path(d["chart"]).is_file()]  # local roots
     SmtpNotifier(
         to=list(config.alert_emails), subject=subject, html_content=body, files=charts,
@@ -200,6 +206,21 @@ def send_drift_alert(config: PipelineConfig, report: dict[str, Any], context: An
     ).notify(context)
     log.info("drift alert sent to %s", ", ".join(config.alert_emails))
     return True
+
+
+def drift_question_url(config: PipelineConfig, context: Any) -> str | None:
+    """The page of this run's drift question in the Airflow UI (its "required actions"), from
+    ``[api] base_url``; None when no question is asked (``ask_people`` off) or the URL is unknown."""
+    from airflow.configuration import conf
+
+    from emotion_pipeline.orchestration.decisions import DRIFT_DECISION
+
+    base = conf.get("api", "base_url", fallback=None)
+    if not config.ask_people or not base:
+        return None
+    ti = context["ti"]
+    return (f"{base.rstrip('/')}/dags/{ti.dag_id}/runs/{urllib.parse.quote(ti.run_id, safe='')}/tasks/"
+            f"{DRIFT_DECISION}/required_actions")
 
 
 def notify_failure(context: Any) -> None:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from emotion_pipeline.core.config import CLASSES
 
+DARK_CELL_RATE = 0.6  # a confusion matrix cell darker than this gets white text
 CLASS_COLORS = {
     "happy": "#f2b701", "sad": "#3969ac", "angry": "#e73f74", "surprise": "#7f3c8d",
     "neutral": "#a5aa99", "no face": "#e0e0e0",
@@ -121,7 +122,7 @@ def confusion_matrix_chart(matrix: list[list[int]], title: str, truth: str = "De
     for i in range(len(CLASSES)):
         for j in range(len(columns)):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center",
-                    color="white" if rates[i, j] > 0.6 else "black")
+                    color="white" if rates[i, j] > DARK_CELL_RATE else "black")
     ax.set_xticks(range(len(columns)), columns, rotation=30)
     ax.set_yticks(range(len(CLASSES)), CLASSES)
     ax.set_xlabel("predicted")
@@ -149,30 +150,47 @@ def boxed_photos_chart(examples: list[tuple[Any, tuple[float, float, float, floa
     return _png(plt, fig)
 
 
+TEACHER_TITLES = {"deepface": "DeepFace", "mini_xception": "mini-Xception", "mean": "mean of the two"}
+
+
 def label_policy_chart(curves: dict[str, list[dict[str, Any]]], chosen: dict[str, dict[str, Any]]) -> bytes:
     """Per label-policy knob: agreement (gold, captions) against coverage, each point its threshold,
     the run's own setting starred."""
+    return teacher_policy_chart({"": curves}, {"": chosen})
+
+
+def teacher_policy_chart(curves: dict[str, dict[str, list[dict[str, Any]]]],
+                         chosen: dict[str, dict[str, dict[str, Any]]]) -> bytes:
+    """``label_policy_chart`` with one row of knobs per teacher (``label_policy.teacher_curves``), each
+    row's titles naming its teacher; ``chosen``: each teacher's points at the run's settings."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.4), squeeze=False)
-    for ax, (knob, points) in zip(axes[0], curves.items()):
-        for reference, marker in (("gold", "o"), ("caption", "s")):
-            shown = [p for p in points if p.get(f"{reference}_agreement") is not None]
-            if not shown:
-                continue
-            xs, ys = [p["coverage"] for p in shown], [p[f"{reference}_agreement"] for p in shown]
-            ax.plot(xs, ys, marker=marker, label=f"{reference} ({max(p[f'{reference}_n'] for p in shown)} photos)")
-            for p, x, y in zip(shown, xs, ys):
-                ax.annotate(f"{p['value']:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-            mine = chosen[knob]
-            if mine.get(f"{reference}_agreement") is not None:
-                ax.scatter([mine["coverage"]], [mine[f"{reference}_agreement"]], marker="*", s=220, color="red",
-                           zorder=3)
-        ax.set_title(f"{knob} (star: this run's setting, {chosen[knob]['value']:g})", fontsize=10)
-        ax.set_xlabel("coverage: share of annotated photos with a label")
-        ax.set_ylabel("agreement of the labels kept")
-        ax.set_xlim(0, 1.02)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    knobs = max(len(per_knob) for per_knob in curves.values())
+    fig, axes = plt.subplots(len(curves), knobs, figsize=(5 * knobs, 4.4 * len(curves)), squeeze=False)
+    for row, (teacher, per_knob) in zip(axes, curves.items()):
+        for ax, (knob, points) in zip(row, per_knob.items()):
+            _policy_axis(ax, points, chosen[teacher][knob])
+            title = f"{knob} (star: this run's setting, {chosen[teacher][knob]['value']:g})"
+            ax.set_title(f"{TEACHER_TITLES.get(teacher, teacher)}: {title}" if teacher else title, fontsize=10)
     return _png(plt, fig)
+
+
+def _policy_axis(ax, points: list[dict[str, Any]], mine: dict[str, Any]) -> None:
+    """One knob's curves (gold, captions) on ``ax``, the point at the run's setting (``mine``) starred."""
+    for reference, marker in (("gold", "o"), ("caption", "s")):
+        shown = [p for p in points if p.get(f"{reference}_agreement") is not None]
+        if not shown:
+            continue
+        xs, ys = [p["coverage"] for p in shown], [p[f"{reference}_agreement"] for p in shown]
+        ax.plot(xs, ys, marker=marker, label=f"{reference} ({max(p[f'{reference}_n'] for p in shown)} photos)")
+        for p, x, y in zip(shown, xs, ys):
+            ax.annotate(f"{p['value']:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        if mine.get(f"{reference}_agreement") is not None:
+            ax.scatter([mine["coverage"]], [mine[f"{reference}_agreement"]], marker="*", s=220, color="red",
+                       zorder=3)
+    ax.set_xlabel("coverage: share of annotated photos with a label")
+    ax.set_ylabel("agreement of the labels kept")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)

@@ -11,6 +11,8 @@ from emotion_pipeline.core.config import CLASSES
 from emotion_pipeline.core.storage import Storage
 from emotion_pipeline.modeling.metrics import FEW_ROWS
 
+# Rates below this show 3 significant digits instead of 3 decimals, which would print 0.000.
+SMALL_VALUE = 0.01
 FIGURE_CAPTIONS = {
     "confusion_matrix": "Confusion matrix on the test split (colour: share of the true class).",
     "shap_embedding_summary": "Which ResNet50 embedding dimensions push the head towards each emotion.",
@@ -36,7 +38,7 @@ figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}.note{background:#f
 
 
 def dataset_summary(root: Storage) -> dict[str, Any]:
-    dataset = catalog.read_dataset(root)
+    dataset = catalog.require_dataset(root)
     monitor_log = catalog.read_monitor_log(root)
     annotated = dataset[dataset["status"].isin(["ok", "no_face"])]
     drifted = []
@@ -56,11 +58,12 @@ def write_report(root: Storage, version: str, *, dataset: dict[str, Any], evalua
                  training: dict | None = None, figures: dict[str, bytes] | None = None,
                  note: str | None = None) -> str:
     key = catalog.report_file(version, catalog.REPORT_PAGE)
-    root.write_bytes(key, render(version, dataset, evaluation, training, figures or {}, note).encode())
+    page = render(version, dataset, evaluation=evaluation, training=training, figures=figures or {}, note=note)
+    root.write_bytes(key, page.encode())
     return root.uri_for(key)
 
 
-def render(version, dataset, evaluation, training, figures, note) -> str:
+def render(version, dataset, *, evaluation, training, figures, note) -> str:
     parts = [f"<h1>Emotion pipeline report</h1><p class='sub'>model version {html.escape(str(version))} · "
              f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}</p>"]
     if note:
@@ -72,6 +75,8 @@ def render(version, dataset, evaluation, training, figures, note) -> str:
         parts.append(_metrics_section(evaluation, training or {}))
         if evaluation.get("gold"):
             parts.append(gold_section(evaluation["gold"]))
+        if evaluation.get("reviewed"):
+            parts.append(reviewed_section(evaluation["reviewed"]))
         if evaluation.get("captions"):
             parts.append(caption_section(evaluation["captions"]))
         if evaluation.get("teachers"):
@@ -79,9 +84,11 @@ def render(version, dataset, evaluation, training, figures, note) -> str:
     rows = (evaluation or {}).get("figure_rows", {})
     for name, png in figures.items():
         data = base64.b64encode(png).decode()
-        unit = "faces" if (evaluation or {}).get("label_unit") == "face" and not name.startswith(("gold", "caption")) \
-            else "photos"
-        caption = FIGURE_CAPTIONS.get(name, name) + (f" Computed on {_count(rows[name], unit)}." if name in rows else "")
+        per_face = (evaluation or {}).get("label_unit") == "face" and not name.startswith(("gold", "caption"))
+        unit = "faces" if per_face else "photos"
+        caption = FIGURE_CAPTIONS.get(name, name)
+        if name in rows:
+            caption += f" Computed on {_count(rows[name], unit)}."
         parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Emotion pipeline report {version}</title>"
@@ -91,7 +98,8 @@ def render(version, dataset, evaluation, training, figures, note) -> str:
 def _table(header: list[str], rows: list[list[Any]], best_row: int | None = None) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(
-        f"<tr{' class=best' if i == best_row else ''}>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        f"<tr{' class=best' if i == best_row else ''}>"
+        + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
         for i, row in enumerate(rows))
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -141,7 +149,7 @@ def _champion_text(training: dict[str, Any]) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.3f}"
+        return f"{value:.3g}" if 0 < abs(value) < SMALL_VALUE else f"{value:.3f}"
     return str(value)
 
 
@@ -158,8 +166,10 @@ def gold_section(gold: dict[str, Any]) -> str:
     """People's labels against DeepFace's and against the model's, side by side."""
     rows = [[who, _count(gold[key]["n"]), _overall(gold[key]), _overall(gold[key], "macro_f1"),
              *(_rate(gold[key]["per_class"][c], "recall") for c in CLASSES)]
-            for who, key in (("DeepFace (the pipeline's label rule)", "deepface"), ("trained model", "model"),
-                             ("model trained on DeepFace's scores (soft labels)", "model_soft"),
+            for who, key in (("DeepFace's network (the label rule)", "deepface"),
+                             ("the mini-Xception network", "mini_xception"), ("the mean of the two", "mean"),
+                             ("trained model", "model"),
+                             ("model trained on the teacher's scores (soft labels)", "model_soft"),
                              ("the same head trained on one row per photo", "model_photo")) if key in gold]
     table = _table(["labels from", "photos", "accuracy", "macro-F1", *(f"recall {c}" for c in CLASSES)], rows)
     return (f"<h2>Gold check: machine labels against people</h2><p>{gold['photos']} photos labelled by people; "
@@ -169,13 +179,37 @@ def gold_section(gold: dict[str, Any]) -> str:
             f"This is how far the training labels, and the model trained on them, are from people.</p>{table}")
 
 
+REVIEWED_ROWS = (("DeepFace's network", "deepface"), ("the mini-Xception network", "mini_xception"),
+                 ("the mean of the two", "mean"), ("trained model (reviewed split only)", "model"))
+
+
+def reviewed_section(reviewed: dict[str, Any]) -> str:
+    """People's labels from the review queue against each teacher's and the model's, with intervals."""
+    rows = [[who, _count(reviewed[key]["n"]), _overall(reviewed[key]), _interval(reviewed[key]),
+             _overall(reviewed[key], "macro_f1")] for who, key in REVIEWED_ROWS if key in reviewed]
+    table = _table(["labels from", "photos", "agreement with people", "95% interval", "macro-F1"], rows)
+    return (f"<h2>Reviewed photos: your own gold set</h2><p>{reviewed['photos']} photos reviewed by people "
+            f"({reviewed['labelled']} given a label, {reviewed['no_face']} marked 'no usable face', which keeps "
+            "them out of training). The teachers are checked on every reviewed photo; the model only on the "
+            "reviewed split (reviewed photos that fell in the test split: it never trained on them, and the "
+            "test metrics leave them out). The queue asks about doubtful labels first, so these figures are "
+            f"lower than on photos drawn at random.</p>{table}")
+
+
+def _interval(metric: dict[str, Any]) -> str:
+    low, high = metric.get("accuracy_ci95") or (0.0, 1.0)
+    return f"{low:.2f}-{high:.2f}" if metric["n"] else "no data"
+
+
 def caption_section(check: dict[str, Any]) -> str:
-    """Per emotion: how many photos the captions label, and how often DeepFace and the model agree."""
+    """Per emotion: how many photos the captions label, and how often the label (the teacher setting's)
+    and the model agree with them."""
     per_class = check["per_class"]
     held_out = check["model_held_out"]["n"]
     heads = [("model agrees", "model"),
              (f"model agrees (not trained on: {held_out}{', too few' if 0 < held_out < FEW_ROWS else ''})",
-              "model_held_out"), ("soft-label model agrees", "model_soft"), ("photo-trained model agrees", "model_photo")]
+              "model_held_out"), ("soft-label model agrees", "model_soft"),
+             ("photo-trained model agrees", "model_photo")]
     heads = [(title, key) for title, key in heads if key in check]
     # A class no captioned photo with a face has shows "no data", not an agreement of 0.
     rows = [[c, per_class[c]["covered"], _count(per_class[c]["with_face"]),
@@ -183,7 +217,7 @@ def caption_section(check: dict[str, Any]) -> str:
              *(_rate(check[key]["per_class"][c], "recall") for _, key in heads)] for c in CLASSES]
     rows.append(["all", check["covered"], _count(check["with_face"]), _overall(check["deepface"]),
                  sum(v["deepface_no_label"] for v in per_class.values()), *(_overall(check[key]) for _, key in heads)])
-    table = _table(["caption label", "photos", "with a face", "DeepFace agrees", "DeepFace: no label",
+    table = _table(["caption label", "photos", "with a face", "the label agrees", "no label",
                     *(title for title, _ in heads)], rows)
     return (f"<h2>Caption check: labels against what people wrote</h2><p>{check['photos']} photos have captions; "
             f"in {check['covered']} ({check['coverage']:.1%}) at least {check['min_agree']} captions name the same "
@@ -198,14 +232,17 @@ TEACHER_NAMES = {"deepface": "DeepFace", "mini_xception": "the mini-Xception", "
 
 
 def teachers_section(table: dict[str, Any], chosen: str | None) -> str:
-    """Each teacher's label mix and agreement with the captions, and the two networks' agreement (kappa)."""
+    """Each teacher's label mix and agreement with the gold set, the captions and the reviewed photos
+    (where given), and the two networks' agreement (kappa)."""
     teachers = table["teachers"]
-    with_captions = all("captions" in entry for entry in teachers.values())
-    header = ["teacher", "photos", *CLASSES, "no label"] + (["captions agree", "captioned photos"] * with_captions)
+    checks = [(key, title) for key, title in (("gold", "gold"), ("captions", "captions"), ("reviewed", "reviewed"))
+              if all(key in entry for entry in teachers.values())]
+    header = ["teacher", "photos", *CLASSES, "no label"] + [h for _, title in checks
+                                                            for h in (f"{title} agree", f"{title} photos")]
     rows = [[TEACHER_NAMES.get(name, name) + (" (the labels)" if name == chosen else ""), _count(entry["n"]),
              *entry["label_mix"].values(),
-             *([_overall({"accuracy": entry["captions"]["agreement"], "n": entry["captions"]["n"]}),
-                _count(entry["captions"]["n"])] if with_captions else [])]
+             *[v for key, _ in checks for v in (_overall({"accuracy": entry[key]["agreement"], "n": entry[key]["n"]}),
+                                               _count(entry[key]["n"]))]]
             for name, entry in teachers.items()]
     between = table["between"]
     kappa = "no data" if between["kappa"] is None else f"{between['kappa']:.3f}"
@@ -222,7 +259,7 @@ def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> st
     names = {"model": f"ResNet50 + tuned head (v{evaluation['model_version']})",
              "baseline": "logistic regression baseline",
              "majority": f"majority class ({evaluation['majority_class']})",
-             "soft": "the same head trained on DeepFace's scores (soft labels)",
+             "soft": "the same head trained on the teacher's scores (soft labels)",
              "photo": "the same head trained on one row per photo (its label face)"}
     rows = [[names[k], _overall(m), _overall(m, "macro_f1"), _count(m["n"])] for k, m in metrics.items()]
     unit = "faces" if evaluation.get("label_unit") == "face" else "photos"
@@ -238,8 +275,8 @@ def _metrics_section(evaluation: dict[str, Any], training: dict[str, Any]) -> st
     faces = (" Trained on every labelled face (label_unit=face; a photo's faces share its split); a "
              "photo-trained head beside it, when there is one, is scored on the same test faces."
              if unit == "faces" else "")
-    # Photo labels are the chosen teacher's (face labels, label_unit=face, still DeepFace's: README).
-    teacher = "DeepFace" if unit == "faces" else TEACHER_NAMES.get(evaluation.get("teacher") or "deepface")
+    # Photo and face labels are the chosen teacher's (the teacher setting).
+    teacher = TEACHER_NAMES.get(evaluation.get("teacher") or "deepface")
     return (f"<h2>Model</h2><p>Labels come from {teacher} (the teacher setting), so these numbers measure "
             f"agreement with it.{faces} "
             f"Champion: {html.escape(_champion_text(training))}. MLflow run {html.escape(str(evaluation['run_id']))}, "

@@ -8,17 +8,18 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive
 
 from emotion_pipeline.core.errors import Busy, ClientGone  # Busy re-exported: its home is core.errors
 
 log = logging.getLogger(__name__)
 
 
-async def until_client_leaves(receive: Callable[[], Awaitable[dict]], left: threading.Event) -> None:
+async def until_client_leaves(receive: Receive, left: threading.Event) -> None:
     """Sets ``left`` once the client has closed its connection. The request body has been read, so
     the next ASGI message is ``http.disconnect``, and only when the client goes."""
     while (await receive())["type"] != "http.disconnect":
@@ -36,7 +37,7 @@ class PredictionQueue:
     def retry_after(self) -> int:
         return max(1, math.ceil(self._admitted * self._seconds_per_prediction))
 
-    async def run(self, work: Callable[[threading.Event], Any], receive: Callable[[], Awaitable[dict]]) -> Any:
+    async def run(self, work: Callable[[threading.Event], Any], receive: Receive) -> Any:
         """``work(left)`` in a thread once it is this request's turn; ``Busy`` when the queue is full,
         ``ClientGone`` when the client left first (``work`` sees ``left`` set and stops too)."""
         if self._admitted > self.max_waiting:

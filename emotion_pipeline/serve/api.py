@@ -30,6 +30,8 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -43,7 +45,10 @@ from starlette.routing import Route
 from emotion_pipeline.core.errors import BadRequest, Busy, ClientGone, ImageError
 from emotion_pipeline.serve.admission import PredictionQueue
 from emotion_pipeline.serve.model_holder import ModelHolder
-from emotion_pipeline.serve.predictor import ServeSettings
+from emotion_pipeline.serve.predictor import Predictor, ServeSettings
+
+if TYPE_CHECKING:  # a TypedDict python-multipart defines for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,8 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"upload of {int(declared)} bytes is larger than the limit of {limit} bytes")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     deadline = time.monotonic() + timeout
     stream = request.stream()
     while True:
@@ -109,52 +115,65 @@ def image_from_multipart(body: bytes, content_type: str) -> bytes:
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest(400, "multipart body without a boundary")
-    parts: list[tuple[bytes, bytearray]] = []
-    header: dict[str, bytes] = {"field": b"", "value": b""}
-    header_bytes = [0]
-
-    def on_part_begin() -> None:
-        if len(parts) == MAX_MULTIPART_PARTS:
-            raise BadRequest(400, f"more than {MAX_MULTIPART_PARTS} multipart parts: send the photo alone")
-        parts.append((b"", bytearray()))
-        header_bytes[0] = 0
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        count_header_bytes(end - start)
-        header["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        count_header_bytes(end - start)
-        header["value"] += data[start:end]
-
-    def count_header_bytes(size: int) -> None:
-        header_bytes[0] += size
-        if header_bytes[0] > MAX_PART_HEADER_BYTES:
-            raise BadRequest(400, f"multipart part headers longer than {MAX_PART_HEADER_BYTES} bytes")
-
-    def on_header_end() -> None:
-        if header["field"].lower() == b"content-disposition":
-            name = parse_options_header(header["value"])[1].get(b"name", b"")
-            parts[-1] = (name, parts[-1][1])
-        header.update(field=b"", value=b"")
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1][1].extend(data[start:end])
-
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_part_data": on_part_data,
-    })
+    parts = _MultipartParts()
+    parser = MultipartParser(boundary, parts.callbacks())
     try:
         parser.write(body)
         parser.finalize()
     except MultipartParseError as err:
         raise BadRequest(400, f"malformed multipart body: {err}") from err
-    named = [data for name, data in parts if name == b"image"]
-    return bytes(named[0] if named else parts[0][1] if parts else b"")
+    return parts.image()
 
 
-def error(code: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+class _MultipartParts:
+    """The parts of a multipart body as python-multipart calls back with them: each its form field's
+    name and its bytes; ``BadRequest`` past MAX_MULTIPART_PARTS parts or MAX_PART_HEADER_BYTES of one
+    part's headers."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[bytes, bytearray]] = []
+        self._field, self._value, self._header_bytes = b"", b"", 0
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {"on_part_begin": self._on_part_begin, "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value, "on_header_end": self._on_header_end,
+                "on_part_data": self._on_part_data}
+
+    def image(self) -> bytes:
+        """The ``image`` part, else the first part, else nothing."""
+        named = [data for name, data in self.parts if name == b"image"]
+        return bytes(named[0] if named else self.parts[0][1] if self.parts else b"")
+
+    def _on_part_begin(self) -> None:
+        if len(self.parts) == MAX_MULTIPART_PARTS:
+            raise BadRequest(400, f"more than {MAX_MULTIPART_PARTS} multipart parts: send the photo alone")
+        self.parts.append((b"", bytearray()))
+        self._header_bytes = 0
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
+        self._field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
+        self._value += data[start:end]
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise BadRequest(400, f"multipart part headers longer than {MAX_PART_HEADER_BYTES} bytes")
+
+    def _on_header_end(self) -> None:
+        if self._field.lower() == b"content-disposition":
+            name = parse_options_header(self._value)[1].get(b"name", b"")
+            self.parts[-1] = (name, self.parts[-1][1])
+        self._field, self._value = b"", b""
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.parts[-1][1].extend(data[start:end])
+
+
+def error(code: int, message: str, headers: Mapping[str, str] | None = None, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=code, headers=headers)
 
 
@@ -173,37 +192,69 @@ def logged_once(endpoint):
 def create_app(settings: ServeSettings | None = None) -> Starlette:
     if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
         logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s")
-    settings = settings or settings_from_env()
-    holder = ModelHolder(settings)
-    queue = PredictionQueue(max_waiting_from_env())
+    endpoints = Endpoints(settings or settings_from_env(), max_waiting_from_env())
 
-    def not_ready() -> JSONResponse:
-        return error(503, holder.problem, headers={"Retry-After": "5"}, status="not ready")
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        return error(err.status_code, err.detail, headers=err.headers)  # 404, 405 (with Allow) as JSON
 
-    async def health(request: Request) -> JSONResponse:
-        predictor = holder.predictor
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        endpoints.holder.start()
+        yield
+        endpoints.holder.stop()
+
+    # Starlette types every handler as taking any Exception; it calls this one with HTTPExceptions only.
+    return Starlette(routes=[
+        Route("/health", logged_once(endpoints.health), methods=["GET"]),
+        Route("/model", logged_once(endpoints.model), methods=["GET"]),
+        Route("/predict", logged_once(endpoints.predict), methods=["POST"]),
+    ], exception_handlers={HTTPException: http_error}, lifespan=lifespan)  # type: ignore[dict-item]
+
+
+class Endpoints:
+    """The API's endpoints over one model (``holder``, loaded in the background and reloaded when the
+    champion moves) and one queue of predictions (``queue``, at most ``max_waiting`` waiting)."""
+
+    def __init__(self, settings: ServeSettings, max_waiting: int) -> None:
+        self.settings = settings
+        self.holder = ModelHolder(settings)
+        self.queue = PredictionQueue(max_waiting)
+
+    async def health(self, request: Request) -> JSONResponse:
+        predictor = self.holder.predictor
         if predictor is None:
-            return not_ready()
+            return self.not_ready()
         return JSONResponse({"status": "ready", "model_version": predictor.info["model_version"]})
 
-    async def model(request: Request) -> JSONResponse:
-        predictor = holder.predictor
-        return JSONResponse(predictor.info) if predictor else not_ready()
+    async def model(self, request: Request) -> JSONResponse:
+        predictor = self.holder.predictor
+        return JSONResponse(predictor.info) if predictor else self.not_ready()
 
-    async def predict(request: Request) -> Response:
+    async def predict(self, request: Request) -> Response:
         try:
-            body = await read_body(request, settings.max_upload_bytes, settings.read_timeout)
-            # In a thread: a multipart body is parsed by pure Python, which would hold the event loop.
-            data = await run_in_threadpool(image_from_body, body, request.headers.get("content-type", ""))
+            data = await self._image(request)
         except BadRequest as err:
             return error(err.status, str(err))
-        predictor = holder.predictor
+        predictor = self.holder.predictor
         if predictor is None:
-            return not_ready()
+            return self.not_ready()
         if not data:
             return error(400, "no image: send it as the raw request body or as the multipart field 'image'")
+        return await self._prediction(predictor, data, request)
+
+    def not_ready(self) -> JSONResponse:
+        return error(503, self.holder.problem, headers={"Retry-After": "5"}, status="not ready")
+
+    async def _image(self, request: Request) -> bytes:
+        """The uploaded photo's bytes (``BadRequest`` when the body is too large, too slow or malformed)."""
+        body = await read_body(request, self.settings.max_upload_bytes, self.settings.read_timeout)
+        # In a thread: a multipart body is parsed by pure Python, which would hold the event loop.
+        return await run_in_threadpool(image_from_body, body, request.headers.get("content-type", ""))
+
+    async def _prediction(self, predictor: Predictor, data: bytes, request: Request) -> Response:
+        """The prediction for ``data`` once it is its turn in the queue, or why there is none."""
         try:
-            return JSONResponse(await queue.run(lambda left: predictor.predict(data, left), request.receive))
+            return JSONResponse(await self.queue.run(lambda left: predictor.predict(data, left), request.receive))
         except ImageError as err:
             return error(STATUS_FOR_IMAGE_ERROR.get(err.status, 400), str(err), status=err.status)
         except Busy as err:
@@ -212,18 +263,3 @@ def create_app(settings: ServeSettings | None = None) -> Starlette:
         except ClientGone as err:
             log.info("dropped a prediction: its client left (%s)", err)
             return Response(status_code=499)  # nobody reads it; nginx's code for a closed request
-
-    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
-        return error(err.status_code, err.detail, headers=err.headers)  # 404, 405 (with Allow) as JSON
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        holder.start()
-        yield
-        holder.stop()
-
-    return Starlette(routes=[
-        Route("/health", logged_once(health), methods=["GET"]),
-        Route("/model", logged_once(model), methods=["GET"]),
-        Route("/predict", logged_once(predict), methods=["POST"]),
-    ], exception_handlers={HTTPException: http_error}, lifespan=lifespan)

@@ -17,7 +17,8 @@ HEADER_BYTES = 32 * 1024  # every request header together; h11 answers 400 past 
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--root", required=True, help="the pipeline's storage root (MLflow store, reports)")
-    serve.add_argument("--model-uri", help="default: models:/emotion-classifier@champion")
+    serve.add_argument("--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> (any registered "
+                       "model of the store); default: models:/emotion-classifier@champion")
     serve.add_argument("--embed-weights", help="default: the weights the model was trained with")
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     serve.add_argument("--host", default="127.0.0.1",
@@ -46,6 +47,14 @@ def exec_uvicorn(args: argparse.Namespace) -> int:
         print(f"emotion-pipeline serve: the storage root {args.root} does not exist (run the pipeline "
               "first, or check --root); nothing was created", file=sys.stderr)
         return 2
+    if args.model_uri:
+        from emotion_pipeline.serve.predictor import parse_model_uri
+
+        try:
+            parse_model_uri(args.model_uri)
+        except ValueError as err:
+            print(f"emotion-pipeline serve: --model-uri: {err}", file=sys.stderr)
+            return 2
     env = {"EMOTION_PIPELINE_ROOT": args.root, "EMOTION_PIPELINE_MAX_UPLOAD_MB": str(args.max_upload_mb),
            "EMOTION_PIPELINE_READ_TIMEOUT": str(args.read_timeout),
            "EMOTION_PIPELINE_HEADER_TIMEOUT": str(args.header_timeout),

@@ -11,8 +11,8 @@ import logging
 import threading
 import time
 
-from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.errors import StoreMissing
+from emotion_pipeline.modeling.tracking import StoreMoved
 from emotion_pipeline.serve.predictor import (
     Predictor,
     ServeSettings,
@@ -33,6 +33,12 @@ def advice_for(err: Exception) -> str:
     if isinstance(err, StoreMissing):
         return ("the storage root or its MLflow store does not exist: check EMOTION_PIPELINE_ROOT "
                 "(or MLFLOW_TRACKING_URI) and run the pipeline first")
+    if isinstance(err, StoreMoved):
+        return ("the storage root was moved or restored here and its MLflow store is read-only: start "
+                "once with write access to the root so that the store points at it")
+    if isinstance(err, MlflowException) and err.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return ("the MLflow tracking server refused the API's login: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (a user with READ on the registered model)")
     if isinstance(err, MlflowException) and err.error_code == "RESOURCE_DOES_NOT_EXIST":
         return "no such registered model or alias yet: run the pipeline until it registers a champion"
     return "the model could not be loaded (is the MLflow tracking server up?); the server log says why"
@@ -73,11 +79,12 @@ class ModelHolder:
 
     def _reload_if_moved(self) -> None:
         """Loads the version the alias points at now, if it moved; the old model serves until then."""
+        if self.predictor is None:  # stopped before the first model loaded
+            return
         current = self.predictor.info["model_version"]
         try:
             client = store_client(self.settings.root)
-            name = PipelineConfig(source=self.settings.root, root=self.settings.root).registered_model
-            version = str(registered_version(client, name, model_uri(self.settings)).version)
+            version = str(registered_version(client, model_uri(self.settings)).version)
             if version == current:
                 return
             started = time.monotonic()

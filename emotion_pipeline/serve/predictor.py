@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from emotion_pipeline.core import catalog
-from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.config import CLASSES, PipelineConfig, detector_min_confidence
 from emotion_pipeline.core.errors import ClientGone, StoreMissing  # re-exported: their home is core.errors
 from emotion_pipeline.core.storage import GCS_SCHEME
 from emotion_pipeline.labelling.faces import build_models, detect_faces
@@ -62,7 +62,11 @@ def read_only_client(root: str):
         return MlflowClient(tracking_uri=explicit)
     database = (Path(explicit.split(":///", 1)[1]) if explicit
                 else tracking._local_mlflow_folder(config) / catalog.MLFLOW_DB)  # the path tracking_uri makes
-    return MlflowClient(tracking_uri=f"sqlite:///{database}") if database.is_file() else None
+    if not database.is_file():
+        return None
+    if not explicit:
+        tracking.relocate_local_store(config)  # a moved or restored root reads its own files, not the old root's
+    return MlflowClient(tracking_uri=f"sqlite:///{database}")
 
 
 def store_client(root: str):
@@ -75,11 +79,31 @@ def store_client(root: str):
     return client
 
 
-def registered_version(client, model_name: str, uri: str):
+MODEL_URI_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """(registered model name, alias, version) of ``models:/<name>@<alias>`` (version None) or
+    ``models:/<name>/<version>`` (alias None); a ValueError for anything else. The name is the URI's,
+    whatever the pipeline's own registered model is called."""
+    rest = uri.removeprefix("models:/") if uri.startswith("models:/") else ""
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        if name and alias and "/" not in alias:
+            return name, alias, None
+    elif "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        if name and version.isdigit():
+            return name, None, version
+    raise ValueError(f"model URI {uri!r}: expected {MODEL_URI_FORMS}")
+
+
+def registered_version(client, uri: str):
     """The model version ``uri`` names (``models:/name@alias`` or ``models:/name/N``) in the registry."""
-    if uri.startswith(f"models:/{model_name}@"):
-        return client.get_model_version_by_alias(model_name, uri.rsplit("@", 1)[1])
-    return client.get_model_version(model_name, uri.rsplit("/", 1)[1])
+    name, alias, version = parse_model_uri(uri)
+    if alias is not None:
+        return client.get_model_version_by_alias(name, alias)
+    return client.get_model_version(name, version)
 
 
 def model_uri(settings: ServeSettings) -> str:
@@ -106,18 +130,19 @@ class Predictor:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        config = PipelineConfig(source=settings.root, root=settings.root)
-        client = store_client(settings.root)
         uri = model_uri(settings)
-        version = registered_version(client, config.registered_model, uri)
+        name = parse_model_uri(uri)[0]  # a bad URI fails before anything is read
+        client = store_client(settings.root)
+        version = registered_version(client, uri)
         run = client.get_run(version.run_id)
         params = run.data.params
         self.info = {
-            "model_uri": uri, "model_version": str(version.version), "run_id": version.run_id,
+            "model_uri": uri, "model_name": name, "model_version": str(version.version), "run_id": version.run_id,
             "classes": list(CLASSES), "metrics": dict(run.data.metrics),
             "embed_input": params.get("config.embed_input", "face"),
             "detector": params.get("config.detector", "mtcnn"),
-            "min_face_confidence": float(params.get("config.min_face_confidence", 0.9)),
+            "min_face_confidence": float(params.get("config.min_face_confidence") or detector_min_confidence(
+                params.get("config.detector", "mtcnn"))),
             "max_image_pixels": settings.max_image_pixels or min(settings.pixel_cap, int(
                 params.get("config.max_image_pixels", _PIPELINE.max_image_pixels))),
             "max_faces": settings.max_faces,
@@ -127,27 +152,34 @@ class Predictor:
         weights = settings.embed_weights or params.get("config.embed_weights", "imagenet")
         self.batch_size = int(params.get("config.embed_batch_size", _PIPELINE.embed_batch_size))
         _use_tracking_uri(client.tracking_uri)
-        self.head = tracking.load_model(f"models:/{config.registered_model}/{version.version}")
+        self.head = tracking.load_model(f"models:/{name}/{version.version}")  # the version resolved above
         # The precision the training vectors were made with (it only differs from float32 on a GPU).
         self.resnet = resnet50(weights, params.get("config.mixed_precision", "True") == "True")
         build_models(("emotion",))  # fail now, not on the first request, if DeepFace weights are missing
         log.info("model %s (version %s) loaded", uri, self.info["model_version"])
 
-    def predict(self, data: bytes, cancelled: threading.Event | None = None) -> dict[str, Any]:
-        """Faces with boxes (original pixels) and the five probabilities. Raises ImageError on bad input,
-        and ClientGone between steps once ``cancelled`` is set (its client left)."""
+    def decode(self, data: bytes) -> Image.Image:
+        """Photo bytes -> the upright RGB photo ``predict`` works on, within this model's pixel cap
+        (ImageError otherwise). For a caller that shows the photo too: decoded once, not twice."""
+        return decode_photo(data, self.info["max_image_pixels"])
+
+    def predict(self, data: bytes | Image.Image, cancelled: threading.Event | None = None) -> dict[str, Any]:
+        """Faces with boxes (original pixels) and the five probabilities, of photo bytes or a photo
+        ``decode`` returned. Raises ImageError on bad input, and ClientGone between steps once
+        ``cancelled`` is set (its client left)."""
         cancelled = cancelled or threading.Event()
         with self._lock:
             boxes, confidences, vectors, found = self.face_vectors(data, cancelled)
-            probabilities = np.asarray(self.head.predict(vectors, verbose=0)) if boxes else []
+            probabilities: np.ndarray | list = np.asarray(self.head.predict(vectors, verbose=0)) if boxes else []
         return {**self._response(boxes, confidences, probabilities), "faces_found": found}
 
-    def face_vectors(self, data: bytes, cancelled: threading.Event) -> tuple[list, list[float], np.ndarray, int]:
+    def face_vectors(self, data: bytes | Image.Image,
+                     cancelled: threading.Event) -> tuple[list, list[float], np.ndarray, int]:
         """The largest ``max_faces`` confident faces of a photo, as the pipeline finds them, the vector
         of each (the same model-input path as embed, ``modeling.embedding``, so the head sees what it
         was trained on), and how many confident faces there were."""
         _stop_if(cancelled, "before decoding")
-        photo = decode_photo(data, self.info["max_image_pixels"])
+        photo = data if isinstance(data, Image.Image) else self.decode(data)
         _stop_if(cancelled, "before detection")
         scale = min(1.0, self.info["detect_max_side"] / max(photo.size))
         small = photo if scale == 1.0 else photo.resize(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.registry import STAGES
-from emotion_pipeline.core.results import StageResult
+from emotion_pipeline.core.results import DiscoverResult, StageResult
 from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import Storage
 
@@ -41,6 +41,7 @@ def run_stages(config: PipelineConfig, names: list[str],
         for shard in pending if stage.per_shard else [None]:
             source, root = storages_for(name, shard) if storages_for else (None, None)
             results[name] = run_stage(name, config, shard, source=source, root=root, run_id="in-process")
-        if name == "discover":
-            pending = results[name].pending
+        discovered = results[name] if name == "discover" else None
+        if isinstance(discovered, DiscoverResult):
+            pending = discovered.pending
     return results

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -26,7 +27,7 @@ from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import EMOTIONS, PipelineConfig
 from emotion_pipeline.core.progress import Progress, in_order_ahead
 from emotion_pipeline.core.results import AnnotateResult
-from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.runner import StageRun
 from emotion_pipeline.core.storage import Storage
 from emotion_pipeline.core.tables import write_table
 from emotion_pipeline.labelling import teachers
@@ -34,14 +35,15 @@ from emotion_pipeline.labelling.faces import (
     RACES,
     analyze_crops,
     build_models,
-    detect_faces,
     detector_is_thread_safe,
     face_detector,
     face_record,
+    model_input,
 )
-from emotion_pipeline.labelling.images import load_rgb_array, read_photo
-from emotion_pipeline.labelling.labels import eligible, face_labels, label_of, pick_label_face
+from emotion_pipeline.labelling.images import read_photo
+from emotion_pipeline.labelling.labels import face_labels, label_of
 from emotion_pipeline.labelling.photo_boundary import PASSED_THROUGH, PhotoBoundary
+from emotion_pipeline.labelling.photo_faces import PhotoFace, label_face, photo_faces
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,6 @@ def attribute_columns(actions: tuple[str, ...]) -> list[str]:
     return columns
 
 
-def annotate_shard(
-    config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
-) -> AnnotateResult:
-    """``run_stage("annotate", config, shard)``: annotate one resized shard unless it is done."""
-    return run_stage("annotate", config, shard, source=source, root=root)
-
-
 def annotate(run: StageRun) -> AnnotateResult:
     """The stage function: faces and their scores for every resized photo of the shard.
 
@@ -86,7 +81,7 @@ def annotate(run: StageRun) -> AnnotateResult:
         MissingUpstream: the shard is not resized yet.
         faces.MissingWeightsError: a DeepFace weight file is missing (names the file and the folder).
     """
-    config, source, root, shard = run.config, run.source, run.root, run.shard
+    config, source, root, shard = run.config, run.source, run.root, run.shard_number
     metadata = run.table("resize")
 
     models = {**build_models(config.actions), **teachers.models(config.teacher)}
@@ -112,22 +107,46 @@ def annotate(run: StageRun) -> AnnotateResult:
     return result
 
 
+@dataclass
+class AnnotatedPhoto:
+    """One photo of the shard on its way through annotate: its resize row's facts, then its faces."""
+    image_id: str
+    source_key: str
+    shard: int
+    status: str
+    error: str | None = None
+    faces: list[PhotoFace] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """What the per-photo boundary reports a failure of this photo with (``photo_boundary``)."""
+        return {"image_id": self.image_id, "source_key": self.source_key, "status": self.status, "error": self.error}
+
+    def fail(self, outcome: dict[str, Any]) -> None:
+        """The status and error the boundary gave it (``outcome``); a failed photo has no face rows."""
+        self.status, self.error, self.faces = outcome["status"], outcome["error"], []
+
+
 def _detect_and_analyze(
     config: PipelineConfig, source: Storage, metadata: pd.DataFrame, models: dict[str, Any]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[AnnotatedPhoto], list[dict[str, Any]]]:
     """Detect faces in worker threads, photo by photo; run the attribute models on batches of crops
     across photos in this thread. Rows keep the shard's order whatever order the threads finish in.
     Whatever one photo makes detection or the models raise is that photo's status and error."""
-    photos: list[dict[str, Any]] = []
+    photos: list[AnnotatedPhoto] = []
     detection, scoring = PhotoBoundary("annotate (detection)"), PhotoBoundary("annotate (emotion model)")
-    pending: list[dict[str, Any]] = []  # photos whose crops wait for the models
+    pending: list[AnnotatedPhoto] = []  # photos whose crops wait for the models
 
-    def detect(row) -> dict[str, Any]:
-        photo = {"image_id": row.image_id, "source_key": row.source_key, "shard": row.shard,
-                 "status": row.status, "error": row.error, "faces": []}
+    def detect(row) -> AnnotatedPhoto:
+        photo = AnnotatedPhoto(row.image_id, row.source_key, row.shard, row.status, row.error)
         if row.status != "ok":
             return photo
-        return detection.run(photo, lambda: {**photo, "faces": _detected(config, source, row.source_key)})
+        found = detection.run(photo.record(), lambda: photo_faces(
+            read_photo(source, row.source_key), config, config.detector, config.min_face_size))
+        if isinstance(found, dict):  # the boundary's status and error
+            photo.fail(found)
+        else:
+            photo.faces = found
+        return photo
 
     if config.detector != "skip":
         face_detector(config.detector)  # built once, before the threads share it
@@ -136,82 +155,83 @@ def _detect_and_analyze(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for photo in in_order_ahead(pool, detect, metadata.itertuples(index=False), ahead=2 * workers):
             photos.append(photo)
-            if photo["faces"]:
+            if photo.faces:
                 pending.append(photo)
-            if sum(len(p["faces"]) for p in pending) >= config.emotion_batch_size:
+            if sum(len(p.faces) for p in pending) >= config.emotion_batch_size:
                 _score(pending, models, scoring)
                 pending.clear()
             progress.step()
     _score(pending, models, scoring)
     detection.check()
     scoring.check()
-    faces = [{"image_id": p["image_id"], "source_key": p["source_key"], **face["box"], **face["scores"]}
-             for p in photos for face in p["faces"]]
+    faces = [{"image_id": p.image_id, "source_key": p.source_key, **face.box(), **face.scores}
+             for p in photos for face in p.faces]
     return photos, faces
 
 
-def _score(photos: list[dict[str, Any]], models: dict[str, Any], boundary: PhotoBoundary) -> None:
+def _score(photos: list[AnnotatedPhoto], models: dict[str, Any], boundary: PhotoBoundary) -> None:
     """The attribute scores of every face of ``photos``, as one batch; when the batch raises, photo by
     photo, so the one photo whose crop breaks a model fails alone (status ``failed``, no face rows)."""
     try:
-        _score_faces([face for photo in photos for face in photo["faces"]], models)
+        _score_faces([face for photo in photos for face in photo.faces], models)
         boundary.count_passed(len(photos))
         return
     except PASSED_THROUGH:
         raise
     except Exception:  # noqa: BLE001 (which photo is at fault is found below, one by one)
         pass
-    for index, photo in enumerate(photos):
-        outcome = boundary.run(photo, lambda: _score_faces(photo["faces"], models))
+    for photo in photos:
+        outcome = boundary.run(photo.record(), lambda: _score_faces(photo.faces, models))
         if outcome is not None:  # marked failed: its faces have no scores, so no face rows
-            photo.update(outcome, faces=[])
+            photo.fail(outcome)
 
 
-def _score_faces(faces: list[dict[str, Any]], models: dict[str, Any]) -> None:
-    crops = [face["crop"] for face in faces]
+def _score_faces(faces: list[PhotoFace], models: dict[str, Any]) -> None:
+    crops = [face.crop_to_score() for face in faces]
+    batch = model_input(crops) if crops else None  # DeepFace's input, made once for both teachers
     deepface = {action: model for action, model in models.items() if action != teachers.MODEL_KEY}
-    scores = analyze_crops(crops, deepface)
+    scores = analyze_crops(crops, deepface, batch)
     records = [face_record(scores, i) for i in range(len(faces))]
-    xception = teachers.score_crops(crops, models.get(teachers.MODEL_KEY))  # NaN without the second teacher
+    xception = teachers.score_crops(crops, models.get(teachers.MODEL_KEY), batch)  # NaN without the second teacher
     records = [{**record, **teachers.scores_record(xception, i)} for i, record in enumerate(records)]
     for face, record in zip(faces, records):
-        face["scores"] = record
-        del face["crop"]  # crops are only needed until their batch runs
+        face.scores = record
+        face.crop = None  # crops are only needed until their batch runs
 
 
-def _detected(config: PipelineConfig, source: Storage, key: str) -> list[dict[str, Any]]:
-    """The faces of one photo: each its crop and its box in the original photo's pixels."""
-    rgb, scale = load_rgb_array(read_photo(source, key), config.max_image_pixels, config.detect_max_side)
-    return [{
-        "crop": face.crop,
-        "box": {
-            "face_index": index,
-            "x": round(face.x / scale), "y": round(face.y / scale),
-            "w": round(face.w / scale), "h": round(face.h / scale),
-            "confidence": face.confidence,
-            "confident": face.confidence >= config.min_face_confidence,
-            "eligible": eligible(face.confidence, face.h / scale, min_confidence=config.min_face_confidence,
-                                 min_size=config.min_face_size),
-        },
-    } for index, face in enumerate(detect_faces(rgb, config.detector))]
-
-
-def _photo_row(photo: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
-    faces = [{**face["box"], **face["scores"]} for face in photo["faces"]]
-    confident = [f for f in faces if f["confident"]]
+def _photo_row(photo: AnnotatedPhoto, config: PipelineConfig) -> dict[str, Any]:
+    """The photo's row of the annotations table: its label face's box, scores and label."""
     row = {
-        "image_id": photo["image_id"], "source_key": photo["source_key"], "shard": photo["shard"],
-        "status": photo["status"], "error": photo["error"], "detector": config.detector,
-        "n_faces": len(faces), "n_confident_faces": len(confident), "label": None,
+        "image_id": photo.image_id, "source_key": photo.source_key, "shard": photo.shard,
+        "status": photo.status, "error": photo.error, "detector": config.detector,
+        "n_faces": len(photo.faces), "n_confident_faces": len([f for f in photo.faces if f.confident]),
+        "label": None,
     }
-    if photo["status"] != "ok":
+    if photo.status != "ok":
         return row
-    candidates = [f for f in faces if f["eligible"]]
-    if not candidates:
+    chosen = label_face(photo.faces, config.label_face)
+    if chosen is None:
         return {**row, "status": "no_face", "error": None}
-    label_face = pick_label_face(candidates, config.label_face)
-    row.update({f"face_{k}": label_face[k] for k in ("x", "y", "w", "h", "confidence")})
-    row["label_face_index"] = label_face["face_index"]
-    row.update({k: label_face.get(k) for k in attribute_columns(config.actions)})  # xception_*: may be absent
-    row["label"] = label_of({e: label_face[f"emotion_{e}"] for e in EMOTIONS}, min_margin=config.min_emotion_margin)
+    row.update(face_x=chosen.x, face_y=chosen.y, face_w=chosen.w, face_h=chosen.h, face_confidence=chosen.confidence,
+               label_face_index=chosen.index)
+    row.update({k: chosen.scores.get(k) for k in attribute_columns(config.actions)})  # xception_*: may be absent
+    row["label"] = label_of({e: chosen.scores[f"emotion_{e}"] for e in EMOTIONS}, min_margin=config.min_emotion_margin)
     return row
+
+
+def annotate_again(root: Storage, shards: list[int]) -> list[str]:
+    """A drift decision's "re-annotate": remove the shards' annotate done markers, so that the next
+    run's discovery finds them pending and annotates them again (with that run's detector and label
+    settings); until then the current annotations stay in the dataset.
+
+    Returns:
+        The markers removed (URIs).
+    """
+    removed = []
+    for shard in shards:
+        marker = catalog.done_marker(catalog.ANNOTATE_FOLDER, int(shard))
+        if root.exists(marker):
+            root.delete(marker)
+            removed.append(root.uri_for(marker))
+    log.info("annotate: shard(s) %s will be annotated again on the next run", ", ".join(map(str, shards)))
+    return removed

@@ -4,28 +4,24 @@ same way (``features/face_vectors.npy``, ``features/face_index``). Only this ste
 vectors; a new batch costs embed only its own shards."""
 from __future__ import annotations
 
-import io
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from emotion_pipeline.core import catalog
+from emotion_pipeline.core.arrays import read_array, write_array
 from emotion_pipeline.core.errors import MissingUpstream
-from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.results import FeaturesResult
-from emotion_pipeline.core.runner import StageRun, run_stage
-from emotion_pipeline.core.storage import Storage
-from emotion_pipeline.core.tables import read_table, write_table
-from emotion_pipeline.modeling.embedding import DIM
-from emotion_pipeline.stages.embed import FACE_INDEX_COLUMNS, npy_bytes
+from emotion_pipeline.core.runner import StageRun
+from emotion_pipeline.core.tables import write_table
+from emotion_pipeline.modeling.embedding import DIM, FACE_INDEX_COLUMNS
+
+INDEX_COLUMNS = {"image_id": object, "source_key": object, "shard": "int64", "input": object}
 
 
-def assemble_features(config: PipelineConfig, *, root: Storage | None = None) -> FeaturesResult:
-    """``run_stage("assemble_features", config)``: assemble the vectors unless they are up to date."""
-    return run_stage("assemble_features", config, root=root)
-
-
-def assemble(run: StageRun) -> FeaturesResult:
+def assemble_features(run: StageRun) -> FeaturesResult:
     """The stage function: stack the shards' vectors in shard order.
 
     Args:
@@ -42,32 +38,35 @@ def assemble(run: StageRun) -> FeaturesResult:
     missing = [s for s in shards if catalog.read_done(root, catalog.EMBED_FOLDER, s) is None]
     if missing:
         raise MissingUpstream(f"shards {missing} are not embedded yet: run the embed stage first")
-    index, vectors = _stack(root, shards, catalog.vector_index, catalog.shard_vectors,
-                            {"image_id": object, "source_key": object, "shard": "int64", "input": object})
+    index, vectors = _stack(run, shards, catalog.VECTOR_INDEX_TABLE, catalog.shard_vectors, INDEX_COLUMNS)
     # No shard yet (a scheduled run before any photo landed): empty outputs, and training skips.
     index.insert(0, "row", np.arange(len(index)))
-    root.write_bytes(catalog.IMAGE_VECTORS, npy_bytes(vectors))
+    write_array(root, catalog.IMAGE_VECTORS, vectors)
     write_table(root, catalog.IMAGE_INDEX, index)
     # Shards embedded before face vectors existed have none: as under label_unit=photo.
-    faces, face_vectors = _stack(root, [s for s in shards if catalog.table_exists(root, catalog.face_vector_index(s))],
-                                 catalog.face_vector_index, catalog.shard_face_vectors, FACE_INDEX_COLUMNS)
+    face_shards = [s for s in shards if catalog.table_exists(root, catalog.face_vector_index(s))]
+    faces, face_vectors = _stack(run, face_shards, catalog.FACE_INDEX_TABLE, catalog.shard_face_vectors,
+                                 FACE_INDEX_COLUMNS)
     faces.insert(0, "row", np.arange(len(faces)))
-    root.write_bytes(catalog.FACE_VECTORS, npy_bytes(face_vectors))
+    write_array(root, catalog.FACE_VECTORS, face_vectors)
     write_table(root, catalog.FACE_INDEX, faces, csv=False)
     return FeaturesResult(vectors=len(index), dim=int(vectors.shape[1]),
                           vectors_uri=root.uri_for(catalog.IMAGE_VECTORS), face_vectors=len(faces))
 
 
-def _stack(root: Storage, shards: list[int], index_key, vectors_key, empty: dict) -> tuple[pd.DataFrame, np.ndarray]:
-    """The shards' index tables and vector matrices, stacked in shard order (typed empty ones for none)."""
-    indexes = [read_table(root, index_key(s)) for s in shards]
-    matrices = [np.load(io.BytesIO(root.read_bytes(vectors_key(s)))) for s in shards]
-    index = pd.concat(indexes, ignore_index=True) if indexes else pd.DataFrame(
-        {name: pd.Series(dtype=kind) for name, kind in empty.items()})
+def _stack(run: StageRun, shards: list[int], index_table: str, vectors_key: Callable[[int], str],
+           empty: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The shards' index tables (embed's ``index_table``) and vector matrices, stacked in shard order
+    (typed empty ones for none)."""
+    index = run.tables("embed", index_table, shards=shards, empty=empty)
+    matrices = [read_array(run.root, vectors_key(s)) for s in shards]
     vectors = np.concatenate(matrices) if matrices else np.zeros((0, DIM), dtype=np.float32)
+    del matrices  # the shards' copies: at 300k rows each copy of the matrix is 2.4 GB
     if len(index) != len(vectors):
         raise AssertionError(f"index has {len(index)} rows but there are {len(vectors)} vectors")
     # A row embed could not make an input for (status and error in its shard's index) holds a zero
     # vector: it never reaches training. Shards embedded before rows had a status are all ok.
     embedded = (index["status"].fillna("ok") == "ok").to_numpy() if "status" in index else np.ones(len(index), bool)
-    return index[embedded].drop(columns=["status", "error"], errors="ignore").reset_index(drop=True), vectors[embedded]
+    if not embedded.all():  # a mask would copy the matrix even when it keeps every row
+        vectors = vectors[embedded]
+    return index[embedded].drop(columns=["status", "error"], errors="ignore").reset_index(drop=True), vectors

@@ -21,6 +21,7 @@ import hashlib
 import io
 import logging
 from pathlib import PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,16 +30,21 @@ from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import CLASSES, EMOTIONS, PipelineConfig
 from emotion_pipeline.core.manifest import content_id, is_image_name, load_manifest
 from emotion_pipeline.core.results import GoldResult
-from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.runner import StageRun
 from emotion_pipeline.core.storage import Storage, open_storage
 from emotion_pipeline.core.tables import write_table
-from emotion_pipeline.labelling.faces import analyze_crops, build_models, detect_faces
-from emotion_pipeline.labelling.images import load_rgb_array, read_photo
-from emotion_pipeline.labelling.labels import eligible, label_of, pick_label_face
+from emotion_pipeline.labelling import teachers
+from emotion_pipeline.labelling.faces import analyze_crops, build_models
+from emotion_pipeline.labelling.images import read_photo
+from emotion_pipeline.labelling.labels import label_of
 from emotion_pipeline.labelling.photo_boundary import PASSED_THROUGH, PhotoBoundary
+from emotion_pipeline.labelling.photo_faces import label_face, photo_faces
 from emotion_pipeline.modeling.evaluation import deepface_agreement
 
 log = logging.getLogger(__name__)
+
+LABELLED_PATH_PARTS = 2  # <label>/<photo> in a gold folder
+
 
 def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
     """(key, label, image_id, data-source) of every gold photo, from a labelled folder or a CSV."""
@@ -54,8 +60,8 @@ def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
             if isinstance(record.get("path"), str) and record["path"]:
                 rows.append({"storage": folder, "key": record["path"], "label": record["label"]})
             else:
-                match = manifest[manifest["image_id"] == record["image_id"]] if manifest is not None else []
-                if len(match) == 0:
+                match = manifest[manifest["image_id"] == record["image_id"]] if manifest is not None else None
+                if match is None or len(match) == 0:
                     raise ValueError(f"{gold_uri}: image_id {record['image_id']} is not in the pipeline's manifest")
                 source_uri = match.iloc[0]["source_uri"]
                 parent, _, key = source_uri.rpartition("/")
@@ -63,7 +69,8 @@ def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
     else:
         folder = open_storage(gold_uri)
         rows = [{"storage": folder, "key": o.key, "label": PurePosixPath(o.key).parts[0]}
-                for o in folder.list() if is_image_name(o.key) and len(PurePosixPath(o.key).parts) == 2]
+                for o in folder.list()
+                if is_image_name(o.key) and len(PurePosixPath(o.key).parts) == LABELLED_PATH_PARTS]
     gold = pd.DataFrame(rows, columns=["storage", "key", "label"])
     unknown = sorted(set(gold["label"]) - set(CLASSES))
     if unknown:
@@ -73,14 +80,10 @@ def list_gold(gold_uri: str, root: Storage) -> pd.DataFrame:
     return gold
 
 
-def annotate_gold(config: PipelineConfig, *, root: Storage | None = None) -> GoldResult:
-    """``run_stage("check_gold", config)``: DeepFace on every gold photo unless done with the same set."""
-    return run_stage("check_gold", config, root=root)
-
-
 def gold_files(run: StageRun) -> str:
     """What the gold check reads besides its settings: every file of the gold folder (or of the CSV's
-    folder, where the photos it names live) by name, size and version, and the CSV itself."""
+    folder, where the photos it names live) by name, size and version, the CSV itself, and the second
+    teacher's file (``teachers.identity``: the gold faces get its scores too)."""
     gold = run.config.gold
     if not gold:
         return ""
@@ -89,7 +92,7 @@ def gold_files(run: StageRun) -> str:
     digest = hashlib.sha256(repr(sorted((o.key, o.size, o.version) for o in folder.list())).encode())
     if is_csv:
         digest.update(folder.read_bytes(gold.rstrip("/").rpartition("/")[2]))
-    return digest.hexdigest()
+    return f"{digest.hexdigest()}-{teachers.identity()}"
 
 
 def check_gold(run: StageRun) -> GoldResult:
@@ -111,7 +114,9 @@ def check_gold(run: StageRun) -> GoldResult:
     gold = list_gold(config.gold, root)
     detector = config.gold_detector or config.detector
     models = build_models(("emotion",))
-    detection, records, crops = PhotoBoundary("gold (detection)"), [], []
+    detection = PhotoBoundary("gold (detection)")
+    records: list[dict[str, Any]] = []
+    crops: list[np.ndarray] = []
     for row in gold.itertuples(index=False):
         record = {"key": row.key, "uri": row.storage.uri_for(row.key), "label": row.label, "status": "ok",
                   "error": None, "face_index": None}
@@ -130,28 +135,48 @@ def check_gold(run: StageRun) -> GoldResult:
     # ...and the label the pipeline gives it: None is "no label" (fear, disgust, a near tie) or no face.
     table["deepface_label"] = [label_of(scores[int(i)], min_margin=config.min_emotion_margin) if pd.notna(i)
                                else None for i in position]
+    # The second teacher's seven scores of the same crops (NaN without its file, teacher=deepface only).
+    xception = _xception_scores(crops, teachers.models(config.teacher).get(teachers.MODEL_KEY))
+    for k, column in enumerate(teachers.XCEPTION_COLUMNS):
+        table[column] = [float(xception[int(i), k]) if pd.notna(i) else None for i in position]
     table = table.drop(columns=["face_index"])
     write_table(root, catalog.GOLD_ANNOTATIONS, table)
-    result = GoldResult(checked=True, photos=len(table), detector=detector, **deepface_agreement(table))
+    agreement = deepface_agreement(table)
     log.info("gold: %d photos, DeepFace accuracy %.3f, macro-F1 %.3f, no face %.1f%%", len(table),
-             result.deepface["accuracy"], result.deepface["macro_f1"], 100 * result.no_face_share)
-    return result
+             agreement["deepface"]["accuracy"], agreement["deepface"]["macro_f1"], 100 * agreement["no_face_share"])
+    return GoldResult(checked=True, photos=len(table), detector=detector, **agreement)
+
+
+def _xception_scores(crops: list, model) -> np.ndarray:
+    """The mini-Xception's scores of every crop, as one batch; when the batch raises, crop by crop, and
+    a crop it cannot take (one pixel wide, which DeepFace's scoring already failed) gets NaN scores."""
+    try:
+        return teachers.score_crops(crops, model)
+    except PASSED_THROUGH:
+        raise
+    except Exception:  # noqa: BLE001 (which crop is at fault is found below, one by one)
+        pass
+    scores = np.full((len(crops), len(EMOTIONS)), np.nan)
+    for i, crop in enumerate(crops):
+        try:
+            scores[i] = teachers.score_crops([crop], model)[0]
+        except PASSED_THROUGH:
+            raise
+        except Exception as err:  # noqa: BLE001 (one crop's failure costs that crop's scores only)
+            log.warning("gold: the mini-Xception cannot score crop %d (%s): no scores for it", i, type(err).__name__)
+    return scores
 
 
 def _gold_face(config: PipelineConfig, detector: str, row, record: dict) -> dict:
-    """One gold photo's record with its label face (box, confidence and ``crop``), or ``no_face``."""
+    """One gold photo's record with its label face (box, confidence and ``crop``), or ``no_face``: the
+    face annotate would label the photo with (``photo_faces``)."""
     data = read_photo(row.storage, row.key)
     record["image_id"] = content_id(data, row.key)
-    rgb, scale = load_rgb_array(data, config.max_image_pixels, config.detect_max_side)
-    min_size = 0 if detector == "skip" else config.min_face_size
-    faces = [{"w": f.w / scale, "h": f.h / scale, "confidence": f.confidence, "face": f}
-             for f in detect_faces(rgb, detector)]
-    faces = [f for f in faces if eligible(f["confidence"], f["h"], min_confidence=config.min_face_confidence,
-                                          min_size=min_size)]
-    if not faces:
+    min_size = 0 if detector == "skip" else config.min_face_size  # a face crop is the face, whatever its size
+    chosen = label_face(photo_faces(data, config, detector, min_size), config.label_face)
+    if chosen is None:
         return {**record, "status": "no_face"}
-    chosen = pick_label_face(faces, config.label_face)["face"]
-    return {**record, **{f"face_{k}": round(getattr(chosen, k) / scale) for k in ("x", "y", "w", "h")},
+    return {**record, "face_x": chosen.x, "face_y": chosen.y, "face_w": chosen.w, "face_h": chosen.h,
             "face_confidence": chosen.confidence, "crop": chosen.crop}
 
 
@@ -174,9 +199,3 @@ def _gold_scores(records: list[dict], crops: list, models: dict) -> np.ndarray:
             scores[i] = outcome
     scoring.check()
     return scores
-
-
-def gold_ids(root: Storage) -> set[str]:
-    """Content ids of the gold photos (excluded from training), empty when there is no gold set."""
-    table = catalog.read_gold_annotations(root)
-    return set() if table is None else set(table["image_id"].dropna())

@@ -27,22 +27,15 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from emotion_pipeline.core import catalog
-from emotion_pipeline.core.errors import MissingUpstream
-from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.progress import Progress
 from emotion_pipeline.core.results import DedupeResult
-from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.runner import StageRun
 from emotion_pipeline.core.storage import Storage
 from emotion_pipeline.core.tables import read_table, write_table
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["image_id", "source_key", "shard", "phash", "hashed_size", "status", "error", "duplicate_of", "distance"]
-
-
-def dedupe_photos(config: PipelineConfig, *, root: Storage | None = None) -> DedupeResult:
-    """``run_stage("dedupe", config)``: find near duplicates unless nothing changed since the last call."""
-    return run_stage("dedupe", config, root=root)
 
 
 def dedupe(run: StageRun) -> DedupeResult:
@@ -80,7 +73,7 @@ def dedupe(run: StageRun) -> DedupeResult:
     is_copy = originals >= 0
     photos["duplicate_of"] = [photos["source_key"].iat[o] if o >= 0 else None for o in originals]
     photos["distance"] = np.where(is_copy, distances, -1)
-    photos["status"] = np.where(is_copy, "near_duplicate", None)
+    photos["status"] = ["near_duplicate" if copy else None for copy in is_copy]
     photos["error"] = [f"near duplicate of {d} ({n} of 64 hash bits differ)" if d else None
                        for d, n in zip(photos["duplicate_of"], photos["distance"])]
     write_table(root, catalog.NEAR_DUPLICATES, photos[COLUMNS])
@@ -139,13 +132,9 @@ def near_duplicates(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, 
 
 def _resized_photos(run: StageRun) -> pd.DataFrame:
     """Every present photo resized ok, in (shard, source_key) order: the order that decides originals."""
-    tables = []
-    for shard in run.present_shards():
-        table = read_table(run.root, catalog.metadata(shard))
-        if table is None:
-            raise MissingUpstream(f"shard {shard} is not resized yet: run the resize stage first")
-        tables.append(table.loc[table["status"] == "ok", ["image_id", "source_key", "shard"]])
-    photos = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image_id", "source_key", "shard"])
+    columns = ["image_id", "source_key", "shard"]
+    metadata = run.tables("resize", empty=[*columns, "status"])
+    photos = metadata.loc[metadata["status"] == "ok", columns]
     present = set(run.photos["source_key"])
     photos = photos[photos["source_key"].isin(present)]
     return photos.sort_values(["shard", "source_key"]).reset_index(drop=True)

@@ -2,19 +2,10 @@
 from __future__ import annotations
 
 from emotion_pipeline.core import manifest
-from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.registry import shard_stages
 from emotion_pipeline.core.results import DiscoverResult
-from emotion_pipeline.core.runner import StageRun, is_complete, run_stage
-from emotion_pipeline.core.storage import Storage
+from emotion_pipeline.core.runner import StageRun, is_complete
 from emotion_pipeline.labelling import teachers
-
-
-def discover_images(
-    config: PipelineConfig, *, source: Storage | None = None, root: Storage | None = None
-) -> DiscoverResult:
-    """``run_stage("discover", config)``: update the manifest and say which shards have work left."""
-    return run_stage("discover", config, source=source, root=root)
 
 
 def discover(run: StageRun) -> DiscoverResult:

@@ -15,7 +15,7 @@ from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import PipelineConfig
 from emotion_pipeline.core.progress import Progress
 from emotion_pipeline.core.results import ResizeResult
-from emotion_pipeline.core.runner import StageRun, run_stage
+from emotion_pipeline.core.runner import StageRun
 from emotion_pipeline.core.storage import Storage
 from emotion_pipeline.core.tables import write_table
 from emotion_pipeline.labelling.images import decode_rgb, letterbox, open_checked, read_photo, to_jpeg
@@ -27,13 +27,6 @@ COLUMNS = [
     "image_id", "source_key", "source_uri", "shard", "orig_width", "orig_height", "upright_width",
     "upright_height", "orig_format", "orig_mode", "orig_bytes", "processed_uri", "status", "error",
 ]  # orig_*: as stored in the file; upright_*: after EXIF orientation, the frame face boxes are in
-
-
-def resize_shard(
-    config: PipelineConfig, shard: int, *, source: Storage | None = None, root: Storage | None = None
-) -> ResizeResult:
-    """``run_stage("resize", config, shard)``: resize one shard unless it is done with the same input."""
-    return run_stage("resize", config, shard, source=source, root=root)
 
 
 def resize(run: StageRun) -> ResizeResult:
@@ -48,7 +41,7 @@ def resize(run: StageRun) -> ResizeResult:
     Raises:
         storage.StorageError: the root cannot be written (a full disk, a denied permission).
     """
-    config, source, root, shard = run.config, run.source, run.root, run.shard
+    config, source, root, shard = run.config, run.source, run.root, run.shard_number
     root.sweep_temp_files(catalog.PROCESSED_FOLDER)  # photos a killed attempt was writing when it died
     progress = Progress(f"resize shard {shard}", len(run.photos))
 

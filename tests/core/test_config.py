@@ -4,7 +4,13 @@ import json
 import pandas as pd
 import pytest
 
-from emotion_pipeline.core.config import PipelineConfig, deployment_default, deployment_environment, knobs
+from emotion_pipeline.core.config import (
+    PipelineConfig,
+    deployment_default,
+    deployment_environment,
+    form_params,
+    knobs,
+)
 from emotion_pipeline.core.manifest import shard_fingerprint
 
 
@@ -16,7 +22,23 @@ def test_from_mapping_reads_params_and_ignores_unknown_and_empty():
     assert config.shard_size == 7
     assert config.actions == ("emotion", "age")
     assert config.alert_emails == ("a@x",)
-    assert config.detector == "mtcnn" and config.limit is None
+    assert config.detector == "yunet" and config.limit is None
+
+
+def test_the_face_confidence_threshold_is_the_detectors_own_unless_set():
+    """A confidence means something different to each detector (YuNet's scores stop below 0.95):
+    left empty, min_face_confidence is the detector's own, and follows the detector on replace()."""
+    config = PipelineConfig(source="in", root="out")
+    assert (config.detector, config.min_face_confidence) == ("yunet", 0.7)
+    assert PipelineConfig(source="in", root="out", detector="mtcnn").min_face_confidence == 0.9
+    assert PipelineConfig(source="in", root="out", detector="opencv").min_face_confidence == 0.9
+    assert PipelineConfig.from_mapping({"source": "in", "root": "out", "detector": "mtcnn",
+                                        "min_face_confidence": ""}).min_face_confidence == 0.9
+    assert config.replace(detector="mtcnn").min_face_confidence == 0.9
+    assert config.replace(detector="mtcnn").replace(detector="yunet").min_face_confidence == 0.7
+    chosen = PipelineConfig(source="in", root="out", min_face_confidence=0.8)
+    assert chosen.replace(detector="mtcnn").min_face_confidence == 0.8  # a value someone set stays
+    assert form_params()["min_face_confidence"][0] is None  # the form's empty field: the detector's own
 
 
 def test_round_trip_through_params():
@@ -58,7 +80,8 @@ def _knob_cases():
         if k.choices and k.type is str:
             samples.append(k.choices[-1])
         elif k.type is int and not isinstance(k.default, bool):
-            samples.append(int(max(k.minimum or 0, k.exclusive_minimum or 0)) + 3 if k.maximum is None else int(k.maximum))
+            samples.append(int(max(k.minimum or 0, k.exclusive_minimum or 0)) + 3 if k.maximum is None
+                           else int(k.maximum))
         elif k.type is float:
             samples.append(float(k.maximum if k.maximum is not None else (k.minimum or 0) + 1))
         for sample in samples:

@@ -1,4 +1,5 @@
-"""The package's layers, as tests: consumers never import stages, and only the catalog spells keys."""
+"""The package's layers, as tests: consumers never import stages, only the orchestration layer imports
+Airflow, and only the catalog spells keys."""
 import ast
 from pathlib import Path
 
@@ -9,8 +10,10 @@ from emotion_pipeline.core import catalog
 PACKAGE = Path(__file__).resolve().parents[2] / "emotion_pipeline"
 # Modules that read stage outputs without being stages: they go through the catalog, never stages/.
 CONSUMERS = ["modeling", "serve", "reporting", "core/catalog.py", "core/registry.py", "core/results.py"]
-FOLDERS = {catalog.RESIZE_FOLDER, catalog.ANNOTATE_FOLDER, catalog.DEDUPE_FOLDER, catalog.EMBED_FOLDER, catalog.MERGE_FOLDER, catalog.DRIFT_FOLDER,
-           catalog.GOLD_FOLDER, catalog.TRAIN_FOLDER, catalog.EVALUATE_FOLDER, catalog.MLFLOW_FOLDER, catalog.PROCESSED_FOLDER, catalog.MANIFEST_FOLDER}
+FOLDERS = {catalog.RESIZE_FOLDER, catalog.ANNOTATE_FOLDER, catalog.DEDUPE_FOLDER, catalog.EMBED_FOLDER,
+           catalog.MERGE_FOLDER, catalog.DRIFT_FOLDER, catalog.GOLD_FOLDER, catalog.TRAIN_FOLDER,
+           catalog.EVALUATE_FOLDER, catalog.MLFLOW_FOLDER, catalog.PROCESSED_FOLDER, catalog.MANIFEST_FOLDER,
+           catalog.REVIEWS_FOLDER}
 FILE_NAMES = {v.rsplit("/", 1)[-1] for k, v in vars(catalog).items() if k.isupper() and isinstance(v, str) and "." in v}
 
 
@@ -56,6 +59,19 @@ def key_literals(path: Path) -> list[str]:
 @pytest.mark.parametrize("path", python_files(*CONSUMERS), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_consumers_do_not_import_stages(path):
     assert not [m for m in imports_of(path) if m.startswith("emotion_pipeline.stages")]
+
+
+# Airflow is imported by the orchestration layer (the DAG builder, alerts, fail-fast) and by local/,
+# which starts and drives Airflow on this machine (and by dags/): stages, models and the API never.
+AIRFLOW_LAYERS = ("orchestration", "local")
+
+
+WITHOUT_AIRFLOW = [p for p in python_files(".") if p.relative_to(PACKAGE).parts[0] not in AIRFLOW_LAYERS]
+
+
+@pytest.mark.parametrize("path", WITHOUT_AIRFLOW, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_orchestration_layer_imports_airflow(path):
+    assert not [m for m in imports_of(path) if m.split(".")[0] == "airflow"]
 
 
 OUTSIDE_THE_CATALOG = [p for p in python_files(".") if p.name != "catalog.py"] + sorted(

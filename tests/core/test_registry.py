@@ -1,6 +1,9 @@
-"""The stage contract: a new stage is a module and a registry line, and everything else follows;
-every knob is declared once and the trigger form and the CLI come from that declaration."""
+"""The stage contract: a new stage is a module and a registry line, and everything else follows (the
+DAG's tasks and edges too, with no edit of dags/); every knob is declared once and the trigger form
+and the CLI come from that declaration."""
+import contextlib
 import dataclasses
+import importlib.util
 import io
 import json
 
@@ -11,13 +14,22 @@ from PIL import Image
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import SECTIONS, PipelineConfig, form_params, knobs
-from emotion_pipeline.core.registry import STAGES, Stage, covered_by, photo_tables, shard_stages, upstream_of
+from emotion_pipeline.core.registry import (
+    STAGES,
+    Stage,
+    covered_by,
+    execution_timeout,
+    graph,
+    photo_tables,
+    shard_stages,
+    upstream_of,
+)
 from emotion_pipeline.core.results import StageResult
 from emotion_pipeline.core.runner import StageRun, run_stage
 from emotion_pipeline.core.storage import open_storage
 from emotion_pipeline.core.tables import read_table, write_table
 from emotion_pipeline.local import cli
-from tests.conftest import FLICKR, copy_photos, flickr_names
+from tests.conftest import FLICKR, REPO, copy_photos, flickr_names
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -39,18 +51,47 @@ def brightness(run: StageRun) -> BrightnessResult:
     return BrightnessResult(shard=run.shard, dark=sum(r["status"] == "dark" for r in rows))
 
 
+# The new stage's one registry line.
+BRIGHTNESS = Stage("brightness", f"{__name__}:brightness", BrightnessResult, "brightness", per_shard=True,
+                   upstream=("resize",), knobs=("image_size",), photo_table="brightness")
+
+
+@contextlib.contextmanager
+def registered(stages: dict[str, Stage]):
+    """The registry holding ``stages`` (in their order) for a while."""
+    saved = dict(STAGES)
+    STAGES.clear()
+    STAGES.update(stages)
+    try:
+        yield
+    finally:
+        STAGES.clear()
+        STAGES.update(saved)
+
+
 @pytest.fixture
 def pipeline_with_a_new_stage():
     """The registry with the new stage's one line (and, to keep the test short, without DeepFace's stages)."""
-    saved = dict(STAGES)
-    new = Stage("brightness", f"{__name__}:brightness", BrightnessResult, "brightness", per_shard=True,
-                upstream=("resize",), knobs=("image_size",), photo_table="brightness")
-    kept = {name: saved[name] for name in ("discover", "resize")}
-    STAGES.clear()
-    STAGES.update({**kept, "brightness": new, "merge": saved["merge"]})  # merge as it is declared
-    yield
-    STAGES.clear()
-    STAGES.update(saved)
+    kept = {name: STAGES[name] for name in ("discover", "resize")}
+    with registered({**kept, "brightness": BRIGHTNESS, "merge": STAGES["merge"]}):  # merge as it is declared
+        yield
+
+
+def the_real_dag():
+    """dags/emotion_pipeline_dag.py as it is, run in this process: its tasks come from the registry as it
+    is now, through orchestration.dag_builder, as when Airflow parses it."""
+    spec = importlib.util.spec_from_file_location("dag_under_test", REPO / "dags" / "emotion_pipeline_dag.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.emotion_pipeline()  # the @dag function: a fresh DAG
+
+
+def wiring(dag) -> dict[str, set[str]]:
+    return {task_id: set(t.upstream_task_ids) for task_id, t in dag.task_dict.items()}
+
+
+def mapped_over(task) -> list[str]:
+    return [t.task_id for t in task.iter_mapped_dependencies()] if "Mapped" in type(task).__name__ else []
 
 
 def test_a_new_stage_is_a_module_and_a_registry_line(tmp_path, pipeline_with_a_new_stage, capsys):
@@ -88,17 +129,47 @@ def test_a_new_stage_is_a_module_and_a_registry_line(tmp_path, pipeline_with_a_n
     assert merged.statuses == {"ok": 4, "dark": 2}
     assert dataset.loc["night.jpg", "status"] == "dark" and dataset["brightness"].notna().all()
 
+    # The DAG, with no edit of dags/: a task mapped over resize's shards, which merge waits for.
+    dag = the_real_dag()
+    assert wiring(dag) == {"discover": set(), "resize": {"discover"}, "brightness": {"resize"},
+                           "merge": {"brightness"}}  # merge reads resize's table too: brightness runs after it
+    task = dag.task_dict["brightness"]
+    assert mapped_over(task) == ["resize"] and task.queue != "gpu" and task.retries == 2
+    assert task.execution_timeout == execution_timeout(BRIGHTNESS, dag.params["shard_size"])
+
+
+def test_a_new_stage_joins_the_whole_real_dag_with_no_edit_of_it():
+    """The whole pipeline plus the new stage's line: its task and its edges, every other edge as it was."""
+    from emotion_pipeline.orchestration.decisions import graph as dag_graph  # the stages' and the questions'
+
+    as_it_is = wiring(the_real_dag())
+    assert as_it_is == {name: set(waits_for) for name, waits_for in dag_graph().items()}
+    with_it = {}
+    for name, spec in STAGES.items():
+        with_it[name] = spec
+        if name == "resize":
+            with_it["brightness"] = BRIGHTNESS  # its line after resize's
+    with registered(with_it):
+        dag = the_real_dag()
+    assert wiring(dag) == {**as_it_is, "brightness": {"resize"}, "merge": as_it_is["merge"] | {"brightness"}}
+    assert mapped_over(dag.task_dict["brightness"]) == ["resize"]
+
 
 def test_every_stage_function_and_input_hook_is_importable():
     from emotion_pipeline.core.runner import _function
 
     for stage in STAGES.values():
         assert callable(_function(stage)), stage.name
+        assert stage.function.endswith(f":{stage.name}"), stage.name  # one name: the stage's, its function's
         if stage.inputs:
             assert callable(_function(stage, stage.inputs)), stage.name
-        assert set(stage.upstream) <= set(STAGES) and list(STAGES).index(stage.name) > max(
-            [list(STAGES).index(u) for u in stage.upstream], default=-1), stage.name  # upstream comes first
+        if stage.alert:
+            assert callable(_function(stage, stage.alert.function)), stage.name
+        waits_for = stage.upstream + stage.after
+        assert set(waits_for) <= set(STAGES) and list(STAGES).index(stage.name) > max(
+            [list(STAGES).index(u) for u in waits_for], default=-1), stage.name  # upstream comes first
         assert set(stage.knobs) <= {f.name for f in dataclasses.fields(PipelineConfig)}, stage.name
+    assert set(STAGES) <= set(graph())  # every stage is a task of the DAG
 
 
 def test_the_trigger_form_comes_from_the_knobs_grouped_in_sections():
@@ -133,7 +204,7 @@ def test_cli_options_come_from_the_knobs():
     config = PipelineConfig.from_mapping(cli.config_values(args))
     assert (config.shard_size, config.actions, config.force_train, config.mixed_precision, config.drift_threshold) == (
         5, ("emotion", "age"), True, False, 0.3)
-    assert config.detector == "mtcnn"  # not given: the declared default
+    assert config.detector == "yunet"  # not given: the declared default
     with pytest.raises(SystemExit):  # choices come from the declaration too
         cli.build_parser().parse_args(["stage", "resize", "--source", "a", "--root", "b", "--detector", "nope"])
     with pytest.raises(ValueError, match="min_rows_per_class must be >= 3"):  # and bounds

@@ -94,7 +94,8 @@ def independent_caption_labels(min_agree: int) -> dict[str, str]:
     for line in FLICKR_CAPTIONS.read_text().splitlines()[1:]:
         name, _, comment = line.split(",", 2)
         for emotion, ps in patterns.items():
-            hit = any(re.search(rf"(?<!not )(?<!no )(?<!without )(?<!without a )\b(?:{p})\b", comment, re.I) for p in ps)
+            hit = any(re.search(rf"(?<!not )(?<!no )(?<!without )(?<!without a )\b(?:{p})\b", comment, re.I)
+                      for p in ps)
             votes.setdefault(name, {}).setdefault(emotion, 0)
             votes[name][emotion] += hit
     labels = {}
@@ -117,7 +118,8 @@ def test_the_caption_check_is_in_the_report_metrics_and_mlflow(trained_root, mon
     check = json.loads(root.read_bytes(catalog.report_file(version, catalog.REPORT_METRICS)))["captions"]
     expected = independent_caption_labels(config.caption_min_agree)
     dataset = catalog.read_dataset(root)
-    dataset = dataset[dataset["status"] != "removed"].assign(name=lambda d: d["source_key"].str.rsplit("/", n=1).str[-1])
+    dataset = dataset[dataset["status"] != "removed"].assign(
+        name=lambda d: d["source_key"].str.rsplit("/", n=1).str[-1])
     captioned = dataset[dataset["name"].isin({line.split(",", 1)[0] for line in
                                               FLICKR_CAPTIONS.read_text().splitlines()[1:]})]
     covered = captioned[captioned["name"].isin(expected)].assign(caption=lambda d: d["name"].map(expected))

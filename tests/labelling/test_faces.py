@@ -1,9 +1,12 @@
 """The real DeepFace models on real photos (shared emotion weights, offline)."""
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from emotion_pipeline.core.config import EMOTIONS
+from emotion_pipeline.core.config import EMOTIONS, detector_min_confidence
 from emotion_pipeline.labelling import teachers
 from emotion_pipeline.labelling.faces import (
     MissingWeightsError,
@@ -92,6 +95,111 @@ def test_compiled_mtcnn_gives_deepface_its_own_boxes_and_scores_from_threads():
     expected = [eager.detect_faces(image) for image in framed]
     assert sum(len(found) for found in expected) >= 6
     assert compiled == expected  # FacialAreaRegion dataclasses: boxes, eyes, confidences
+
+
+# Sample photos with several people, small faces among them (the Flickr30k faces MTCNN and
+# DeepFace's YuNet wrapper miss): the first 40 of the sample by name.
+YUNET_PHOTOS = 40
+
+
+def direct_yunet(image: np.ndarray, threshold: float) -> np.ndarray:
+    """YuNet as OpenCV's own sample calls it, on the photo as it is: rows x, y, w, h, ..., score."""
+    import cv2
+
+    weights = os.path.join(os.environ["DEEPFACE_HOME"], ".deepface", "weights", "face_detection_yunet_2023mar.onnx")
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+    model = cv2.FaceDetectorYN.create(weights, "", (bgr.shape[1], bgr.shape[0]), threshold)
+    _, found = model.detect(bgr)
+    return np.zeros((0, 15)) if found is None else found
+
+
+def test_yunet_finds_the_boxes_of_a_direct_opencv_call_and_more_faces_than_deepfaces_wrapper(monkeypatch):
+    """The pipeline's YuNet path (photo at its own resolution, boxes offset into DeepFace's frame for
+    the alignment crop) against YuNet called directly on the unframed photo at the same threshold:
+    the same faces, boxes within a pixel (the pipeline's are DeepFace's integer boxes, clipped to the
+    photo as DeepFace clips them), the same scores. DeepFace's wrapper (the framed photo shrunk to
+    640 px) at that threshold finds fewer."""
+    from deepface.modules import detection
+
+    threshold = detector_min_confidence("yunet")
+    monkeypatch.setenv("yunet_score_threshold", str(threshold))  # DeepFace's wrapper reads it per call
+    mine_total = theirs_total = 0
+    for name in flickr_names(YUNET_PHOTOS):
+        image = rgb(FLICKR / name)
+        height, width = image.shape[:2]
+        mine = [f for f in detect_faces(image, "yunet") if f.confidence >= threshold]
+        direct = direct_yunet(image, threshold)
+        assert len(mine) == len(direct), name
+        for face, row in zip(sorted(mine, key=lambda f: -f.confidence), direct[np.argsort(-direct[:, -1])]):
+            x, y = max(0.0, row[0]), max(0.0, row[1])
+            expected = (x, y, min(width - x - 1, row[2]), min(height - y - 1, row[3]))
+            np.testing.assert_allclose((face.x, face.y, face.w, face.h), expected, atol=1, err_msg=name)
+            assert face.confidence == float(row[-1])
+            assert face.crop.ndim == 3 and face.crop.shape[0] > 0 and face.crop.max() <= 1.0
+        mine_total += len(mine)
+        try:
+            theirs_total += len(detection.extract_faces(image[:, :, ::-1].copy(), detector_backend="yunet",
+                                                        enforce_detection=True, align=True))
+        except ValueError:  # DeepFace's FaceNotDetected
+            pass
+    assert mine_total > theirs_total
+    assert mine_total >= 40  # the sample's first 40 photos hold dozens of faces
+
+
+def test_a_photo_upscaled_twice_keeps_its_faces():
+    """YuNet sees the photo at its own resolution, so a 2x copy of a sample photo has the same faces
+    at twice the coordinates (DeepFace's wrapper shrank anything over 640 px: the 2x copy lost its
+    small faces)."""
+    threshold = detector_min_confidence("yunet")
+    kept = 0
+    for name in flickr_names(YUNET_PHOTOS)[:12]:
+        image = rgb(FLICKR / name)
+        big = np.asarray(Image.fromarray(image).resize((2 * image.shape[1], 2 * image.shape[0]),
+                                                       Image.Resampling.BICUBIC))
+        small_faces = [f for f in detect_faces(image, "yunet") if f.confidence >= threshold and f.h >= 20]
+        big_faces = [f for f in detect_faces(big, "yunet") if f.confidence >= threshold]
+        for face in small_faces:
+            overlaps = [iou((2 * face.x, 2 * face.y, 2 * face.w, 2 * face.h), (b.x, b.y, b.w, b.h)) for b in big_faces]
+            assert max(overlaps, default=0) >= 0.6, f"{name}: the face at {face.x},{face.y} is lost at 2x"
+        kept += len(small_faces)
+    assert kept >= 10
+
+
+def iou(a, b) -> float:
+    w = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    h = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+def test_yunet_gives_the_same_faces_from_threads():
+    """Annotate detects from several threads: YuNet keeps one OpenCV detector per thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emotion_pipeline.labelling.faces import detector_is_thread_safe
+
+    assert detector_is_thread_safe("yunet")
+    images = [rgb(FLICKR / name) for name in flickr_names(8)]
+
+    def boxes(image):
+        return [(f.x, f.y, f.w, f.h, f.confidence) for f in detect_faces(image, "yunet")]
+
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(boxes, images * 3))
+    assert threaded == [boxes(image) for image in images] * 3
+
+
+def test_yunet_weights_are_where_deepface_keeps_them(tmp_path, monkeypatch):
+    """The file DeepFace's own YuNet downloads, at the path DeepFace uses ($DEEPFACE_HOME, else the
+    home folder: ~/.deepface/weights): the project never needs ../shared, only tests point there."""
+    from deepface.commons import folder_utils
+
+    from emotion_pipeline.labelling.faces import YUNET_WEIGHTS, YuNet, weights_dir
+
+    assert YuNet().weights == str(weights_dir() / YUNET_WEIGHTS)
+    monkeypatch.delenv("DEEPFACE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert weights_dir() == tmp_path / ".deepface" / "weights"
+    assert weights_dir() == Path(folder_utils.get_deepface_home()) / ".deepface" / "weights"
 
 
 def test_skip_detector_treats_the_whole_photo_as_the_face():

@@ -5,8 +5,9 @@ import pytest
 
 from emotion_pipeline.core.config import EMOTIONS, PipelineConfig
 from emotion_pipeline.labelling import label_policy
-from emotion_pipeline.reporting.charts import label_policy_chart
-from emotion_pipeline.stages.annotate import _photo_row
+from emotion_pipeline.reporting.charts import label_policy_chart, teacher_policy_chart
+from emotion_pipeline.stages.annotate import AnnotatedPhoto, _photo_row
+from tests.labelling.test_labels import photo_face
 
 
 def random_faces(seed: int, photos: int = 60) -> pd.DataFrame:
@@ -36,8 +37,7 @@ def test_the_curves_label_each_photo_as_annotate_does(policy):
         rows = [{**r, "confident": r["confidence"] >= config.min_face_confidence,
                  "eligible": r["confidence"] >= config.min_face_confidence and r["h"] >= config.min_face_size}
                 for r in group.to_dict("records")]
-        photo = {"image_id": image_id, "source_key": "k", "shard": 0, "status": "ok", "error": None,
-                 "faces": [{"box": r, "scores": {}} for r in rows]}
+        photo = AnnotatedPhoto(image_id, "k", 0, "ok", faces=[photo_face(r) for r in rows])
         expected[image_id] = _photo_row(photo, config)["label"]
     labels = label_policy.photo_labels(faces, policy)
     assert {k: (v if isinstance(v, str) else None) for k, v in labels.items()} == expected
@@ -60,7 +60,7 @@ def test_stricter_thresholds_keep_fewer_labels_and_agreement_is_measured_on_thos
     assert margin[0.3]["caption_agreement"] == 1.0 and margin[0.3]["caption_n"] == len(truth)
     assert margin[0.0]["caption_agreement"] == 1.0  # a laxer margin keeps the same labels on those photos
     chosen = label_policy.chosen_points(config, curves)
-    assert chosen["min_face_confidence"]["value"] == 0.9
+    assert chosen["min_face_confidence"]["value"] == config.min_face_confidence  # the detector's own (yunet: 0.7)
     assert label_policy_chart(curves, chosen)[:4] == b"\x89PNG"
 
 
@@ -78,3 +78,63 @@ def test_gold_curves_use_the_stored_face_and_skip_sizes_for_crops():
     assert big["gold_n"] == 0 and big["gold_agreement"] is None  # 48 px faces are all too small
     assert next(p for p in crops["min_face_size"] if p["value"] == 60)["gold_n"] == 2
     assert sized["min_face_size"][0]["gold_agreement"] == 0.5  # g1 right, g2 (sad) called happy
+
+
+def with_second_teacher(faces: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """``faces`` with mini-Xception scores (``xception_*``) drawn independently of DeepFace's."""
+    rng = np.random.default_rng(seed)
+    scores = rng.dirichlet(np.full(len(EMOTIONS), 0.7), size=len(faces)) * 100
+    return faces.assign(**{f"xception_{e}": scores[:, i] for i, e in enumerate(EMOTIONS)})
+
+
+def independent_point(faces: pd.DataFrame, photos: list[str], truth: pd.Series, config: PipelineConfig,
+                      prefixes: list[str], margin: float) -> tuple[float, float]:
+    """Coverage and caption agreement at one margin, by hand: each photo's largest eligible face (first
+    detected on a tie), the average of the named score sets, the dominant emotion if it is one of the
+    five classes and leads the runner-up by ``margin`` of the total."""
+    labels = {}
+    for image_id in photos:
+        group = faces[(faces["image_id"] == image_id) & (faces["confidence"] >= config.min_face_confidence)
+                      & (faces["h"] >= config.min_face_size)]
+        if group.empty:
+            continue
+        face = group.loc[(group["w"] * group["h"]).idxmax()]  # idxmax: the first of equal areas
+        scores = np.mean([[face[f"{p}{e}"] for e in EMOTIONS] for p in prefixes], axis=0)
+        shares = np.sort(scores / scores.sum())[::-1]
+        top = EMOTIONS[int(np.argmax(scores))]
+        if top in ("happy", "sad", "angry", "surprise", "neutral") and shares[0] - shares[1] >= margin:
+            labels[image_id] = top
+    agree = [labels[i] == truth[i] for i in truth.index if i in labels]
+    return len(labels) / len(photos), sum(agree) / len(agree)
+
+
+def test_curves_per_teacher_differ_where_the_teachers_differ():
+    faces = with_second_teacher(random_faces(5, photos=200), seed=11)
+    photos = sorted(faces["image_id"].unique())
+    config = PipelineConfig(source="s", root="r", label_face="largest")
+    truth = label_policy.photo_labels(faces, {"min_face_confidence": config.min_face_confidence,
+                                              "min_face_size": config.min_face_size,
+                                              "min_emotion_margin": 0.0, "label_face": "largest"}).dropna()
+    curves = label_policy.teacher_curves(config, pd.Series(photos), faces, caption_labels=truth)
+    assert set(curves) == {"deepface", "mini_xception", "mean"}
+    assert curves["deepface"] == label_policy.policy_curves(config, pd.Series(photos), faces, caption_labels=truth)
+    margin = {teacher: {p["value"]: p for p in c["min_emotion_margin"]} for teacher, c in curves.items()}
+    for teacher, prefixes in (("mini_xception", ["xception_"]), ("mean", ["emotion_", "xception_"])):
+        coverage, agreement = independent_point(faces, photos, truth, config, prefixes, margin=0.2)
+        assert margin[teacher][0.2]["coverage"] == pytest.approx(coverage), teacher
+        assert margin[teacher][0.2]["caption_agreement"] == pytest.approx(agreement), teacher
+    # The captions here are DeepFace's own labels: its curve agrees fully, the other network's does not.
+    assert margin["deepface"][0.2]["caption_agreement"] == 1.0
+    assert margin["mini_xception"][0.2]["caption_agreement"] < 0.6
+    for knob in label_policy.GRIDS:
+        assert curves["mini_xception"][knob] != curves["deepface"][knob], knob
+
+    # Where both networks give the same scores, every teacher's curves are DeepFace's.
+    same = faces.assign(**{f"xception_{e}": faces[f"emotion_{e}"] for e in EMOTIONS})
+    alike = label_policy.teacher_curves(config, pd.Series(photos), same, caption_labels=truth)
+    assert alike["mini_xception"] == alike["mean"] == alike["deepface"] == curves["deepface"]
+    # Faces annotated without the second teacher's file: DeepFace's curves only.
+    assert set(label_policy.teacher_curves(config, pd.Series(photos), faces.drop(
+        columns=[f"xception_{e}" for e in EMOTIONS]), caption_labels=truth)) == {"deepface"}
+    chosen = {t: label_policy.chosen_points(config, c) for t, c in curves.items()}
+    assert teacher_policy_chart(curves, chosen)[:4] == b"\x89PNG"

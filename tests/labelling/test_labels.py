@@ -7,8 +7,9 @@ import pytest
 
 from emotion_pipeline.core.config import CLASSES, EMOTIONS, PipelineConfig
 from emotion_pipeline.labelling.labels import face_labels, label_of, labels_of, margin_of, pick_label_face
+from emotion_pipeline.labelling.photo_faces import PhotoFace
 from emotion_pipeline.modeling.evaluation import deepface_agreement
-from emotion_pipeline.stages.annotate import _photo_row
+from emotion_pipeline.stages.annotate import AnnotatedPhoto, _photo_row
 
 PACKAGE = Path(__file__).resolve().parents[2] / "emotion_pipeline"
 
@@ -58,17 +59,23 @@ def test_the_label_face_is_the_largest_or_the_most_confident():
 
 def face(index, h, confidence, **scores):
     return {"face_index": index, "x": 0, "y": 0, "w": h, "h": h, "confidence": confidence,
-            "confident": confidence >= 0.9, "eligible": None, **{f"emotion_{e}": v for e, v in zip(EMOTIONS, seven(**scores))},
-            "dominant_emotion": None}
+            "confident": confidence >= 0.9, "eligible": None,
+            **{f"emotion_{e}": v for e, v in zip(EMOTIONS, seven(**scores))}, "dominant_emotion": None}
 
 
 def photo_row(faces, **knobs):
     config = PipelineConfig(source="s", root="r", **knobs)
     for f in faces:
         f["eligible"] = f["confidence"] >= config.min_face_confidence and f["h"] >= config.min_face_size
-    photo = {"image_id": "i", "source_key": "k", "shard": 0, "status": "ok", "error": None,
-             "faces": [{"box": f, "scores": {}} for f in faces]}
-    return _photo_row(photo, config)
+    return _photo_row(AnnotatedPhoto("i", "k", 0, "ok", faces=[photo_face(f) for f in faces]), config)
+
+
+BOX = ("face_index", "x", "y", "w", "h", "confidence", "confident", "eligible")
+
+
+def photo_face(row: dict) -> PhotoFace:
+    """The face of annotate's faces-table row ``row``: its box columns, and the rest as its scores."""
+    return PhotoFace(*(row[k] for k in BOX), scores={k: v for k, v in row.items() if k not in BOX})
 
 
 def test_annotate_labels_photos_by_the_policy():

@@ -10,15 +10,10 @@ import pytest
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import open_storage
 from emotion_pipeline.core.tables import read_table
 from emotion_pipeline.stages import resize as resize_module
-from emotion_pipeline.stages.annotate import annotate_shard
-from emotion_pipeline.stages.assemble_features import assemble_features
-from emotion_pipeline.stages.discover import discover_images
-from emotion_pipeline.stages.embed import embed_shard
-from emotion_pipeline.stages.check_gold import annotate_gold
-from emotion_pipeline.stages.resize import resize_shard
 from tests.bad_inputs import write_degenerate_photos
 from tests.conftest import FACES, copy_photos
 
@@ -37,9 +32,9 @@ def test_degenerate_photos_each_get_a_row_and_never_fail_the_shard(tmp_path):
     expected = write_degenerate_photos(src, FACES / "img1.jpg")
     copy_photos(FACES, src, ["img1.jpg"])
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"))
-    discover_images(config)
-    resize_shard(config, 0)
-    annotated = annotate_shard(config, 0)  # today: ValueError "height and width must be > 0", every retry
+    run_stage("discover", config)
+    run_stage("resize", config, 0)
+    annotated = run_stage("annotate", config, 0)  # today: ValueError "height and width must be > 0", every retry
 
     root = open_storage(config.root)
     metadata = read_table(root, catalog.metadata(0)).set_index("source_key")
@@ -60,9 +55,9 @@ def test_a_photo_the_emotion_model_raises_on_fails_alone(tmp_path):
     write_degenerate_photos(tmp_path / "odd", FACES / "img1.jpg")
     (src / "thin.png").write_bytes((tmp_path / "odd" / "thin.png").read_bytes())
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"), detector="skip")
-    discover_images(config)
-    resize_shard(config, 0)
-    annotated = annotate_shard(config, 0)  # today: cv2.error fails the shard
+    run_stage("discover", config)
+    run_stage("resize", config, 0)
+    annotated = run_stage("annotate", config, 0)  # today: cv2.error fails the shard
 
     notes = read_table(open_storage(config.root), catalog.annotations(0)).set_index("source_key")
     faces = read_table(open_storage(config.root), catalog.faces(0))
@@ -77,12 +72,12 @@ def test_a_photo_broken_after_annotate_fails_alone_in_embed(tmp_path):
     for name, side in (("a.png", 48), ("b.png", 60), ("c.png", 72)):
         face_crop(FACES / "img1.jpg", side).save(src / name)
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"), detector="skip", embed_weights="none")
-    discover_images(config)
-    resize_shard(config, 0)
-    annotate_shard(config, 0)
+    run_stage("discover", config)
+    run_stage("resize", config, 0)
+    run_stage("annotate", config, 0)
     whole = (src / "b.png").read_bytes()
     (src / "b.png").write_bytes(whole[: len(whole) // 2])  # rewritten (truncated) after annotate read it
-    embedded = embed_shard(config, 0)  # today: ImageError escapes and fails the shard
+    embedded = run_stage("embed", config, 0)  # today: ImageError escapes and fails the shard
 
     root = open_storage(config.root)
     index = read_table(root, catalog.vector_index(0)).set_index("source_key")
@@ -90,7 +85,7 @@ def test_a_photo_broken_after_annotate_fails_alone_in_embed(tmp_path):
     assert list(index["status"]) == ["ok", "corrupt", "ok"] and "truncated" in index.loc["b.png", "error"].lower()
     assert len(vectors) == 3 and not vectors[1].any() and vectors[[0, 2]].any(axis=1).all()
     assert embedded.vectors == 2
-    assembled = assemble_features(config)  # only the photos embed could read reach training
+    assembled = run_stage("assemble_features", config)  # only the photos embed could read reach training
     assert assembled.vectors == 2
     assert sorted(read_table(root, catalog.IMAGE_INDEX)["source_key"]) == ["a.png", "c.png"]
 
@@ -105,8 +100,8 @@ def test_a_gold_photo_the_emotion_model_raises_on_fails_alone(tmp_path):
     (tmp_path / "src").mkdir()
     config = PipelineConfig(source=str(tmp_path / "src"), root=str(tmp_path / "root"), gold=str(gold),
                             gold_detector="skip")
-    discover_images(config)
-    result = annotate_gold(config)  # today: cv2.error fails the gold check
+    run_stage("discover", config)
+    result = run_stage("check_gold", config)  # today: cv2.error fails the gold check
 
     table = read_table(open_storage(config.root), catalog.GOLD_ANNOTATIONS).set_index("key")
     assert result.photos == 3 and table.loc["happy/thin.png", "status"] == "failed"
@@ -133,10 +128,10 @@ def test_one_photo_a_step_raises_on_fails_alone_but_every_photo_failing_alike_fa
     for side in (40, 50, 60, 70):
         face_crop(FACES / "img1.jpg", side).save(src / f"crop{side}.png")
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"))
-    discover_images(config)
+    run_stage("discover", config)
 
     monkeypatch.setattr(resize_module, "letterbox", failing_letterbox(lambda image: image.width == 50))
-    result = resize_shard(config, 0)
+    result = run_stage("resize", config, 0)
     metadata = read_table(open_storage(config.root), catalog.metadata(0)).set_index("source_key")
     assert result.statuses == {"ok": 3, "failed": 1} and metadata.loc["crop50.png", "status"] == "failed"
     assert metadata.loc["crop50.png", "error"] == "resize: ZeroDivisionError: injected: a bug in the resize step"
@@ -144,7 +139,7 @@ def test_one_photo_a_step_raises_on_fails_alone_but_every_photo_failing_alike_fa
 
     monkeypatch.setattr(resize_module, "letterbox", failing_letterbox(lambda image: True))
     again = PipelineConfig(source=str(src), root=str(tmp_path / "again"))
-    discover_images(again)
+    run_stage("discover", again)
     with pytest.raises(ZeroDivisionError) as raised:  # a bug, not four bad photos: the task fails
-        resize_shard(again, 0)
+        run_stage("resize", again, 0)
     assert "all 4 photos" in "".join(raised.value.__notes__)

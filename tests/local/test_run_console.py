@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 def cli(tmp_path: Path, src: Path, *args: str) -> list[str]:
     return [CLI, "run", "--source", str(src), "--root", str(tmp_path / "out"), "--airflow-home",
-            str(airflow_home(tmp_path / "airflow")), "--summary-json", str(tmp_path / "summary.json"), "--embed-weights", "none",
-            *args]
+            str(airflow_home(tmp_path / "airflow")), "--summary-json", str(tmp_path / "summary.json"),
+            "--embed-weights", "none", *args]
 
 
 def read_until(fd: int, pattern: str, process: subprocess.Popen, timeout: float = 300) -> str:

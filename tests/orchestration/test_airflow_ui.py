@@ -5,8 +5,10 @@ weights, a small shard size and a daily schedule given once on its command line.
 order on it: the scheduled run Airflow starts on unpause, a run from the trigger form with nothing
 filled in, then a backfill from the Backfill dialog while another run is going.
 """
+import json
 import os
 import re
+import stat
 import time
 import urllib.parse
 
@@ -55,6 +57,14 @@ def browser_page(tmp_path_factory):
         page.server_errors = failures
         yield page
         browser.close()
+
+
+def test_the_admin_password_file_is_readable_by_its_user_alone(local_ui):
+    from emotion_pipeline.local.airflow_home import PASSWORDS_FILE
+
+    path = local_ui.home / PASSWORDS_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it was 0644: anyone on the machine read it
+    assert json.loads(path.read_text()) == {local_ui.user: local_ui.password}
 
 
 def test_the_run_airflow_schedules_on_unpause_uses_the_deployments_defaults(local_ui):
@@ -129,3 +139,110 @@ def test_a_backfill_from_the_dialog_while_a_run_is_going_uses_the_deployments_de
         assert time.monotonic() < deadline, local_ui.call(f"/api/v2/backfills/{backfill['id']}")
         time.sleep(2)
     assert page.server_errors == []
+
+
+# People's decisions (orchestration/decisions.py), answered through Airflow's REST API (the HITL
+# endpoints the UI's "Required actions" page uses). Each run has its own source and root in its conf.
+QUICK = {"detector": "yunet", "min_rows_per_class": 3, "tuner_max_epochs": 2, "shap_images": 0, "shap_samples": 10}
+
+
+def decision_photos(tmp, shard_size: int) -> dict:
+    """70 photos (40 Flickr30k, 30 face crops) with their source and root: the conf of a run on them."""
+    from tests.conftest import FACES
+
+    src = tmp / "photos"
+    copy_photos(FLICKR, src, flickr_names(40, offset=200))
+    copy_photos(FACES, src / "faces", sorted(p.name for p in FACES.glob("img*.jpg"))[:30])
+    return {**QUICK, "source": str(src), "root": str(tmp / "out"), "shard_size": shard_size}
+
+
+def wait_for_question(airflow: LocalAirflow, run_id: str, task_id: str, timeout: float = 1500) -> dict:
+    """Waits until ``task_id`` waits for people (awaiting_input); returns its HITL detail (a hang guard)."""
+    import urllib.error
+
+    def state_of_task() -> str | None:
+        try:
+            return {t["task_id"]: t["state"] for t in airflow.tasks(run_id)}.get(task_id)
+        except urllib.error.HTTPError as err:  # the API server's log says why
+            raise AssertionError(f"{err}: {err.read()[:2000]!r}\n{''.join(airflow.lines[-150:])}") from err
+
+    deadline = time.monotonic() + timeout
+    while (state := state_of_task()) != "awaiting_input":
+        assert state not in ("skipped", "success", "failed", "upstream_failed"), summary(airflow.tasks(run_id))
+        assert time.monotonic() < deadline, summary(airflow.tasks(run_id))
+        time.sleep(3)
+    return airflow.call(hitl_path(run_id, task_id))
+
+
+def hitl_path(run_id: str, task_id: str) -> str:
+    return f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/{task_id}/-1/hitlDetails"
+
+
+def test_drifted_shards_excluded_through_the_rest_api_leave_training(local_ui, tmp_path):
+    """A drift forced by tiny thresholds: the question lists shard 1, the answer "exclude" (PATCH, as
+    the UI sends it) runs that branch only, and train's rows hold no photo of shard 1."""
+    from emotion_pipeline.core import catalog
+    from emotion_pipeline.core.config import CLASSES
+    from emotion_pipeline.core.storage import open_storage
+    from emotion_pipeline.orchestration.decisions import DRIFT_DECISION, DRIFT_OPTIONS, DRIFT_TASKS
+
+    conf = {**decision_photos(tmp_path, 35), "drift_threshold": 0.001, "no_face_drift_threshold": 0.0,
+            "min_drift_photos": 1}
+    run_id = local_ui.call(f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+    question = wait_for_question(local_ui, run_id, DRIFT_DECISION)
+    assert question["options"] == list(DRIFT_OPTIONS.values()) and question["defaults"] == [DRIFT_OPTIONS["keep"]]
+    assert "shard(s) 1" in question["subject"] and "| 1 |" in question["body"]
+    assert {t["task_id"]: t["state"] for t in local_ui.tasks(run_id)}["train"] not in ("running", "success")
+    local_ui.call(hitl_path(run_id, DRIFT_DECISION), {"chosen_options": [DRIFT_OPTIONS["exclude"]]}, "PATCH")
+
+    state, tasks = local_ui.wait_for_run(run_id)
+    assert state == "success", summary(tasks)
+    states = {t["task_id"]: t["state"] for t in tasks}
+    assert [states[DRIFT_TASKS[a]] for a in ("keep", "exclude", "reannotate")] == ["skipped", "success", "skipped"]
+    assert local_ui.xcom(run_id, DRIFT_DECISION, "responder") == local_ui.user
+    root = open_storage(conf["root"])
+    assert set(catalog.read_excluded_shards(root)) == {1}
+    # Independently of train's code: the labelled photos of shard 0 only, classes under 3 rows dropped.
+    manifest = read_manifest(conf["root"])
+    dataset = catalog.read_dataset(root)
+    labelled = dataset[(dataset["status"] == "ok") & dataset["label"].isin(CLASSES)].drop_duplicates("image_id")
+    kept = labelled[labelled["image_id"].isin(manifest.loc[manifest["shard"] == 0, "image_id"])]
+    per_class = kept["label"].value_counts()
+    trained = local_ui.xcom(run_id, "train")
+    assert sum(sum(c.values()) for c in trained["counts"].values()) == int(per_class[per_class >= 3].sum())
+    assert len(kept) < len(labelled)  # shard 1 had labelled photos: the exclusion removed some
+
+
+def read_manifest(root: str):
+    from emotion_pipeline.core import catalog
+    from emotion_pipeline.core.storage import open_storage
+    from emotion_pipeline.core.tables import read_table
+
+    return read_table(open_storage(root), catalog.MANIFEST)
+
+
+def test_a_promotion_approved_through_the_rest_api_moves_the_champion_alias(local_ui, tmp_path):
+    """approve_promotion on: train registers version 1 without the alias, the approval after evaluate
+    shows its figures, and only the approval (PATCH) moves the alias; the drift question is not asked."""
+    from emotion_pipeline.core.config import PipelineConfig
+    from emotion_pipeline.modeling import tracking
+    from emotion_pipeline.orchestration.decisions import DRIFT_DECISION, PROMOTE, PROMOTION_APPROVAL
+
+    conf = {**decision_photos(tmp_path, 100), "approve_promotion": True, "registered_model": "approved-model",
+            "promote_below_baseline": True}  # random weights on 70 photos may lose to the baseline
+    run_id = local_ui.call(f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+    question = wait_for_question(local_ui, run_id, PROMOTION_APPROVAL)
+    assert question["options"] == ["Approve", "Reject"] and question["defaults"] == ["Reject"]
+    assert "version 1" in question["subject"] and "no champion to beat" in question["body"]
+    mlflow = tracking.use_experiment(PipelineConfig(source=conf["source"], root=conf["root"]))
+    client = mlflow.MlflowClient()
+    assert client.get_registered_model("approved-model").aliases == {}  # train left it to the approval
+    local_ui.call(hitl_path(run_id, PROMOTION_APPROVAL), {"chosen_options": ["Approve"]}, "PATCH")
+
+    state, tasks = local_ui.wait_for_run(run_id)
+    assert state == "success", summary(tasks)
+    states = {t["task_id"]: t["state"] for t in tasks}
+    assert states[DRIFT_DECISION] == "skipped" and states[PROMOTE] == "success"
+    assert str(client.get_model_version_by_alias("approved-model", tracking.CHAMPION).version) == "1"
+    assert client.get_run(local_ui.xcom(run_id, "train")["run_id"]).data.tags["promotion"].startswith(
+        f"approved by {local_ui.user}")

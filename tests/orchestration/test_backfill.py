@@ -35,7 +35,8 @@ def test_airflow_backfill_create_processes_each_dates_batch_once_in_order(tmp_pa
         today = cluster.wait_for_runs(DAG, "scheduled", 1)[0]
         state, tasks = cluster.wait_for_run(DAG, today["dag_run_id"])
         assert state == "success", summary(tasks)
-        assert cluster.xcom(DAG, today["dag_run_id"], "discover", key="summary")["batch"] == datetime.now(UTC).strftime("%Y-%m-%d")
+        batch = cluster.xcom(DAG, today["dag_run_id"], "discover", key="summary")["batch"]
+        assert batch == datetime.now(UTC).strftime("%Y-%m-%d")
 
         cluster.airflow("backfill", "create", "--dag-id", DAG, "--from-date", DATES[0], "--to-date", DATES[-1],
                         "--max-active-runs", "1")

@@ -38,7 +38,8 @@ def test_the_batch_folder_renders_the_run_dates(context, layout, folder):
 
 @pytest.mark.parametrize("layout", [
     "{{ conn.smtp_default.password }}", "{{ conn }}", "{{ var.value.api_key }}", "{{ params }}", "{{ task }}",
-    "{{ ds.__class__ }}", "{{ ds.upper() }}", "{{ ds['0'] }}", "{{ ds | attr('upper') }}", "{{ range(3) }}", "{{ ds * 100000000000 }}", "{{ 9 ** 9 ** 9 }}",
+    "{{ ds.__class__ }}", "{{ ds.upper() }}", "{{ ds['0'] }}", "{{ ds | attr('upper') }}", "{{ range(3) }}",
+    "{{ ds * 100000000000 }}", "{{ 9 ** 9 ** 9 }}",
     "{% for c in ds %}{{ c }}{% endfor %}{{ lipsum() }}", "{{ ds | replace('-', '/') }}",
     "{{ ds|center(99999999999) }}", "{% for a in ds %}{% for b in ds %}x{% endfor %}{% endfor %}", "{{ nope }}",
 ])

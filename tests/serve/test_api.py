@@ -4,6 +4,7 @@ too much (pixels, faces, multipart parts)."""
 import http.client
 import io
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emotion_pipeline.core.config import CLASSES
+from emotion_pipeline.core.config import CLASSES, detector_min_confidence
 from tests.bad_inputs import giant_png_header
 from tests.conftest import FACES, FLICKR, flickr_names, free_port, stop
 
@@ -103,11 +104,12 @@ def test_predict_finds_faces_with_five_probabilities(api):
     photo = (FACES / "couple.jpg").read_bytes()
     status, by_upload = call(api, "POST", "/predict", *multipart(photo))
     assert status == 200 and len(by_upload["faces"]) >= 2
+    threshold = detector_min_confidence(call(api, "GET", "/model")[1]["detector"])  # the trained run's own
     for face in by_upload["faces"]:
         assert set(face["probabilities"]) == set(CLASSES)
         assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
         assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
-        assert face["box"]["w"] > 50 and face["confidence"] >= 0.9
+        assert face["box"]["w"] > 50 and face["confidence"] >= threshold
     status, by_body = call(api, "POST", "/predict", *raw(photo))
     assert status == 200 and by_body == by_upload
 
@@ -268,25 +270,47 @@ def test_a_full_queue_is_503_with_retry_after_and_nothing_else_fails(api):
 
 
 def test_work_of_clients_that_left_is_dropped(api, api_log):
-    """Six clients send a many-face photo and hang up after 0.3 s: their predictions are dropped
-    (waiting ones at once, a running one between its steps) instead of running to the end."""
+    """Eight clients send a many-face photo and hang up once the first prediction is answered: the
+    predictions of the others are dropped (waiting ones at once, a running one between its steps)
+    instead of running to the end. Which worker takes which connection is the kernel's choice, and how
+    fast a prediction runs is the machine's, so the test counts what it can see: a client answered
+    before it left (refused 503, or done) logs no drop; of the others, every one but the (at most one
+    per worker) running ones must be dropped. Hanging up after a fixed time failed both ways: after
+    0.3 s on a loaded machine uvicorn had not always read every request (an unread request starts no
+    work and logs no drop); after 1 s on a fast machine five of eight had been answered."""
     photo = face_grid(3)
     url = urlsplit(api)
     before = api_log.read_text().count("dropped a prediction")
     clients = []
-    for _ in range(6):
+    for _ in range(8):
         client = socket.create_connection((url.hostname, url.port), timeout=60)
         client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
                        b"Content-Length: %d\r\n\r\n" % len(photo) + photo)
         clients.append(client)
-    time.sleep(0.3)
+    answered = answered_until_one_prediction_is_done(clients, deadline=time.monotonic() + 60)
+    unanswered = len(clients) - len(answered)
     for client in clients:
         client.close()
+    must_drop = unanswered - 2  # two workers: at most two were running and may have finished
+    assert must_drop >= 2, f"only {unanswered} of 8 requests were still waiting when the first was done"
     deadline = time.monotonic() + 60
-    while api_log.read_text().count("dropped a prediction") - before < 5 and time.monotonic() < deadline:
+    while api_log.read_text().count("dropped a prediction") - before < must_drop and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert api_log.read_text().count("dropped a prediction") - before >= 5, api_log.read_text()[-3000:]
+    assert api_log.read_text().count("dropped a prediction") - before >= must_drop, api_log.read_text()[-3000:]
     assert call(api, "POST", "/predict", *raw((FACES / "img2.jpg").read_bytes()))[0] == 200
+
+
+def answered_until_one_prediction_is_done(clients: list[socket.socket], deadline: float) -> set[socket.socket]:
+    """The clients the server answered, waiting until one answer is a finished prediction (200): by
+    then the event loops, idle while predictions run in threads, have read every request sent."""
+    answered: set[socket.socket] = set()
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([c for c in clients if c not in answered], [], [], 0.05)
+        for client in ready:
+            answered.add(client)
+            if client.recv(12).startswith(b"HTTP/1.1 200"):
+                return answered
+    return answered
 
 
 def raw_exchange(base: str, request: bytes, timeout: float = 30) -> bytes:
@@ -345,8 +369,8 @@ def test_a_multipart_body_of_many_parts_is_refused(api):
 def test_media_types_are_case_insensitive(api):
     photo = (FACES / "couple.jpg").read_bytes()
     body, headers = multipart(photo)
-    status, answer = call(api, "POST", "/predict", body,
-                          {"Content-Type": headers["Content-Type"].replace("multipart/form-data", "Multipart/Form-Data")})
+    mixed_case = headers["Content-Type"].replace("multipart/form-data", "Multipart/Form-Data")
+    status, answer = call(api, "POST", "/predict", body, {"Content-Type": mixed_case})
     assert status == 200 and answer == call(api, "POST", "/predict", *raw(photo))[1]
 
 

@@ -2,9 +2,11 @@
 headless Chromium with a model and without one (no traceback, no Deploy button, nothing created)."""
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,22 @@ def test_boxes_are_numbered_and_scale_with_the_photo():
     assert red(small)[30:50, 50:60].sum() == 0  # one label face: no tag
 
 
+def test_an_uploaded_photo_is_decoded_once(champion_and_later_root, monkeypatch):
+    """Try it predicts on, and draws the boxes on, one decoded photo (it decoded every upload twice)."""
+    from emotion_pipeline.serve.dashboard import BOX_COLOR, analyse
+    from emotion_pipeline.serve.predictor import Predictor, ServeSettings
+
+    root, _ = champion_and_later_root
+    model = Predictor(ServeSettings(root=str(root)))
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(1) or real_open(*args, **kwargs))
+    image, result = analyse(model, TWO_FACES.read_bytes())
+    assert len(opened) == 1
+    assert len(result["faces"]) >= 2 and image.width > 1500  # the photo itself, not a thumbnail
+    assert np.all(np.asarray(image) == BOX_COLOR, axis=-1).any()  # the boxes are on it
+
+
 def test_every_page_renders_with_apptest(champion_and_later_root, trained_root, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
@@ -161,8 +179,8 @@ def test_every_page_renders_with_apptest(champion_and_later_root, trained_root, 
     assert len(app.dataframe) == 4  # metrics, per-class, the caption check, MLflow runs
     assert any("Caption check" in s.value for s in app.subheader)
     captions = app.dataframe[2].value
-    assert captions.loc["angry", "DeepFace agrees"] == "no data"  # no caption photo of that class
-    assert captions.loc["happy", "photos"] > 0 and captions.loc["happy", "DeepFace agrees"] != "no data"
+    assert captions.loc["angry", "the label agrees"] == "no data"  # no caption photo of that class
+    assert captions.loc["happy", "photos"] > 0 and captions.loc["happy", "the label agrees"] != "no data"
     assert not app.dataframe[3].value.empty  # the training runs
 
     app.sidebar.radio[0].set_value("Try it").run()
@@ -189,8 +207,11 @@ def dashboard_in_browser(root: Path, profile: Path):
         stop(process)
 
 
-def visit(browser: Browser, url: str, page: str, texts: list[str], shots: Path) -> str:
-    """Open one page, wait for its texts; no traceback, no Deploy button or developer menu on it."""
+def visit(browser: Browser, url: str, page: str, texts: list[str], shots: Path, root: Path | None = None) -> str:
+    """Open one page, wait for its texts; no traceback, no Deploy button or developer menu on it, and
+    the root called by its name, never by its path on the server."""
+    if root is not None:
+        texts = [*texts, f"root: {root.name}"]
     text = browser.open(f"{url}/?page={page.replace(' ', '%20')}", texts)
     for wanted in texts:
         assert wanted in text, (page, wanted)
@@ -199,6 +220,11 @@ def visit(browser: Browser, url: str, page: str, texts: list[str], shots: Path) 
     assert "Traceback" not in text and not browser.count('[data-testid="stException"]'), (page, text)
     assert "Deploy" not in text and not browser.count('[data-testid="stAppDeployButton"]'), page
     assert not browser.count('[data-testid="stMainMenu"]'), page
+    if root is not None:
+        sidebar = browser.evaluate("document.querySelector('[data-testid=\"stSidebar\"]').innerText")
+        assert f"root: {root.name}" in sidebar, sidebar
+        assert str(root.parent) not in text and str(root.parent) not in browser.evaluate(
+            "document.documentElement.outerHTML"), page  # no server path, shown or hidden
     return text
 
 
@@ -212,11 +238,68 @@ def test_pages_in_a_real_browser_with_a_model(champion_and_later_root, tmp_path)
     }
     with dashboard_in_browser(root, tmp_path / "chromium") as (browser, url):
         for page, texts in expected.items():
-            visit(browser, url, page, texts, tmp_path)
+            text = visit(browser, url, page, texts, tmp_path, root)
+        # Uploads are capped as the API's (10 MB), not Streamlit's 200 MB: the widget says so, and a
+        # larger photo is refused before anything reaches the model.
+        assert re.search(r"\b10\s?MB per file", text) and "200MB" not in text and "200 MB" not in text, text
+        big = tmp_path / "big.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (2100, 2100, 3), dtype=np.uint8)).save(big)
+        assert big.stat().st_size > 10 * 1024 * 1024
+        browser.upload('input[type="file"]', big)
+        text = browser.wait_for(["or smaller"], timeout=60)
+        assert re.search(r"File must be 10(\.0)?\s?MB or smaller", text), text
+        assert "Face 1:" not in text
+        browser.open(f"{url}/?page=Try%20it", ["A photo with people"])
         browser.upload('input[type="file"]', TWO_FACES)
         text = browser.wait_for(["Face 1:", "Face 2:", "numbered as below"], timeout=300)
         assert "Face 2:" in text and "Traceback" not in text, text
         browser.screenshot(tmp_path / "Try_it_faces.png")
+        photo_view_shows_both_teachers(browser, url, root, tmp_path)
+
+
+def scores_text(values) -> list[str]:
+    """Seven scores as the photo view writes them (two decimals), computed here from the faces table."""
+    return [f"{v:.2f}" for v in values]
+
+
+def photo_view_shows_both_teachers(browser: Browser, url: str, root: Path, shots: Path) -> None:
+    """The Dataset page's view of one photo (``?photo=``) shows, for every face, DeepFace's and the
+    mini-Xception's seven scores side by side and their mean, as annotate stored them, and what each
+    teacher and the teacher setting (mean, the default) label it."""
+    from urllib.parse import quote
+
+    from emotion_pipeline.core import catalog
+    from emotion_pipeline.core.config import EMOTIONS
+    from emotion_pipeline.core.storage import open_storage
+
+    storage = open_storage(str(root))
+    data = catalog.read_dataset(storage)
+    faces = catalog.read_faces(storage, data["shard"].unique())
+    per_photo = faces.groupby("image_id").size()
+    photo = data[(data["status"] == "ok") & data["image_id"].map(per_photo).ge(2)].iloc[0]
+    shown = faces[faces["image_id"] == photo["image_id"]].sort_values("face_index")
+    text = browser.open(f"{url}/?page=Dataset&photo={quote(photo['source_key'])}",
+                        ["One photo: every face, both teachers", f"Face {len(shown)}:"])
+    assert f"Face {len(shown)}:" in text and "Traceback" not in text, text
+    assert "the mini-Xception says" in text, text
+    # mean is the default; another teacher is named beside it only where it labels every photo alike
+    assert re.search(r"the teacher setting \([^)]*their mean\) labels it", text), text
+    deadline = time.monotonic() + 120  # a table's component loads after the text (a skeleton till then)
+    while browser.count('[data-testid="stTable"] table') < len(shown) and time.monotonic() < deadline:
+        time.sleep(1)
+    tables = browser.evaluate(
+        "Array.from(document.querySelectorAll('[data-testid=\"stTable\"] table')).map(t => Array.from(t.rows)"
+        ".map(r => Array.from(r.cells).map(c => c.innerText.trim())))")
+    assert len(tables) == len(shown), tables
+    for table, (_, face) in zip(tables, shown.iterrows()):
+        deepface = scores_text(face[[f"emotion_{e}" for e in EMOTIONS]].astype(float))
+        xception = scores_text(face[[f"xception_{e}" for e in EMOTIONS]].astype(float))
+        assert deepface != xception  # two networks: the view cannot pass by showing one twice
+        mean = scores_text((face[[f"emotion_{e}" for e in EMOTIONS]].to_numpy(float)
+                            + face[[f"xception_{e}" for e in EMOTIONS]].to_numpy(float)) / 2)
+        assert table[0][1:] == ["DeepFace", "mini-Xception", "mean"], table[0]
+        assert table[1:] == [[e, d, x, m] for e, d, x, m in zip(EMOTIONS, deepface, xception, mean)], table
+    browser.screenshot(shots / "Dataset_photo.png")
 
 
 def test_pages_in_a_real_browser_without_a_model(untrained_root, tmp_path):
@@ -230,6 +313,6 @@ def test_pages_in_a_real_browser_without_a_model(untrained_root, tmp_path):
     }
     with dashboard_in_browser(untrained_root, tmp_path / "chromium") as (browser, url):
         for page, texts in expected.items():
-            visit(browser, url, page, texts, tmp_path)
+            visit(browser, url, page, texts, tmp_path, untrained_root)
     assert not (untrained_root / catalog.MLFLOW_FOLDER).exists()  # a read-only view creates no store
     assert not list(untrained_root.rglob(catalog.MLFLOW_DB))

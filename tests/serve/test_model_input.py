@@ -1,5 +1,7 @@
 """One model-input path: embed, evaluate (SHAP heat maps and the gold check) and the API turn the same
-photo into the same vector (a training/serving skew would show here first).
+photo into the same vector (a training/serving skew would show here first). Embed and evaluate make a
+row's input with ``embedding.row_input`` from the photo's bytes (read from the source, or by URI for a
+gold photo); the API detects the face in the uploaded bytes itself.
 
 "The same" is up to float32 rounding: on some CPUs (seen on AMD EPYC, not on Intel Xeon) oneDNN rounds
 a row differently depending on the batch it is computed in, by ~1e-7 of the vector's scale. Any real
@@ -12,11 +14,10 @@ import numpy as np
 import pytest
 
 from emotion_pipeline.core import catalog
-from emotion_pipeline.core.storage import open_storage
-from emotion_pipeline.modeling.embedding import image_vectors, resnet50
+from emotion_pipeline.core.storage import open_storage, read_uri
+from emotion_pipeline.labelling.images import read_photo
+from emotion_pipeline.modeling.embedding import image_vectors, resnet50, row_input
 from emotion_pipeline.serve.predictor import Predictor, ServeSettings
-from emotion_pipeline.stages.embed import input_of
-from emotion_pipeline.stages.evaluate import gold_input
 
 
 def test_a_vector_does_not_depend_on_the_batch_it_was_computed_in():
@@ -44,11 +45,14 @@ def test_the_same_photo_gets_the_same_vector_in_embed_evaluate_and_the_api(train
         note = dataset.loc[entry.image_id]
         box = tuple(int(note[f"face_{k}"]) for k in ("x", "y", "w", "h"))
         embedded = vectors[entry.row]
-        # evaluate's SHAP heat maps: the dataset row through embed's own loader
-        heatmap = image_vectors(resnet, input_of(config, source, note, "face")[None], config.embed_batch_size)[0]
-        # evaluate's gold check: a gold row naming this photo and its face
+        # evaluate's SHAP heat maps: the dataset row, its photo read from the source as embed reads it
+        heatmap = image_vectors(resnet, source_input(config, source, note, face=True)[None],
+                                config.embed_batch_size)[0]
+        # evaluate's gold check: a gold row naming this photo and its face, its photo read by URI
         gold_row = SimpleNamespace(uri=note["source_uri"], face_x=box[0], face_y=box[1], face_w=box[2], face_h=box[3])
-        gold = image_vectors(resnet, gold_input(config, gold_row)[None], config.embed_batch_size)[0]
+        gold_input = row_input(read_uri(gold_row.uri), gold_row, face=config.embed_input == "face",
+                               max_pixels=config.max_image_pixels)
+        gold = image_vectors(resnet, gold_input[None], config.embed_batch_size)[0]
         # the API: detection on the uploaded bytes, then the same path
         boxes, _, api_vectors, _ = predictor.face_vectors(source.read_bytes(note["source_key"]), threading.Event())
         assert box in boxes, (box, boxes)
@@ -60,8 +64,12 @@ def test_the_same_photo_gets_the_same_vector_in_embed_evaluate_and_the_api(train
     # A photo without a face is embedded whole, and evaluate's loader agrees.
     whole = index[index["input"] == "photo"].iloc[0]
     note = dataset.loc[whole["image_id"]]
-    again = image_vectors(resnet, input_of(config, source, note, "photo")[None], config.embed_batch_size)[0]
+    again = image_vectors(resnet, source_input(config, source, note, face=False)[None], config.embed_batch_size)[0]
     assert_same_vectors(again, vectors[whole["row"]])
+
+
+def source_input(config, source, row, face: bool) -> np.ndarray:
+    return row_input(read_photo(source, row["source_key"]), row, face=face, max_pixels=config.max_image_pixels)
 
 
 def assert_same_vectors(actual: np.ndarray, expected: np.ndarray) -> None:

@@ -3,10 +3,8 @@ import pandas as pd
 from PIL import Image
 
 from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import open_storage
-from emotion_pipeline.stages.annotate import annotate_shard
-from emotion_pipeline.stages.discover import discover_images
-from emotion_pipeline.stages.resize import resize_shard
 from tests.conftest import FACES, copy_photos
 
 
@@ -15,9 +13,9 @@ def test_annotate_labels_the_largest_confident_face_and_never_labels_no_face(tmp
     copy_photos(FACES, src, ["couple.jpg", "img1.jpg"])
     Image.fromarray(np.full((300, 400, 3), 90, dtype=np.uint8)).save(src / "wall.jpg")
     config = PipelineConfig(source=str(src), root=str(tmp_path / "out"))
-    discover_images(config)
-    resize_shard(config, 0)
-    summary = annotate_shard(config, 0)
+    run_stage("discover", config)
+    run_stage("resize", config, 0)
+    summary = run_stage("annotate", config, 0)
     assert summary.skipped is False and summary.images == 3
 
     root = open_storage(config.root)
@@ -35,7 +33,7 @@ def test_annotate_labels_the_largest_confident_face_and_never_labels_no_face(tmp
     assert (row["face_w"], row["face_h"]) == (largest["w"], largest["h"])
     assert row["dominant_emotion"] == largest["dominant_emotion"]
     assert row["label"] == (row["dominant_emotion"] if row["dominant_emotion"] not in ("fear", "disgust") else None)
-    assert annotate_shard(config, 0).skipped is True
+    assert run_stage("annotate", config, 0).skipped is True
 
 
 def test_skip_detector_annotates_face_crops(tmp_path):
@@ -44,9 +42,9 @@ def test_skip_detector_annotates_face_crops(tmp_path):
     src.mkdir()
     crop.save(src / "crop.png")
     config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), detector="skip")
-    discover_images(config)
-    resize_shard(config, 0)
-    annotate_shard(config, 0)
+    run_stage("discover", config)
+    run_stage("resize", config, 0)
+    run_stage("annotate", config, 0)
     photos = pd.read_parquet(open_storage(config.root).uri_for("annotations/shard=00000/annotations.parquet"))
     assert photos.loc[0, "status"] == "ok" and photos.loc[0, "n_faces"] == 1
     assert photos.loc[0, "dominant_emotion"] in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

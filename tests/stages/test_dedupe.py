@@ -7,10 +7,11 @@ from PIL import Image
 
 from emotion_pipeline.core import catalog
 from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import open_storage
 from emotion_pipeline.modeling.data import load_training_data
 from emotion_pipeline.stages.all import build_dataset_and_features
-from emotion_pipeline.stages.dedupe import dedupe_photos, near_duplicates
+from emotion_pipeline.stages.dedupe import near_duplicates
 from tests.conftest import FACES, FLICKR, copy_photos, flickr_names
 
 
@@ -54,7 +55,7 @@ def test_near_duplicates_are_flagged_named_and_never_trained_on(tmp_path):
     assert faces[0].name in set(training["source_key"])
 
     # Unchanged: the registry's marker makes it a no-op. A new batch: only its photos are hashed.
-    assert dedupe_photos(config).skipped is True
+    assert run_stage("dedupe", config).skipped is True
     copy_photos(FLICKR, src / "batch2", flickr_names(2, offset=140))
     again = build_dataset_and_features(config)["dedupe"]
     assert again.skipped is False and again.hashed == 2 and again.near_duplicates == 3

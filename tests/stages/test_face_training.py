@@ -50,12 +50,26 @@ def test_the_faces_table_labels_every_eligible_face_by_the_one_rule(face_run):
     assert faces["label"].notna().sum() > 0 and faces["label"].isna().sum() > 0
 
 
+def mean_teacher_labels(faces: pd.DataFrame) -> pd.Series:
+    """Each face's label under teacher=mean, from its two score columns: the one rule (eligible, the
+    dominant emotion one of the classes; the default margin is 0) on the mean of both teachers."""
+    scores = (faces[[f"emotion_{e}" for e in EMOTIONS]].to_numpy() + faces[[f"xception_{e}" for e in EMOTIONS]]
+              .to_numpy()) / 2
+    dominant = np.array(EMOTIONS)[np.nan_to_num(scores, nan=-1).argmax(1)]
+    usable = faces["eligible"].to_numpy(bool) & np.isfinite(scores).all(1) & np.isin(dominant, CLASSES)
+    return pd.Series(np.where(usable, dominant, None), index=faces.index)
+
+
 def test_every_labelled_face_of_an_ok_photo_is_a_training_row_and_photos_never_straddle_splits(face_run):
+    """Training rows are the faces the `teacher` knob (mean, the default) labels, recomputed here from
+    both networks' scores: not DeepFace's `label` alone."""
     config, results = face_run
+    assert config.teacher == "mean" and config.min_emotion_margin == 0
     root = open_storage(config.root)
     dataset = catalog.read_dataset(root)
     ok = set(dataset.loc[dataset["status"] == "ok", "image_id"])
     faces = catalog.read_faces(root, dataset["shard"].unique())
+    faces = faces.assign(label=mean_teacher_labels(faces))
     expected = faces[faces["image_id"].isin(ok) & faces["label"].notna()]
     counts = expected["label"].value_counts()
     expected = expected[expected["label"].map(counts) >= config.min_rows_per_class]
@@ -73,6 +87,23 @@ def test_every_labelled_face_of_an_ok_photo_is_a_training_row_and_photos_never_s
     recorded = read_table(root, catalog.SPLIT_ASSIGNMENTS).set_index("image_id")["split"]
     both = rows[rows["image_id"].isin(recorded.index)]
     assert len(both) and (both["split"] == both["image_id"].map(recorded)).all()
+
+
+def test_every_face_any_teacher_labels_has_a_vector_so_switching_the_teacher_embeds_nothing(face_run):
+    from emotion_pipeline.labelling.teachers import LABEL_COLUMNS
+
+    config, _ = face_run
+    root = open_storage(config.root)
+    dataset = catalog.read_dataset(root)
+    ok = set(dataset.loc[dataset["status"] == "ok", "image_id"])
+    faces = catalog.read_faces(root, dataset["shard"].unique())
+    any_teacher = faces[faces["image_id"].isin(ok) & faces[list(LABEL_COLUMNS.values())].notna().any(axis=1)]
+    _, index = catalog.read_face_features(root)
+    assert set(zip(index["image_id"], index["face_index"].astype(int))) == \
+        set(zip(any_teacher["image_id"], any_teacher["face_index"].astype(int)))
+    only_deepface = any_teacher["label_deepface"].notna() & any_teacher["label_mean"].isna()
+    only_mean = any_teacher["label_mean"].notna() & any_teacher["label_deepface"].isna()
+    assert only_deepface.any() or only_mean.any()  # the union is more than one teacher's faces
 
 
 def test_face_vectors_are_their_crops_embedded(face_run):
@@ -152,5 +183,6 @@ def test_evaluate_reads_the_rows_train_used_whatever_its_own_config_says(face_ru
     monkeypatch.setenv("MLFLOW_TRACKING_URI", train.tracking_uri)
     tracking.use_experiment(config)
     photo_config = dataclasses.replace(config, label_unit="photo")
-    metrics, _, data, _, _ = _test_metrics(photo_config, open_storage(config.root), train)
-    assert "face_index" in data.frame and metrics["model"]["n"] == (data.frame["split"] == "test").sum()
+    tested = _test_metrics(photo_config, open_storage(config.root), train)
+    data = tested.data
+    assert "face_index" in data.frame and tested.metrics["model"]["n"] == (data.frame["split"] == "test").sum()

@@ -41,6 +41,41 @@ def independent_model_predictions(train: dict, table: pd.DataFrame, monkeypatch)
     return predicted
 
 
+def assert_deepface_figures(table: pd.DataFrame, gold_result: dict) -> None:
+    """The gold check's DeepFace labels and figures, recomputed from the scores in ``table``."""
+    # The one label rule, recomputed: the dominant of DeepFace's seven scores, no label for fear/disgust.
+    scores = table[[f"deepface_{e}" for e in EMOTIONS]].to_numpy()
+    dominant = np.array(EMOTIONS)[scores.argmax(1)]
+    expected = np.where(np.isin(dominant, CLASSES), dominant, "no label")
+    assert (expected == table["deepface_label"].fillna("no label")).all()
+
+    # The reported DeepFace figures equal scikit-learn's on the same predictions ("no label" a miss).
+    reported, predicted = gold_result["deepface"], table["deepface_label"].fillna("no label")
+    assert reported["accuracy"] == pytest.approx(accuracy_score(table["label"], predicted))
+    assert reported["macro_f1"] == pytest.approx(
+        f1_score(table["label"], predicted, labels=list(CLASSES), average="macro"))
+    recalls = recall_score(table["label"], predicted, labels=list(CLASSES), average=None)
+    assert [reported["per_class"][c]["recall"] for c in CLASSES] == pytest.approx(list(recalls))
+    assert gold_result["no_label_share"] == pytest.approx((predicted == "no label").mean())
+    assert reported["accuracy"] > 0.4  # FER-trained weights on FER crops: far above chance (0.2)
+    assert gold_result["no_face_share"] == 0.0
+
+
+def assert_model_figures(model_figures: dict, table: pd.DataFrame, predictions: list[str]) -> None:
+    """The model's gold figures against its confusion matrix and its ``predictions`` made here."""
+    assert model_figures["n"] == GOLD
+    confusion = np.array(model_figures["confusion_matrix"])
+    predicted = confusion.sum(axis=0)
+    assert predicted.sum() == GOLD
+    truth_counts = table["label"].value_counts().reindex(CLASSES).to_numpy()
+    assert (confusion.sum(axis=1) == truth_counts).all()
+    assert model_figures["accuracy"] == pytest.approx(np.trace(confusion) / GOLD)
+    # At most 2 photos may differ (float noise between the two preprocessing paths near a tie).
+    assert model_figures["accuracy"] == pytest.approx(accuracy_score(table["label"], predictions), abs=2 / GOLD)
+    assert model_figures["macro_f1"] == pytest.approx(
+        f1_score(table["label"], predictions, labels=list(CLASSES), average="macro"), abs=0.03)
+
+
 def test_gold_check_against_people_and_no_leak_into_training(tmp_path, monkeypatch):
     src = tmp_path / "photos"
     copy_photos(FLICKR, src, flickr_names(30, offset=300))
@@ -67,39 +102,13 @@ def test_gold_check_against_people_and_no_leak_into_training(tmp_path, monkeypat
     counts = table["label"].value_counts()
     assert len(table) == GOLD and counts["happy"] == PER_CLASS + 5 and (counts[list(CLASSES[1:])] == PER_CLASS).all()
     assert (table["status"] == "ok").all()
-    # The one label rule, recomputed: the dominant of DeepFace's seven scores, no label for fear/disgust.
-    scores = table[[f"deepface_{e}" for e in EMOTIONS]].to_numpy()
-    dominant = np.array(EMOTIONS)[scores.argmax(1)]
-    expected = np.where(np.isin(dominant, CLASSES), dominant, "no label")
-    assert (expected == table["deepface_label"].fillna("no label")).all()
-
-    # The reported DeepFace figures equal scikit-learn's on the same predictions ("no label" a miss).
-    reported, predicted = results["gold"]["deepface"], table["deepface_label"].fillna("no label")
-    assert reported["accuracy"] == pytest.approx(accuracy_score(table["label"], predicted))
-    assert reported["macro_f1"] == pytest.approx(
-        f1_score(table["label"], predicted, labels=list(CLASSES), average="macro"))
-    recalls = recall_score(table["label"], predicted, labels=list(CLASSES), average=None)
-    assert [reported["per_class"][c]["recall"] for c in CLASSES] == pytest.approx(list(recalls))
-    assert results["gold"]["no_label_share"] == pytest.approx((predicted == "no label").mean())
-    assert reported["accuracy"] > 0.4  # FER-trained weights on FER crops: far above chance (0.2)
-    assert results["gold"]["no_face_share"] == 0.0
+    assert_deepface_figures(table, results["gold"])
 
     # The model's figures, side by side, recomputed here from the registered model's own predictions.
     version = results["train"]["model_version"]
     metrics = pd.read_json(root.uri_for(f"reports/{version}/metrics.json"), typ="series")
-    model_figures = metrics["gold"]["model"]
-    assert model_figures["n"] == GOLD
-    confusion = np.array(model_figures["confusion_matrix"])
-    predicted = confusion.sum(axis=0)
-    assert predicted.sum() == GOLD
-    truth_counts = table["label"].value_counts().reindex(CLASSES).to_numpy()
-    assert (confusion.sum(axis=1) == truth_counts).all()
-    assert model_figures["accuracy"] == pytest.approx(np.trace(confusion) / GOLD)
     predictions = independent_model_predictions(results["train"], table, monkeypatch)
-    # At most 2 photos may differ (float noise between the two preprocessing paths near a tie).
-    assert model_figures["accuracy"] == pytest.approx(accuracy_score(table["label"], predictions), abs=2 / GOLD)
-    assert model_figures["macro_f1"] == pytest.approx(
-        f1_score(table["label"], predictions, labels=list(CLASSES), average="macro"), abs=0.03)
+    assert_model_figures(metrics["gold"]["model"], table, predictions)
 
     # The CLI's --captions reached evaluate (the figures themselves: test_captions), and the
     # label-policy curves measure agreement with people (crops: the size knob leaves gold alone).

@@ -7,10 +7,11 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from emotion_pipeline.core import catalog
-from emotion_pipeline.core.config import CLASSES, PipelineConfig
+from emotion_pipeline.core.config import CLASSES, EMOTIONS, PipelineConfig
 from emotion_pipeline.core.manifest import load_manifest
 from emotion_pipeline.core.registry import STAGES
 from emotion_pipeline.core.storage import open_storage
@@ -51,6 +52,32 @@ def gold_metrics(config: PipelineConfig) -> dict:
     return json.loads(root.read_bytes(catalog.report_file(version, catalog.REPORT_METRICS)))
 
 
+def plain_label(scores: np.ndarray, min_margin: float) -> str | None:
+    """The label rule written out for one face: the leading emotion of the seven, if it is one of the
+    five classes and leads the runner-up by ``min_margin`` of the total."""
+    shares = scores / scores.sum()
+    first, second = np.sort(shares)[::-1][:2]
+    leader = EMOTIONS[int(np.argmax(shares))]
+    return leader if leader in CLASSES and first - second >= min_margin else None
+
+
+def check_gold_by_teacher(config: PipelineConfig, metrics: dict) -> None:
+    """Both teachers score the gold faces: each one's (and the mean's) agreement with people,
+    recomputed from the gold table's scores, in metrics.json's gold check and teachers table."""
+    gold = catalog.read_gold_annotations(open_storage(config.root))
+    with_face = gold[gold["status"] == "ok"]
+    deepface = with_face[[f"deepface_{e}" for e in EMOTIONS]].to_numpy(float)
+    xception = with_face[[f"xception_{e}" for e in EMOTIONS]].to_numpy(float)
+    assert np.isfinite(xception).all() and len(with_face) >= 5
+    for teacher, scores in (("deepface", deepface), ("mini_xception", xception), ("mean", (deepface + xception) / 2)):
+        labels = [plain_label(row, config.min_emotion_margin) for row in scores]
+        hits = sum(mine == people for mine, people in zip(labels, with_face["label"]))
+        assert metrics["gold"][teacher]["n"] == len(with_face)
+        assert metrics["gold"][teacher]["accuracy"] == pytest.approx(hits / len(with_face))
+        assert metrics["teachers"]["teachers"][teacher]["gold"] == {
+            "n": len(with_face), "agree": hits, "agreement": pytest.approx(hits / len(with_face))}
+
+
 def test_a_gold_set_and_captions_given_later_reach_the_report(trained_root, tmp_path):
     trained, _ = trained_root
     copy_root(trained.root, tmp_path / "out")
@@ -66,6 +93,7 @@ def test_a_gold_set_and_captions_given_later_reach_the_report(trained_root, tmp_
     assert work_done(run_all_stages(config, log.storages_for)) == {"check_gold", "evaluate"}
     metrics = gold_metrics(config)
     assert metrics["gold"]["photos"] == 10 and metrics["gold"]["model"]["accuracy"] is not None
+    check_gold_by_teacher(config, metrics)
     # What the gold check and the evaluation read with a gold set is covered by their declarations.
     root = open_storage(config.root)
     for name in ("check_gold", "evaluate"):
@@ -87,5 +115,6 @@ def test_a_gold_set_and_captions_given_later_reach_the_report(trained_root, tmp_
     captions.write_text("\n".join(lines) + "\n")  # no captions for half the photos: fewer covered
     before = gold_metrics(config)["captions"]
     config = dataclasses.replace(config, captions=str(captions))
-    assert work_done(run_all_stages(config)) == {"evaluate"}
+    # The review queue reads the captions too (a caption that disagrees is a reason to ask a person).
+    assert work_done(run_all_stages(config)) == {"evaluate", "review_queue"}
     assert gold_metrics(config)["captions"]["covered"] < before["covered"]

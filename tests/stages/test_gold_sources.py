@@ -14,7 +14,8 @@ LABELLED = SHARED / "data" / "labeled_faces"
 
 def test_labelled_folder(tmp_path):
     for label in ("happy", "sad"):
-        copy_photos(LABELLED / label, tmp_path / "gold" / label, sorted(p.name for p in (LABELLED / label).iterdir())[:3])
+        names = sorted(p.name for p in (LABELLED / label).iterdir())[:3]
+        copy_photos(LABELLED / label, tmp_path / "gold" / label, names)
     (tmp_path / "gold" / "README.txt").write_text("not a photo")
     gold = list_gold(str(tmp_path / "gold"), LocalStorage(tmp_path / "root"))
     assert sorted(gold["label"]) == ["happy"] * 3 + ["sad"] * 3

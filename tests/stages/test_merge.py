@@ -1,10 +1,8 @@
 import pandas as pd
 
 from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import open_storage
-from emotion_pipeline.stages.discover import discover_images
-from emotion_pipeline.stages.merge import merge_dataset
-from emotion_pipeline.stages.resize import resize_shard
 from tests.bad_inputs import write_bad_inputs
 from tests.conftest import FLICKR, copy_photos, flickr_names
 
@@ -14,10 +12,10 @@ def test_every_photo_has_a_row_even_before_annotation(tmp_path):
     photos = copy_photos(FLICKR, src, flickr_names(4))
     expected = write_bad_inputs(src, photos[0])
     config = PipelineConfig(source=str(src), root=str(tmp_path / "out"), shard_size=5)
-    shards = discover_images(config).shards
-    resize_shard(config, shards[0])  # shard 1 is neither resized nor annotated
+    shards = run_stage("discover", config).shards
+    run_stage("resize", config, shards[0])  # shard 1 is neither resized nor annotated
 
-    summary = merge_dataset(config)
+    summary = run_stage("merge", config)
     dataset = pd.read_parquet(open_storage(config.root).uri_for("datasets/final_emotion_dataset.parquet"))
     assert summary.images == len(dataset) == 4 + len(expected)
     assert dataset["source_key"].is_unique
@@ -31,6 +29,6 @@ def test_every_photo_has_a_row_even_before_annotation(tmp_path):
         if name in in_shard_0.index:
             assert in_shard_0.loc[name, "status"] == status
 
-    assert merge_dataset(config).skipped is True  # same inputs: nothing rewritten
-    resize_shard(config, shards[1])
-    assert merge_dataset(config).skipped is False  # a stage finished a shard: merged again
+    assert run_stage("merge", config).skipped is True  # same inputs: nothing rewritten
+    run_stage("resize", config, shards[1])
+    assert run_stage("merge", config).skipped is False  # a stage finished a shard: merged again

@@ -3,9 +3,8 @@ import pandas as pd
 from PIL import Image
 
 from emotion_pipeline.core.config import PipelineConfig
+from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import open_storage
-from emotion_pipeline.stages.discover import discover_images
-from emotion_pipeline.stages.resize import resize_shard
 from tests.bad_inputs import write_bad_inputs, write_odd_modes
 from tests.conftest import FLICKR, copy_photos, flickr_names
 
@@ -17,8 +16,8 @@ def test_resize_accounts_for_every_file_and_skips_done_shards(tmp_path):
     odd = write_odd_modes(src, good[0])
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"), shard_size=100)
 
-    assert discover_images(config).pending == [0]
-    summary = resize_shard(config, 0)
+    assert run_stage("discover", config).pending == [0]
+    summary = run_stage("resize", config, 0)
     assert summary.skipped is False and summary.images == 3 + len(expected) + len(odd)
 
     root = open_storage(config.root)
@@ -46,9 +45,9 @@ def test_resize_accounts_for_every_file_and_skips_done_shards(tmp_path):
     processed = sorted(o.key for o in root.list("processed"))
     assert len(processed) == 3 + len(odd)  # duplicates and bad files write nothing
 
-    again = resize_shard(config, 0)
+    again = run_stage("resize", config, 0)
     assert again.skipped is True and again.statuses == summary.statuses
-    assert discover_images(config).pending == [0]  # annotate has not run yet
+    assert run_stage("discover", config).pending == [0]  # annotate has not run yet
 
 
 def test_both_frames_are_recorded_and_boxes_map_onto_the_processed_copy(tmp_path):
@@ -63,8 +62,8 @@ def test_both_frames_are_recorded_and_boxes_map_onto_the_processed_copy(tmp_path
     exif[0x0112] = 6
     Image.fromarray(np.full((200, 300, 3), 200, np.uint8)).save(src / "turned.jpg", exif=exif)
     config = PipelineConfig(source=str(src), root=str(tmp_path / "root"))
-    discover_images(config)
-    resize_shard(config, 0)
+    run_stage("discover", config)
+    run_stage("resize", config, 0)
     row = pd.read_parquet(open_storage(config.root).uri_for("metadata/shard=00000/metadata.parquet")).iloc[0]
     assert (row["orig_width"], row["orig_height"]) == (300, 200)
     assert (row["upright_width"], row["upright_height"]) == (200, 300)

@@ -176,3 +176,34 @@ def test_the_teachers_table_is_in_the_report_and_metrics_of_a_run(trained_root):
     page = root.read_bytes(catalog.report_file(version, catalog.REPORT_PAGE)).decode()
     assert "Teachers: DeepFace and the mini-Xception" in page and "mean of the two (the labels)" in page
     assert f"{table['between']['kappa']:.3f}" in page
+
+
+@pytest.mark.integration
+def test_the_label_policy_curves_are_drawn_per_teacher_in_a_run(trained_root):
+    """At the run's own settings each teacher's curve keeps exactly the photos its label column labels,
+    and agrees with the captions on those as the dataset says (DeepFace's curves stay ``label_policy``)."""
+    import json
+
+    from tests.labelling.test_captions import independent_caption_labels
+
+    config, results = trained_root
+    root = open_storage(config.root)
+    version = results["train"].model_version
+    metrics = json.loads(root.read_bytes(catalog.report_file(version, catalog.REPORT_METRICS)))
+    by_teacher = metrics["label_policy_by_teacher"]
+    assert set(by_teacher) == {"deepface", "mini_xception", "mean"}
+    assert by_teacher["deepface"] == metrics["label_policy"]
+    dataset = catalog.read_dataset(root)
+    annotated = dataset[dataset["status"].isin(["ok", "no_face"])]
+    expected = independent_caption_labels(config.caption_min_agree)
+    captions = annotated["source_key"].str.rsplit("/", n=1).str[-1].map(expected)
+    for teacher, curves in by_teacher.items():
+        point = next(p for p in curves["min_emotion_margin"] if p["value"] == config.min_emotion_margin)
+        labels = annotated[f"label_{teacher}"]
+        assert point["labelled"] == int(labels.notna().sum()), teacher
+        judged = labels.notna() & captions.notna()
+        assert point["caption_n"] == int(judged.sum()), teacher
+        assert point["caption_agreement"] == pytest.approx((labels[judged] == captions[judged]).mean()), teacher
+    assert by_teacher["deepface"] != by_teacher["mini_xception"]  # two networks, two sets of curves
+    page = root.read_bytes(catalog.report_file(version, catalog.REPORT_PAGE)).decode()
+    assert "alt='label_policy'" in page

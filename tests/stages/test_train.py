@@ -19,10 +19,10 @@ from tests.test_faults import write_training_inputs
 def test_a_skip_names_the_classes_min_rows_per_class_left_out(tmp_path):
     """It said "every split needs rows of at least 2 classes ({'test': 0, 'val': 0, 'train': 0})" when
     min_rows_per_class had dropped every class: nothing said so."""
-    from emotion_pipeline.stages.train import train_classifier
+    from emotion_pipeline.core.runner import run_stage
 
     write_training_inputs(tmp_path / "out", rows=12)  # happy, sad, 3 rows each; the others 2
-    result = train_classifier(PipelineConfig(source="in", root=str(tmp_path / "out"), min_rows_per_class=10))
+    result = run_stage("train", PipelineConfig(source="in", root=str(tmp_path / "out"), min_rows_per_class=10))
     assert result.trained is False
     assert "min_rows_per_class=10 left out" in result.reason, result.reason
     assert re.search(r"happy 3, sad 3, angry 2, surprise 2, neutral 2", result.reason), result.reason
@@ -34,14 +34,14 @@ def test_a_model_that_loses_to_its_baseline_is_not_promoted_unless_allowed_and_i
     """A champion with test macro-F1 0.148, below its baseline's 0.552, was promoted, flagged nowhere."""
     import mlflow
 
-    from emotion_pipeline.stages.train import train_classifier
+    from emotion_pipeline.core.runner import run_stage
 
     write_training_inputs(tmp_path / "out", rows=60, signal="offset")  # the head cannot read the offset
     config = PipelineConfig(source="in", root=str(tmp_path / "out"), min_rows_per_class=3, tuner_max_epochs=2,
                             tuner="bayesian", tuner_max_trials=1, embed_weights="none")  # one short trial
     client = mlflow.MlflowClient(tracking.tracking_uri(config))
 
-    refused = train_classifier(config)
+    refused = run_stage("train", config)
     assert refused.trained and refused.champion is False, refused
     assert refused.test_macro_f1 < refused.baseline_test_macro_f1 and "below the logistic baseline" in refused.promotion
     assert refused.flags == ["random_embedding_weights", "below_baseline", "few_test_rows"]
@@ -52,7 +52,7 @@ def test_a_model_that_loses_to_its_baseline_is_not_promoted_unless_allowed_and_i
     assert run.data.tags["champion"] == "False" and run.data.tags["promotion"] == refused.promotion
     assert run.data.metrics["baseline.test_macro_f1"] == pytest.approx(refused.baseline_test_macro_f1)
 
-    allowed = train_classifier(config.replace(promote_below_baseline=True, force_train=True))
+    allowed = run_stage("train", config.replace(promote_below_baseline=True, force_train=True))
     assert allowed.champion is True and "promote_below_baseline" in allowed.promotion, allowed.promotion
     assert "below_baseline" in allowed.flags
     champion = client.get_model_version_by_alias(config.registered_model, tracking.CHAMPION)
