@@ -181,6 +181,13 @@ class PipelineConfig:
                                  help="Hyperband's budget per model; Bayesian uses it as epochs per trial.")
     tuner_max_trials: int = knob(12, title="Trials", section="Training", minimum=1,
                                  help="Trials of the Bayesian tuner.")
+    search_max_rows: int = knob(8000, title="Search sample", section="Training", minimum=50,
+                                help="The tuner searches on at most this many training rows (a sample that keeps "
+                                     "every class's share), then its best hyperparameters are fitted on all of them: "
+                                     "a search costs the same at 10k rows as at 300k.")
+    search_budget_minutes: float = knob(0.0, title="Search time budget (minutes)", section="Training", minimum=0,
+                                        help="No new tuner trial starts once the search has run this long; the best "
+                                             "trial so far wins (0: no limit).")
     seed: int = knob(42, title="Seed", section="Training", help="Seed of the tuner, the head and the plots.")
     force_train: bool = knob(False, title="Force training", section="Training",
                              help="Retrain even when the training data did not change, with a fresh search.")

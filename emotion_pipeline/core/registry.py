@@ -91,7 +91,7 @@ class Stage:
 S = "emotion_pipeline.stages."
 # Knobs added after roots existed, with the value that does what the stages did before them: at that
 # value a knob is left out of fingerprints (runner.fingerprint), so an upgrade redoes no done work.
-LEGACY_DEFAULTS: dict[str, object] = {"label_unit": "photo"}
+LEGACY_DEFAULTS: dict[str, object] = {"label_unit": "photo", "search_budget_minutes": 0.0}
 # Which faces may label a photo and how (labels.py): annotate and the gold check apply them alike.
 LABEL_POLICY = ("min_face_size", "min_emotion_margin", "label_face")
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -129,8 +129,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           gpu=True, minutes=120),
     Stage("train", S + "train:train", TrainResult, catalog.TRAIN_FOLDER, photos=False,
           upstream=("merge", "assemble_features", "check_gold"), inputs=S + "train:training_data_fingerprint",
-          knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "seed", "min_rows_per_class", "soft_labels",
-                 "registered_model"), force="force_train", lease="train", minutes=360, asset="emotion_model"),
+          knobs=("tuner", "tuner_max_epochs", "tuner_max_trials", "search_max_rows", "search_budget_minutes", "seed",
+                 "min_rows_per_class", "soft_labels", "registered_model"),
+          force="force_train", lease="train", minutes=360, asset="emotion_model"),
     Stage("evaluate", S + "evaluate:evaluate", EvaluateResult, catalog.EVALUATE_FOLDER, photos=False,
           # It reads the model (train), the gold check's table, the dataset and its faces (merge, which
           # covers annotate), the vectors and the drift log (inputs): tests/test_read_coverage.py checks it.

@@ -2,6 +2,8 @@
 (fitted with sklearn, kept and saved as numpy arrays)."""
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,45 @@ def make_tuner(config: PipelineConfig, directory: Path, project: str):
     common = dict(objective="val_loss", directory=str(directory), project_name=project, seed=config.seed,
                   overwrite=False)  # overwrite=False: a search interrupted by a crash resumes
     if config.tuner == "bayesian":
-        return keras_tuner.BayesianOptimization(build_head, max_trials=config.tuner_max_trials, **common)
-    return keras_tuner.Hyperband(build_head, max_epochs=config.tuner_max_epochs, factor=3, **common)
+        tuner = keras_tuner.BayesianOptimization(build_head, max_trials=config.tuner_max_trials, **common)
+    else:
+        tuner = keras_tuner.Hyperband(build_head, max_epochs=config.tuner_max_epochs, factor=3, **common)
+    if config.search_budget_minutes:
+        _stop_trials_after(tuner, config.search_budget_minutes * 60)
+    return tuner
+
+
+def _stop_trials_after(tuner, seconds: float) -> None:
+    """No trial starts once ``seconds`` have passed since the search began: the oracle's trial cap
+    is lowered to the trials it has, so its next ``create_trial`` answers STOPPED (how every Keras
+    Tuner oracle ends a search). The running trial finishes; the best trial so far wins."""
+    on_search_begin, on_trial_end = tuner.on_search_begin, tuner.on_trial_end
+    deadline = [math.inf]
+
+    def begin() -> None:
+        deadline[0] = time.monotonic() + seconds
+        on_search_begin()
+
+    def end(trial) -> None:
+        on_trial_end(trial)
+        if time.monotonic() >= deadline[0]:
+            tuner.oracle.max_trials = len(tuner.oracle.trials)
+
+    tuner.on_search_begin, tuner.on_trial_end = begin, end
+
+
+def search_sample(y: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``max_rows`` rows of ``y`` in which every class keeps its share (and
+    at least one row): what the tuner searches on, so that a search's cost stops growing with the
+    data. All indices when ``y`` is no longer than ``max_rows``."""
+    if len(y) <= max_rows:
+        return np.arange(len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    quotas = np.maximum(1, counts * max_rows // len(y))
+    quotas[quotas.argmax()] -= max(0, int(quotas.sum()) - max_rows)  # the floor of 1 may overshoot
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(y == c), size=q, replace=False) for c, q in zip(classes, quotas)]
+    return np.sort(np.concatenate(chosen))
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:
@@ -48,12 +87,13 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
 
 
 def search(config: PipelineConfig, data: TrainingData, directory: Path, project: str):
-    """Run the tuner search (early stopping, fixed seeds); returns the tuner."""
+    """Run the tuner search (early stopping, fixed seeds) on at most ``search_max_rows`` training
+    and validation rows (``search_sample``); returns the tuner."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    x_train, y_train = data.part("train")
-    x_val, y_val = data.part("val")
+    x_train, y_train = _sampled(data.part("train"), config)
+    x_val, y_val = _sampled(data.part("val"), config)
     tuner = make_tuner(config, directory, project)
     tuner.search(
         x_train, y_train, validation_data=(x_val, y_val), epochs=config.tuner_max_epochs,
@@ -61,6 +101,12 @@ def search(config: PipelineConfig, data: TrainingData, directory: Path, project:
         callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)],
     )
     return tuner
+
+
+def _sampled(part: tuple[np.ndarray, np.ndarray], config: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
+    x, y = part
+    rows = search_sample(y, config.search_max_rows, config.seed)
+    return (x, y) if len(rows) == len(y) else (x[rows], y[rows])
 
 
 def refit(config: PipelineConfig, data: TrainingData, hyperparameters: dict, warm_start: list | None = None):

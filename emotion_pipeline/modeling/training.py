@@ -52,11 +52,20 @@ def model_flags(config: PipelineConfig, metrics: dict[str, dict[str, Any]]) -> l
 
 def fit_models(config: PipelineConfig, data: TrainingData, tuner_directory: Path, project: str) -> FittedModels:
     """The baseline, then the tuner search; metrics of both on the validation split, the head's on test.
+    A search on a sample of the rows is followed by a fit of its best hyperparameters on all of them.
 
     ``project`` names the tuner's search: the same project resumes an interrupted search.
     """
     tuner = classifier.search(config, data, tuner_directory, project=project)
-    return _with_metrics(config, data, tuner.get_best_models(1)[0], tuner, tuner.get_best_hyperparameters(1)[0].values)
+    best = tuner.get_best_hyperparameters(1)[0].values
+    if searched_a_sample(config, data):  # the best hyperparameters, fitted on every training row
+        return _with_metrics(config, data, classifier.refit(config, data, best), tuner, best)
+    return _with_metrics(config, data, tuner.get_best_models(1)[0], tuner, best)
+
+
+def searched_a_sample(config: PipelineConfig, data: TrainingData) -> bool:
+    """Whether the search saw fewer rows than the data has (``search_max_rows``)."""
+    return max(len(data.part(split)[1]) for split in ("train", "val")) > config.search_max_rows
 
 
 def refit_models(config: PipelineConfig, data: TrainingData, hyperparameters: dict[str, Any],

@@ -40,6 +40,7 @@ from emotion_pipeline.modeling.training import (
     model_flags,
     not_trainable_reason,
     refit_models,
+    searched_a_sample,
     training_mode,
 )
 
@@ -194,7 +195,8 @@ def _fit(training: Training, run: StageRun, current: Champion | None) -> tuple[F
     else:
         fitted = refit_models(config, data, current.hyperparameters, current.head.get_weights())
         search_rows = current.search_rows(len(data.frame))
-    training.mlflow.log_params({"training.mode": name, "training.reason": why, "training.search_rows": search_rows})
+    training.mlflow.log_params({"training.mode": name, "training.reason": why, "training.search_rows": search_rows,
+                                "training.search_sampled": name == "search" and searched_a_sample(config, data)})
     return fitted, Mode(name, why, search_rows)
 
 
