@@ -31,10 +31,10 @@ RUN pip install --no-cache-dir --no-deps /opt/emotion-pipeline \
     && python -c "from emotion_pipeline.labelling import teachers; teachers.check_weights()"
 COPY --chown=airflow:0 dags /opt/airflow/dags
 
-# Bake the weights in: a new worker downloads nothing (DeepFace's emotion model and the MTCNN
-# detector, ResNet50's ImageNet weights into ~/.keras).
+# Bake the weights in: a new worker downloads nothing (DeepFace's emotion model, the YuNet (default)
+# and MTCNN detectors, ResNet50's ImageNet weights into ~/.keras).
 RUN python -c "from emotion_pipeline.labelling.faces import build_models, detect_faces; import numpy as np; \
-build_models(('emotion',)); detect_faces(np.zeros((64, 64, 3), np.uint8), 'mtcnn')" \
+build_models(('emotion',)); [detect_faces(np.zeros((64, 64, 3), np.uint8), d) for d in ('yunet', 'mtcnn')]" \
     && python -c "import keras; keras.applications.ResNet50(weights='imagenet', include_top=False)"
 
 

@@ -26,9 +26,11 @@ RUN uv pip install --system --no-cache --no-deps . \
     && python -c "from emotion_pipeline.labelling import teachers; teachers.check_weights()"
 
 # Bake every weight into the image, through the functions the API calls at start: DeepFace's
-# emotion model and the detector, ResNet50's ImageNet weights. A cold start downloads nothing.
+# emotion model, the detectors (the API detects with the detector its model was trained with: YuNet,
+# the default, or MTCNN; another detector downloads its weights on its first request), ResNet50's
+# ImageNet weights. A cold start downloads nothing.
 RUN python -c "from emotion_pipeline.labelling.faces import build_models, detect_faces; import numpy as np; \
-build_models(('emotion',)); detect_faces(np.zeros((64, 64, 3), np.uint8), 'mtcnn')" \
+build_models(('emotion',)); [detect_faces(np.zeros((64, 64, 3), np.uint8), d) for d in ('yunet', 'mtcnn')]" \
     && python -c "from emotion_pipeline.modeling.embedding import keras_cache, resnet50, IMAGENET_FILE; \
 resnet50('imagenet'); assert (keras_cache() / IMAGENET_FILE).is_file()"
 

@@ -10,6 +10,7 @@ import subprocess
 
 import yaml
 
+from emotion_pipeline.core.config import PipelineConfig
 from tests.conftest import REPO
 
 MLFLOW_SECRETS = ("MLFLOW_ADMIN_PASSWORD", "MLFLOW_PIPELINE_PASSWORD", "MLFLOW_READER_PASSWORD", "MLFLOW_SECRET_KEY")
@@ -184,6 +185,24 @@ def test_the_api_image_is_pinned_and_bakes_every_weight_in():
     bake = dockerfile.index("resnet50('imagenet')")
     assert bake < dockerfile.index("USER app")
     assert "/opt/keras" in dockerfile[dockerfile.index("useradd"):]  # readable by the runtime user
+    assert baked_detectors(dockerfile, before="USER app") >= {DEFAULT_DETECTOR, "mtcnn"}
+
+
+def test_the_worker_image_bakes_the_detectors_in():
+    dockerfile = (REPO / "docker" / "airflow.Dockerfile").read_text()
+    assert baked_detectors(dockerfile, before="FROM cpu AS gpu") >= {DEFAULT_DETECTOR, "mtcnn"}
+
+
+DEFAULT_DETECTOR = PipelineConfig.__dataclass_fields__["detector"].default
+
+
+def baked_detectors(dockerfile: str, before: str) -> set[str]:
+    """The detectors a Dockerfile runs once at build time, before ``before``: the API and the workers
+    detect with the run's detector (YuNet by default), and each downloads its weights on first use
+    (YuNet's ONNX file: on every cold start, or a failure offline) unless the image has them."""
+    baked = re.search(r"detect_faces\(np\.zeros\(.*?, d\) for d in \(([^)]*)\)", dockerfile)
+    assert baked and dockerfile.index(baked.group(0)) < dockerfile.index(before), "the detectors are not baked"
+    return {d.strip(" '") for d in baked.group(1).split(",")}
 
 
 def test_mlflow_runs_its_login_on_loopback_and_every_client_logs_in_from_env(tmp_path):
