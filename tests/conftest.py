@@ -24,6 +24,20 @@ os.environ.setdefault("DEEPFACE_HOME", str(SHARED / "models" / "deepface"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _absl_handler_writes_to_the_real_stderr() -> None:
+    """absl (TensorFlow's logging) makes one handler when first imported, writing to the sys.stderr of
+    that moment: under pytest, pytest's capture file. Its close() closes that stream unless it is the
+    sys.stderr of the later moment, and Airflow's logging setup closes every handler there is. So a
+    test that imported TensorFlow, then one that built the DAG (importing Airflow) under capsys, closed
+    pytest's own capture file and the worker died ("lost sys.stderr"). The real stderr is never closed."""
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_absl_handler_writes_to_the_real_stderr()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_state_home(tmp_path_factory):
     """Tuner checkpoints, Airflow and MLflow state of the tests never touch the user's ~/.emotion-pipeline."""
