@@ -178,16 +178,19 @@ def hitl_path(run_id: str, task_id: str) -> str:
     return f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/{task_id}/-1/hitlDetails"
 
 
-def test_drifted_shards_excluded_through_the_rest_api_leave_training(local_ui, tmp_path):
-    """A drift forced by tiny thresholds: the question lists shard 1, the answer "exclude" (PATCH, as
-    the UI sends it) runs that branch only, and train's rows hold no photo of shard 1."""
-    from emotion_pipeline.core import catalog
-    from emotion_pipeline.core.config import CLASSES
-    from emotion_pipeline.core.storage import open_storage
-    from emotion_pipeline.orchestration.decisions import DRIFT_DECISION, DRIFT_OPTIONS, DRIFT_TASKS
+def test_a_person_answers_the_drift_question_and_the_promotion_through_the_rest_api(local_ui, tmp_path):
+    """One run asks both questions (one run, not two: each is a whole DAG run on 2 cores).
+    A drift forced by tiny thresholds: the question lists shard 1, the answer "exclude" (PATCH, as the
+    UI sends it) runs that branch only, and train's rows hold no photo of shard 1. approve_promotion
+    on: train registers version 1 without the alias, the approval after evaluate shows its figures,
+    and only the approval (PATCH) moves the alias."""
+    from emotion_pipeline.core.config import PipelineConfig
+    from emotion_pipeline.modeling import tracking
+    from emotion_pipeline.orchestration.decisions import DRIFT_DECISION, DRIFT_OPTIONS, PROMOTE, PROMOTION_APPROVAL
 
     conf = {**decision_photos(tmp_path, 35), "drift_threshold": 0.001, "no_face_drift_threshold": 0.0,
-            "min_drift_photos": 1}
+            "min_drift_photos": 1, "approve_promotion": True, "registered_model": "approved-model",
+            "promote_below_baseline": True}  # random weights on 70 photos may lose to the baseline
     run_id = local_ui.call(f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
     question = wait_for_question(local_ui, run_id, DRIFT_DECISION)
     assert question["options"] == list(DRIFT_OPTIONS.values()) and question["defaults"] == [DRIFT_OPTIONS["keep"]]
@@ -195,15 +198,37 @@ def test_drifted_shards_excluded_through_the_rest_api_leave_training(local_ui, t
     assert {t["task_id"]: t["state"] for t in local_ui.tasks(run_id)}["train"] not in ("running", "success")
     local_ui.call(hitl_path(run_id, DRIFT_DECISION), {"chosen_options": [DRIFT_OPTIONS["exclude"]]}, "PATCH")
 
+    question = wait_for_question(local_ui, run_id, PROMOTION_APPROVAL)
+    assert question["options"] == ["Approve", "Reject"] and question["defaults"] == ["Reject"]
+    assert "version 1" in question["subject"] and "no champion to beat" in question["body"]
+    mlflow = tracking.use_experiment(PipelineConfig(source=conf["source"], root=conf["root"]))
+    client = mlflow.MlflowClient()
+    assert client.get_registered_model("approved-model").aliases == {}  # train left it to the approval
+    local_ui.call(hitl_path(run_id, PROMOTION_APPROVAL), {"chosen_options": ["Approve"]}, "PATCH")
+
     state, tasks = local_ui.wait_for_run(run_id)
     assert state == "success", summary(tasks)
+    drift_answer_was_followed(local_ui, run_id, conf["root"], tasks)
+    assert {t["task_id"]: t["state"] for t in tasks}[PROMOTE] == "success"
+    assert str(client.get_model_version_by_alias("approved-model", tracking.CHAMPION).version) == "1"
+    assert client.get_run(local_ui.xcom(run_id, "train")["run_id"]).data.tags["promotion"].startswith(
+        f"approved by {local_ui.user}")
+
+
+def drift_answer_was_followed(local_ui: LocalAirflow, run_id: str, root_uri: str, tasks: list[dict]) -> None:
+    """Only the "exclude" branch ran, shard 1 is recorded as excluded, and train's rows are the
+    labelled photos of shard 0 alone (classes under 3 rows dropped), counted independently of train."""
+    from emotion_pipeline.core import catalog
+    from emotion_pipeline.core.config import CLASSES
+    from emotion_pipeline.core.storage import open_storage
+    from emotion_pipeline.orchestration.decisions import DRIFT_DECISION, DRIFT_TASKS
+
     states = {t["task_id"]: t["state"] for t in tasks}
     assert [states[DRIFT_TASKS[a]] for a in ("keep", "exclude", "reannotate")] == ["skipped", "success", "skipped"]
     assert local_ui.xcom(run_id, DRIFT_DECISION, "responder") == local_ui.user
-    root = open_storage(conf["root"])
+    root = open_storage(root_uri)
     assert set(catalog.read_excluded_shards(root)) == {1}
-    # Independently of train's code: the labelled photos of shard 0 only, classes under 3 rows dropped.
-    manifest = read_manifest(conf["root"])
+    manifest = read_manifest(root_uri)
     dataset = catalog.read_dataset(root)
     labelled = dataset[(dataset["status"] == "ok") & dataset["label"].isin(CLASSES)].drop_duplicates("image_id")
     kept = labelled[labelled["image_id"].isin(manifest.loc[manifest["shard"] == 0, "image_id"])]
@@ -219,30 +244,3 @@ def read_manifest(root: str):
     from emotion_pipeline.core.tables import read_table
 
     return read_table(open_storage(root), catalog.MANIFEST)
-
-
-def test_a_promotion_approved_through_the_rest_api_moves_the_champion_alias(local_ui, tmp_path):
-    """approve_promotion on: train registers version 1 without the alias, the approval after evaluate
-    shows its figures, and only the approval (PATCH) moves the alias; the drift question is not asked."""
-    from emotion_pipeline.core.config import PipelineConfig
-    from emotion_pipeline.modeling import tracking
-    from emotion_pipeline.orchestration.decisions import DRIFT_DECISION, PROMOTE, PROMOTION_APPROVAL
-
-    conf = {**decision_photos(tmp_path, 100), "approve_promotion": True, "registered_model": "approved-model",
-            "promote_below_baseline": True}  # random weights on 70 photos may lose to the baseline
-    run_id = local_ui.call(f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
-    question = wait_for_question(local_ui, run_id, PROMOTION_APPROVAL)
-    assert question["options"] == ["Approve", "Reject"] and question["defaults"] == ["Reject"]
-    assert "version 1" in question["subject"] and "no champion to beat" in question["body"]
-    mlflow = tracking.use_experiment(PipelineConfig(source=conf["source"], root=conf["root"]))
-    client = mlflow.MlflowClient()
-    assert client.get_registered_model("approved-model").aliases == {}  # train left it to the approval
-    local_ui.call(hitl_path(run_id, PROMOTION_APPROVAL), {"chosen_options": ["Approve"]}, "PATCH")
-
-    state, tasks = local_ui.wait_for_run(run_id)
-    assert state == "success", summary(tasks)
-    states = {t["task_id"]: t["state"] for t in tasks}
-    assert states[DRIFT_DECISION] == "skipped" and states[PROMOTE] == "success"
-    assert str(client.get_model_version_by_alias("approved-model", tracking.CHAMPION).version) == "1"
-    assert client.get_run(local_ui.xcom(run_id, "train")["run_id"]).data.tags["promotion"].startswith(
-        f"approved by {local_ui.user}")
