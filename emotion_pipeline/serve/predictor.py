@@ -21,6 +21,7 @@ from emotion_pipeline.core.config import CLASSES, PipelineConfig, detector_min_c
 from emotion_pipeline.core.errors import ClientGone, StoreMissing  # re-exported: their home is core.errors
 from emotion_pipeline.core.storage import GCS_SCHEME
 from emotion_pipeline.labelling.faces import build_models, detect_faces
+from emotion_pipeline.labelling.images import scaled_size
 from emotion_pipeline.labelling.labels import label_of
 from emotion_pipeline.modeling import tracking
 from emotion_pipeline.modeling.embedding import decode_photo, image_vectors, model_input, resnet50
@@ -182,8 +183,7 @@ class Predictor:
         photo = data if isinstance(data, Image.Image) else self.decode(data)
         _stop_if(cancelled, "before detection")
         scale = min(1.0, self.info["detect_max_side"] / max(photo.size))
-        small = photo if scale == 1.0 else photo.resize(
-            (max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.Resampling.BICUBIC)
+        small = photo if scale == 1.0 else photo.resize(scaled_size(photo.size, scale), Image.Resampling.BICUBIC)
         found = [f for f in detect_faces(np.asarray(small), self.info["detector"])
                  if f.confidence >= self.info["min_face_confidence"]]
         kept = sorted(found, key=lambda f: f.w * f.h, reverse=True)[:self.settings.max_faces]

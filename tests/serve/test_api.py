@@ -121,6 +121,15 @@ def test_a_photo_without_faces_is_an_empty_list(api):
     assert status == 200 and result["faces"] == []
 
 
+@pytest.mark.parametrize("size", [(1, 4000), (4000, 1), (1, 1)])
+def test_a_photo_one_pixel_thin_is_a_photo_without_faces(api, size):
+    """The issue's 102-byte 1x4000 PNG was a 500 (its scaled side rounded to 0 pixels)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 150, 120)).save(buffer, format="PNG")
+    status, result = call(api, "POST", "/predict", *multipart(buffer.getvalue(), filename="thin.png"))
+    assert (status, result["faces"]) == (200, []), result
+
+
 def _bmp() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buffer, format="BMP")

@@ -6,42 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from emotion_pipeline.local.cli import build_parser
 from tests.conftest import FACES, REPO, free_port, stop
+from tests.serve.api_calls import call, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 PASSWORD = "s3cret-tracking-password"
 CLI = str(Path(sys.executable).parent / "emotion-pipeline")
-
-
-def call(base, method, path, data=None):
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "image/jpeg"} if data else {})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def wait_until(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 class Services:

@@ -1,45 +1,19 @@
 """`serve --model-uri` serves the registered model the URI names, by alias or by version, on a real
 MLflow store: also a model whose name is not the pipeline's default (the name used to be ignored:
 ``models:/<other>@alias`` looked up the default model, ``models:/<other>/N`` loaded the default's N)."""
-import json
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FACES, free_port, stop
+from tests.serve.api_calls import call, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 CLI = str(Path(sys.executable).parent / "emotion-pipeline")
 OTHER = "emotion-classifier-candidates"  # not the pipeline's registered model
-
-
-def call(base, method, path, data=None):
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "image/jpeg"} if data else {})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def wait_until(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 @pytest.fixture(scope="module")
