@@ -38,6 +38,27 @@ def _absl_handler_writes_to_the_real_stderr() -> None:
 _absl_handler_writes_to_the_real_stderr()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def mlflow_tracking_uri_as_it_was():
+    """mlflow keeps the last ``set_tracking_uri`` process-wide (``tracking.use_experiment`` calls it):
+    a test module that points it at a server it then stops must not leave the next module of its
+    worker resolving ``models:/`` sources at that dead port (test_mlflow_auth, then test_model_uri)."""
+    before = _mlflow_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and _mlflow_tracking_uri() != before[0]:
+        utils.set_tracking_uri(before[0])
+    if before[1] is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before[1]
+
+
+def _mlflow_tracking_uri() -> str | None:
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    return None if utils is None else utils._tracking_uri
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_state_home(tmp_path_factory):
     """Tuner checkpoints, Airflow and MLflow state of the tests never touch the user's ~/.emotion-pipeline."""
