@@ -20,11 +20,14 @@ OTHER = "emotion-classifier-candidates"  # not the pipeline's registered model
 def store(trained_root, tmp_path_factory):
     """A copy of the trained root whose registry also holds OTHER: three versions of the champion's
     model (the default model has one), the alias ``candidate`` on version 3."""
-    from emotion_pipeline.serve.predictor import store_client
+    from emotion_pipeline.serve.predictor import _use_tracking_uri, store_client
 
     config, _ = trained_root
     root = Path(shutil.copytree(config.root, tmp_path_factory.mktemp("model-uri") / "out"))
     client = store_client(str(root))
+    # create_model_version resolves a models:/ source through mlflow's process-wide tracking URI, not
+    # the client's: point it at this store (it depended on what an earlier test had left there).
+    _use_tracking_uri(client.tracking_uri)
     champion = client.get_model_version_by_alias("emotion-classifier", "champion")
     model_id = champion.model_id or champion.source.rsplit("/", 1)[-1]
     client.create_registered_model(OTHER)
