@@ -31,6 +31,16 @@ class Row:
     notes: dict = field(default_factory=dict)
 
 
+def iou(a: tuple, b: tuple) -> float:
+    """Intersection over union of two (x, y, w, h) boxes: 0 apart, 1 the same box."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = w * h
+    return inter / max(aw * ah + bw * bh - inter, 1e-9)
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn()

@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the package beside it
 
+from bench.common import iou  # noqa: E402
 from emotion_pipeline.core.config import DETECTOR_MIN_CONFIDENCE, PipelineConfig  # noqa: E402
 from emotion_pipeline.labelling.images import load_rgb_array  # noqa: E402
 
@@ -136,15 +137,6 @@ def curve(faces: pd.DataFrame, n_photos: int, min_face: int) -> pd.DataFrame:
                          "share_photos_with_face": round(kept["photo"].nunique() / n_photos, 4),
                          f"faces_under_{min_face}px": int(((group["h"] < min_face) & (group["score"] >= t)).sum())})
     return pd.DataFrame(rows)
-
-
-def iou(a: tuple, b: tuple) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = w * h
-    return inter / max(aw * ah + bw * bh - inter, 1e-9)
 
 
 def match(a: pd.DataFrame, b: pd.DataFrame, threshold: float) -> tuple[list[tuple[int, int]], list[int], list[int]]:

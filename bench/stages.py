@@ -27,7 +27,7 @@ from emotion_pipeline.core.runner import run_stage
 from emotion_pipeline.core.storage import open_storage
 from emotion_pipeline.modeling.embedding import image_vectors, resnet50
 
-from .common import Row, side_by_side
+from .common import Row, iou, side_by_side
 
 
 def discovered_root(source: Path, root: Path, chunk: int, **settings) -> tuple[PipelineConfig, dict[int, list[str]]]:
@@ -255,15 +255,6 @@ def agreement(config: PipelineConfig, shards: dict[int, list[str]], found: dict[
             largest_diff = max(largest_diff, float(max(diffs)))
     return {"faces_matched": matched, "faces_unmatched": unmatched, "same_dominant": same / max(matched, 1),
             "largest_score_gap": largest_diff}
-
-
-def iou(a: tuple, b: tuple) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = w * h
-    return inter / max(aw * ah + bw * bh - inter, 1)
 
 
 # -- embed -----------------------------------------------------------------------------------------

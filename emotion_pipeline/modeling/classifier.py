@@ -50,15 +50,16 @@ def _stop_trials_after(tuner, seconds: float) -> None:
     is lowered to the trials it has, so its next ``create_trial`` answers STOPPED (how every Keras
     Tuner oracle ends a search). The running trial finishes; the best trial so far wins."""
     on_search_begin, on_trial_end = tuner.on_search_begin, tuner.on_trial_end
-    deadline = [math.inf]
+    deadline = math.inf
 
     def begin() -> None:
-        deadline[0] = time.monotonic() + seconds
+        nonlocal deadline
+        deadline = time.monotonic() + seconds
         on_search_begin()
 
     def end(trial) -> None:
         on_trial_end(trial)
-        if time.monotonic() >= deadline[0]:
+        if time.monotonic() >= deadline:
             tuner.oracle.max_trials = len(tuner.oracle.trials)
 
     tuner.on_search_begin, tuner.on_trial_end = begin, end

@@ -84,6 +84,17 @@ def test_a_baseline_file_with_pickled_content_is_refused_not_executed(tmp_path):
     assert not marker.exists()
 
 
+def copied_training_run(trained_root, tmp_path, monkeypatch):
+    """A copy of trained_root, mlflow pointed at its store: (config, results, mlflow, the train run's
+    id, its baseline folder)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config, results = trained_root
+    config = dataclasses.replace(config, root=str(shutil.copytree(config.root, tmp_path / "out")))
+    mlflow = tracking.use_experiment(config)
+    run_id = results["train"].run_id
+    return config, results, mlflow, run_id, run_folder(mlflow, run_id) / tracking.BASELINE_FOLDER
+
+
 @pytest.mark.integration
 def test_train_logs_the_baseline_as_arrays_only(trained_root, tmp_path, monkeypatch):
     """The run of a trained root: ``baseline/baseline.npz`` and no sklearn model; its test macro-F1,
@@ -92,12 +103,7 @@ def test_train_logs_the_baseline_as_arrays_only(trained_root, tmp_path, monkeypa
     from emotion_pipeline.modeling.data import load_training_data
     from emotion_pipeline.modeling.metrics import classification_metrics
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config, results = trained_root
-    config = dataclasses.replace(config, root=str(shutil.copytree(config.root, tmp_path / "out")))
-    mlflow = tracking.use_experiment(config)
-    run_id = results["train"].run_id
-    folder = run_folder(mlflow, run_id) / tracking.BASELINE_FOLDER
+    config, results, mlflow, run_id, folder = copied_training_run(trained_root, tmp_path, monkeypatch)
     assert sorted(p.name for p in folder.iterdir()) == [tracking.BASELINE_FILE]
     with np.load(folder / tracking.BASELINE_FILE, allow_pickle=False) as arrays:
         assert all(arrays[name].dtype != object for name in arrays.files)
@@ -128,12 +134,7 @@ def test_evaluate_never_unpickles_a_baseline_planted_where_it_was_loaded(trained
 
     from emotion_pipeline.core.runner import run_stage
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config, results = trained_root
-    config = dataclasses.replace(config, root=str(shutil.copytree(config.root, tmp_path / "out")))
-    mlflow = tracking.use_experiment(config)
-    run_id = results["train"].run_id
-    folder = run_folder(mlflow, run_id) / tracking.BASELINE_FOLDER
+    config, results, mlflow, run_id, folder = copied_training_run(trained_root, tmp_path, monkeypatch)
     shutil.rmtree(folder)
     marker = tmp_path / "marker"
     plant_sklearn_model(folder, marker)
